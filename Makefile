@@ -1,0 +1,78 @@
+# tether's build. `make help` lists the targets. Everything a target needs is
+# installed or built by the target itself: Debian packages through apt-get, Go
+# tools and the Kubernetes fixture binaries through the Go module proxy.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CACHE        ?= $(CURDIR)/.cache
+FIXTURES_BIN ?= $(CACHE)/bin
+TOOLS_BIN    := $(CACHE)/tools
+STATICCHECK_VERSION := v0.8.2
+E2E_PROVIDER ?= local
+# How long the e2e suite may run before go test stops it.
+E2E_TIMEOUT  ?= 20m
+
+export TETHER_FIXTURES_BIN := $(FIXTURES_BIN)
+export GOFLAGS := -buildvcs=false
+
+# Debian packages the tests need: ip (iproute2) and nft (nftables).
+APT_PACKAGES := iproute2 nftables
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## install the Debian packages the tests need (iproute2, nftables), if missing
+	@missing=""; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v nft >/dev/null || missing="$$missing nftables"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install:$$missing (or install them yourself)" >&2; exit 1; fi; \
+	  echo "deps: installing$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+.PHONY: build
+build: ## build tether (go build ./...)
+	go build ./...
+
+.PHONY: fixtures
+fixtures: ## build kube-apiserver, kubectl, etcd, kwok... into .cache/bin (cold ~20 min, cached seconds)
+	bash fixtures/tools/build.sh $(FIXTURES_BIN)
+
+STATICCHECK := $(TOOLS_BIN)/staticcheck-$(STATICCHECK_VERSION)
+$(STATICCHECK):
+	GOBIN=$(TOOLS_BIN)/tmp go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv $(TOOLS_BIN)/tmp/staticcheck $@
+
+.PHONY: lint
+lint: $(STATICCHECK) ## gofmt, go vet and staticcheck, on every module
+	@unformatted=$$(gofmt -l $$(find . -name '*.go' -not -path './.cache/*')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
+	go vet ./...
+	$(STATICCHECK) ./...
+	cd fixtures/tools/kubernetes && go vet ./etcd && $(STATICCHECK) ./etcd
+
+.PHONY: unit
+unit: deps ## unit tests: everything but the packages that start clusters (the network fixture's need root)
+	go test -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e)  # those run in e2e
+
+.PHONY: e2e
+e2e: deps fixtures ## the e2e suite on E2E_PROVIDER (default local: real kube-apiserver behind a firewall)
+	go test -count=1 -v -timeout $(E2E_TIMEOUT) ./fixtures/cluster/...
+	E2E_PROVIDER=$(E2E_PROVIDER) go test -count=1 -v -timeout $(E2E_TIMEOUT) ./e2e/... -args -ginkgo.v -ginkgo.no-color
+
+.PHONY: test
+test: lint unit e2e ## everything CI runs: lint, unit tests, e2e
+
+.PHONY: demo
+demo: deps fixtures ## bring up the local cluster behind its firewall and tour it (KEEP=1 to stay up)
+	go run ./fixtures/demo
+
+.PHONY: clean
+clean: ## remove built binaries and caches (.cache, bin)
+	rm -rf $(CACHE) bin
