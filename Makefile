@@ -66,8 +66,18 @@ e2e: deps fixtures ## the e2e suite on E2E_PROVIDER (default local: real kube-ap
 	go test -count=1 -v -timeout $(E2E_TIMEOUT) ./fixtures/cluster/...
 	E2E_PROVIDER=$(E2E_PROVIDER) go test -count=1 -v -timeout $(E2E_TIMEOUT) ./e2e/... -args -ginkgo.v -ginkgo.no-color
 
+FUZZTIME ?= 10s
+.PHONY: fuzz
+fuzz: ## run every fuzz target briefly (FUZZTIME each, default 10s)
+	@for f in $$(grep -rl --include='*_test.go' '^func Fuzz' core fixtures 2>/dev/null); do \
+	  for fn in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
+	    echo "go test -fuzz $$fn ./$$(dirname $$f)"; \
+	    go test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$(dirname $$f); \
+	  done; \
+	done
+
 .PHONY: test
-test: lint unit e2e ## everything CI runs: lint, unit tests, e2e
+test: lint unit fuzz e2e ## everything CI runs: lint, unit tests, fuzz targets briefly, e2e
 
 .PHONY: demo
 demo: deps fixtures ## bring up the local cluster behind its firewall and tour it (KEEP=1 to stay up)

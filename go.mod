@@ -6,6 +6,7 @@ require (
 	github.com/creack/pty v1.1.24
 	github.com/onsi/ginkgo/v2 v2.34.0
 	github.com/onsi/gomega v1.44.0
+	go.etcd.io/bbolt v1.4.3
 	golang.org/x/sys v0.49.0
 	k8s.io/api v0.35.3
 	k8s.io/client-go v0.35.3
