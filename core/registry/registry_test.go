@@ -109,6 +109,15 @@ func (f *fixture) join(t *testing.T, token string) *x509.Certificate {
 	return parseCert(t, cred.CertPEM)
 }
 
+func (f *fixture) rotate(t *testing.T, id string) string {
+	t.Helper()
+	tok, err := f.reg.Rotate(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
 func mustCreate(t *testing.T, f *fixture, id string) string {
 	t.Helper()
 	tok, err := f.reg.CreateCluster(id)
@@ -201,20 +210,14 @@ func TestJoinTokenRefusals(t *testing.T) {
 	}
 
 	t.Run("tampered CSR signature", func(t *testing.T) {
-		tok, err := f.reg.Rotate("prod")
-		if err != nil {
-			t.Fatal(err)
-		}
+		tok := f.rotate(t, "prod")
 		if _, err := f.reg.Join(tok, tampered); !errors.Is(err, registry.ErrBadCSR) {
 			t.Fatalf("Join = %v, want ErrBadCSR", err)
 		}
 	})
 
 	t.Run("replayed after a successful join", func(t *testing.T) {
-		tok, err := f.reg.Rotate("prod")
-		if err != nil {
-			t.Fatal(err)
-		}
+		tok := f.rotate(t, "prod")
 		f.join(t, tok)
 		req, _ := csr(t, "prod")
 		if _, err := f.reg.Join(tok, req); !errors.Is(err, registry.ErrInvalidJoinToken) {
@@ -223,10 +226,7 @@ func TestJoinTokenRefusals(t *testing.T) {
 	})
 
 	t.Run("expired", func(t *testing.T) {
-		tok, err := f.reg.Rotate("prod")
-		if err != nil {
-			t.Fatal(err)
-		}
+		tok := f.rotate(t, "prod")
 		f.clk.Advance(time.Hour)
 		req, _ := csr(t, "prod")
 		if _, err := f.reg.Join(tok, req); !errors.Is(err, registry.ErrJoinTokenExpired) || !strings.Contains(err.Error(), "tether-relay cluster rotate prod") {
