@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"github.com/tether-k8s/tether/core/clusterid"
 	"math/big"
 	"net/url"
 	"strings"
@@ -155,7 +156,7 @@ func ClusterIDFromCert(cert *x509.Certificate) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("%w: URI SAN %q does not start with %s", ErrNotClusterCredential, raw, clusterURIPrefix)
 	}
-	if err := ValidateClusterID(id); err != nil {
+	if err := clusterid.Validate(id); err != nil {
 		return "", fmt.Errorf("%w: %w", ErrNotClusterCredential, err)
 	}
 	if cert.Subject.CommonName != id {

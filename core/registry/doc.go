@@ -21,7 +21,7 @@
 //  5. Rotate invalidates every certificate of a cluster and issues a new join
 //     token; DeleteCluster forgets the cluster, its tokens and credentials.
 //
-// Cluster IDs are RFC 1123 DNS labels in lower case (ValidateClusterID): no
+// Cluster IDs are RFC 1123 DNS labels in lower case (package clusterid): no
 // dots, slashes, percent signs, upper case or non-ASCII look-alikes, so an ID
 // is safe in a path, a header, a certificate and a log line as it is.
 //

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/tether-k8s/tether/core/clusterid"
 	"log/slog"
 	"slices"
 	"strings"
@@ -88,7 +89,7 @@ func (c *Config) Validate() error {
 
 // Cluster is what the registry knows of one cluster.
 type Cluster struct {
-	// ID is the cluster's ID (see ValidateClusterID).
+	// ID is the cluster's ID (see package clusterid).
 	ID string `json:"id"`
 	// CreatedAt is when the cluster was created.
 	CreatedAt time.Time `json:"createdAt"`
@@ -226,7 +227,7 @@ func (r *Registry) CAPEM() []byte {
 // CreateCluster records a new cluster and returns its first join token. The
 // token is shown once: only its hash is stored.
 func (r *Registry) CreateCluster(id string) (joinToken string, err error) {
-	if err := ValidateClusterID(id); err != nil {
+	if err := clusterid.Validate(id); err != nil {
 		return "", fmt.Errorf("registry: create cluster: %w", err)
 	}
 	err = r.db.Update(func(tx *bolt.Tx) error {
@@ -482,7 +483,7 @@ func (r *Registry) issueCredential(tx *bolt.Tx, id string, csr *x509.Certificate
 }
 
 func getCluster(tx *bolt.Tx, id string) (Cluster, error) {
-	if err := ValidateClusterID(id); err != nil {
+	if err := clusterid.Validate(id); err != nil {
 		return Cluster{}, fmt.Errorf("registry: %w", err)
 	}
 	raw := tx.Bucket(bucketClusters).Get([]byte(id))

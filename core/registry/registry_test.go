@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-k8s/tether/core/clusterid"
 	"github.com/tether-k8s/tether/core/registry"
 )
 
@@ -350,8 +351,8 @@ func TestCreateCluster(t *testing.T) {
 		t.Fatalf("duplicate create = %v, want ErrClusterExists", err)
 	}
 	for _, id := range []string{"Prod", "prod.", "../prod", "%70rod"} {
-		if _, err := f.reg.CreateCluster(id); !errors.Is(err, registry.ErrInvalidClusterID) {
-			t.Fatalf("CreateCluster(%q) = %v, want ErrInvalidClusterID", id, err)
+		if _, err := f.reg.CreateCluster(id); !errors.Is(err, clusterid.ErrInvalid) {
+			t.Fatalf("CreateCluster(%q) = %v, want clusterid.ErrInvalid", id, err)
 		}
 	}
 	cs, err := f.reg.Clusters()

@@ -1,4 +1,4 @@
-package registry_test
+package clusterid_test
 
 import (
 	"errors"
@@ -6,10 +6,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/clusterid"
 )
 
-func TestValidateClusterID(t *testing.T) {
+func TestValidate(t *testing.T) {
 	tests := []struct {
 		id string
 		ok bool
@@ -42,32 +42,32 @@ func TestValidateClusterID(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.id, func(t *testing.T) {
-			err := registry.ValidateClusterID(tc.id)
+			err := clusterid.Validate(tc.id)
 			if tc.ok && err != nil {
-				t.Fatalf("ValidateClusterID(%q) = %v, want nil", tc.id, err)
+				t.Fatalf("Validate(%q) = %v, want nil", tc.id, err)
 			}
-			if !tc.ok && !errors.Is(err, registry.ErrInvalidClusterID) {
-				t.Fatalf("ValidateClusterID(%q) = %v, want ErrInvalidClusterID", tc.id, err)
+			if !tc.ok && !errors.Is(err, clusterid.ErrInvalid) {
+				t.Fatalf("Validate(%q) = %v, want ErrInvalid", tc.id, err)
 			}
 		})
 	}
 }
 
-// FuzzValidateClusterID checks that every ID the validator accepts is safe
+// FuzzValidate checks that every ID the validator accepts is safe
 // as it is in a URL path, a header, a certificate URI and a log line: escaping
 // or normalising it changes nothing.
-func FuzzValidateClusterID(f *testing.F) {
+func FuzzValidate(f *testing.F) {
 	for _, s := range []string{"prod", "../x", "%2e%2e", "prod.", "Prod", "prоd", "a-b", "-", "a\r\nb"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, id string) {
-		if registry.ValidateClusterID(id) != nil {
+		if clusterid.Validate(id) != nil {
 			return
 		}
 		if url.PathEscape(id) != id || url.QueryEscape(id) != id || strings.ToLower(id) != id {
 			t.Fatalf("accepted %q, which escaping or case-folding changes", id)
 		}
-		if strings.ContainsAny(id, "./%\\:\r\n\x00 ") || len(id) > registry.MaxClusterIDLen {
+		if strings.ContainsAny(id, "./%\\:\r\n\x00 ") || len(id) > clusterid.MaxLen {
 			t.Fatalf("accepted %q", id)
 		}
 		u, err := url.Parse("tether://cluster/" + id)
