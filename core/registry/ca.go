@@ -11,11 +11,12 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"github.com/tether-k8s/tether/core/clusterid"
 	"math/big"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/tether-k8s/tether/core/clusterid"
 )
 
 // ErrBadCSR is wrapped by Join and Renew when the certificate signing request

@@ -10,13 +10,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"github.com/tether-k8s/tether/core/clusterid"
 	"log/slog"
 	"slices"
 	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/tether-k8s/tether/core/clusterid"
 )
 
 // Errors the registry returns, wrapped with what failed.
