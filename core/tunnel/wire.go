@@ -1,0 +1,257 @@
+package tunnel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+
+	"github.com/tether-k8s/tether/core/clusterid"
+)
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// MaxPayload is the largest frame payload accepted, in bytes.
+const MaxPayload = 8 << 10
+
+// headerLen is the size of a frame header: magic (2), version (1), type (1),
+// payload length (2, big endian).
+const headerLen = 6
+
+// magic starts every frame: "tT".
+var magic = [2]byte{'t', 'T'}
+
+// FrameType says what a frame carries.
+type FrameType uint8
+
+// Frame types. docs/protocol.md says who sends each and when.
+const (
+	FrameHello     FrameType = 1 // agent → relay, first on a connection
+	FrameWelcome   FrameType = 2 // relay → agent, the answer to Hello
+	FrameOpen      FrameType = 3 // relay → agent, first on every stream
+	FrameOpenReply FrameType = 4 // agent → relay, the answer to Open
+)
+
+func (t FrameType) String() string {
+	switch t {
+	case FrameHello:
+		return "Hello"
+	case FrameWelcome:
+		return "Welcome"
+	case FrameOpen:
+		return "Open"
+	case FrameOpenReply:
+		return "OpenReply"
+	}
+	return fmt.Sprintf("FrameType(%d)", uint8(t))
+}
+
+// Errors ReadFrame wraps.
+var (
+	ErrBadMagic     = errors.New("tunnel: not a tether frame (bad magic)")
+	ErrVersion      = errors.New("tunnel: unsupported protocol version")
+	ErrFrameType    = errors.New("tunnel: unexpected frame type")
+	ErrFrameTooBig  = errors.New("tunnel: frame payload too large")
+	ErrInvalidFrame = errors.New("tunnel: invalid frame")
+)
+
+// Payload is a frame's content.
+type Payload interface {
+	// Validate reports what is wrong with a decoded payload.
+	Validate() error
+	frameType() FrameType
+}
+
+// Hello is the agent's first frame on a new connection, after TLS.
+type Hello struct {
+	// Cluster is the cluster the agent serves. The relay refuses the
+	// connection unless it equals the cluster in the agent's certificate.
+	Cluster string `json:"cluster"`
+	// Agent identifies the agent process (e.g. its pod name), for logs.
+	Agent string `json:"agent"`
+	// Slot is which of the agent's parallel sessions this is (0, 1, ...).
+	Slot int `json:"slot"`
+	// Software is the agent's version, for logs.
+	Software string `json:"software,omitempty"`
+}
+
+// Welcome is the relay's answer to Hello.
+type Welcome struct {
+	// OK is true when the relay accepts the session; yamux starts after it.
+	OK bool `json:"ok"`
+	// Reason is a machine-readable refusal reason (see Reason constants).
+	Reason string `json:"reason,omitempty"`
+	// Message explains a refusal to the operator.
+	Message string `json:"message,omitempty"`
+	// Session is the relay's ID for this session, for logs on both sides.
+	Session string `json:"session,omitempty"`
+	// Relay identifies the relay replica, for logs.
+	Relay string `json:"relay,omitempty"`
+}
+
+// Refusal reasons in Welcome and OpenReply.
+const (
+	ReasonClusterMismatch = "ClusterMismatch" // Hello or Open names another cluster
+	ReasonRevoked         = "Revoked"         // the credential is no longer valid
+	ReasonDraining        = "Draining"        // the relay is shutting down: reconnect elsewhere
+	ReasonTooManySessions = "TooManySessions" // the cluster holds its maximum of sessions
+	ReasonVersion         = "Version"         // unsupported protocol version
+)
+
+// Open is the relay's first frame on every stream it opens to an agent.
+type Open struct {
+	// Cluster is the cluster the caller asked for. The agent refuses the
+	// stream unless it is its own.
+	Cluster string `json:"cluster"`
+	// Request is the relay's request ID, shared by the relay's and the
+	// agent's audit lines.
+	Request string `json:"request"`
+	// Client is the caller's address as the relay saw it.
+	Client string `json:"client"`
+}
+
+// OpenReply is the agent's answer to Open. After an OK reply the stream
+// carries the caller's bytes both ways, unparsed by the relay.
+type OpenReply struct {
+	// OK is true when the agent accepts the stream.
+	OK bool `json:"ok"`
+	// Reason and Message explain a refusal.
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+func (*Hello) frameType() FrameType     { return FrameHello }
+func (*Welcome) frameType() FrameType   { return FrameWelcome }
+func (*Open) frameType() FrameType      { return FrameOpen }
+func (*OpenReply) frameType() FrameType { return FrameOpenReply }
+
+var (
+	idRE   = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+	textRE = regexp.MustCompile(`^[\x20-\x7e]{0,512}$`)
+)
+
+func invalid(t FrameType, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalidFrame, t, fmt.Sprintf(format, args...))
+}
+
+// Validate implements Payload.
+func (h *Hello) Validate() error {
+	if err := clusterid.Validate(h.Cluster); err != nil {
+		return invalid(FrameHello, "%v", err)
+	}
+	if !idRE.MatchString(h.Agent) {
+		return invalid(FrameHello, "agent %q: want 1 to 128 of A-Z a-z 0-9 . _ -", h.Agent)
+	}
+	if h.Slot < 0 || h.Slot > 15 {
+		return invalid(FrameHello, "slot %d: want 0 to 15", h.Slot)
+	}
+	if !textRE.MatchString(h.Software) {
+		return invalid(FrameHello, "software: want printable ASCII, at most 512 bytes")
+	}
+	return nil
+}
+
+// Validate implements Payload.
+func (w *Welcome) Validate() error {
+	if w.OK == (w.Reason != "") {
+		return invalid(FrameWelcome, "a refusal needs a reason and an acceptance has none")
+	}
+	for _, s := range []string{w.Reason, w.Message, w.Session, w.Relay} {
+		if !textRE.MatchString(s) {
+			return invalid(FrameWelcome, "fields must be printable ASCII, at most 512 bytes")
+		}
+	}
+	return nil
+}
+
+// Validate implements Payload.
+func (o *Open) Validate() error {
+	if err := clusterid.Validate(o.Cluster); err != nil {
+		return invalid(FrameOpen, "%v", err)
+	}
+	if !idRE.MatchString(o.Request) {
+		return invalid(FrameOpen, "request %q: want 1 to 128 of A-Z a-z 0-9 . _ -", o.Request)
+	}
+	if o.Client == "" || !textRE.MatchString(o.Client) {
+		return invalid(FrameOpen, "client: want printable ASCII, 1 to 512 bytes")
+	}
+	return nil
+}
+
+// Validate implements Payload.
+func (o *OpenReply) Validate() error {
+	if o.OK == (o.Reason != "") {
+		return invalid(FrameOpenReply, "a refusal needs a reason and an acceptance has none")
+	}
+	if !textRE.MatchString(o.Reason) || !textRE.MatchString(o.Message) {
+		return invalid(FrameOpenReply, "fields must be printable ASCII, at most 512 bytes")
+	}
+	return nil
+}
+
+// WriteFrame validates p and writes it as one frame.
+func WriteFrame(w io.Writer, p Payload) error {
+	t := p.frameType()
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("tunnel: write %s: %w", t, err)
+	}
+	var enc bytes.Buffer
+	je := json.NewEncoder(&enc)
+	je.SetEscapeHTML(false)
+	if err := je.Encode(p); err != nil {
+		return fmt.Errorf("tunnel: encode %s: %w", t, err)
+	}
+	body := bytes.TrimSuffix(enc.Bytes(), []byte("\n"))
+	if len(body) > MaxPayload {
+		return fmt.Errorf("tunnel: write %s: %w (%d bytes)", t, ErrFrameTooBig, len(body))
+	}
+	buf := make([]byte, headerLen, headerLen+len(body))
+	copy(buf, magic[:])
+	buf[2] = Version
+	buf[3] = byte(t)
+	binary.BigEndian.PutUint16(buf[4:], uint16(len(body)))
+	if _, err := w.Write(append(buf, body...)); err != nil {
+		return fmt.Errorf("tunnel: write %s: %w", t, err)
+	}
+	return nil
+}
+
+// ReadFrame reads exactly one frame of p's type into p and validates it. It
+// never reads past the frame. A frame of another version fails with
+// ErrVersion, naming the version, so the caller can answer with a refusal.
+func ReadFrame(r io.Reader, p Payload) error {
+	want := p.frameType()
+	var hdr [headerLen]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return fmt.Errorf("tunnel: read %s header: %w", want, err)
+	}
+	if hdr[0] != magic[0] || hdr[1] != magic[1] {
+		return fmt.Errorf("%w: % x", ErrBadMagic, hdr[:2])
+	}
+	if hdr[2] != Version {
+		return fmt.Errorf("%w: peer speaks %d, this side %d", ErrVersion, hdr[2], Version)
+	}
+	if got := FrameType(hdr[3]); got != want {
+		return fmt.Errorf("%w: got %s, want %s", ErrFrameType, got, want)
+	}
+	n := int(binary.BigEndian.Uint16(hdr[4:]))
+	if n > MaxPayload {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooBig, n, MaxPayload)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return fmt.Errorf("tunnel: read %s payload: %w", want, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(p); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrInvalidFrame, want, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: %s: trailing data after the JSON object", ErrInvalidFrame, want)
+	}
+	return p.Validate()
+}
