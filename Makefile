@@ -59,7 +59,7 @@ lint: $(STATICCHECK) ## gofmt, go vet and staticcheck, on every module
 
 .PHONY: unit
 unit: deps ## unit tests: everything but the packages that start clusters (the network fixture's need root)
-	go test -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e)  # those run in e2e
+	go test -race -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e)  # those run in e2e
 
 .PHONY: e2e
 e2e: deps fixtures ## the e2e suite on E2E_PROVIDER (default local: real kube-apiserver behind a firewall)

@@ -126,8 +126,7 @@ type harness struct {
 	up    *upstream
 	authn *fakeAuthn
 	proxy *httptest.Server
-	logs  *bytes.Buffer
-	cred  func(context.Context) (string, error)
+	logs  *lockedWriter
 }
 
 func newHarness(t *testing.T, mutate ...func(*impersonate.Config)) *harness {
@@ -138,10 +137,10 @@ func newHarness(t *testing.T, mutate ...func(*impersonate.Config)) *harness {
 			User: "alice@example.com", UID: "u-123", Groups: []string{"dev", "oncall"},
 			Extra: map[string][]string{"tether.io/issuer": {"https://issuer.example"}},
 		}},
-		logs: &bytes.Buffer{},
+		logs: &lockedWriter{},
 	}
 	target, _ := url.Parse(h.up.srv.URL)
-	logger := slog.New(slog.NewJSONHandler(&lockedWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := impersonate.Config{
 		Upstream:      target,
 		Transport:     h.up.srv.Client().Transport,
@@ -169,15 +168,33 @@ func newHarness(t *testing.T, mutate ...func(*impersonate.Config)) *harness {
 	return h
 }
 
+// lockedWriter collects log output written by the handler's goroutines.
 type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
 func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.w.Write(p)
+	return l.buf.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// eventually reports whether cond holds within two seconds: the handler
+// writes its audit line after the response has reached the client.
+func eventually(cond func() bool) bool {
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }
 
 // raw sends a request written by hand (so that header names, order and
@@ -270,7 +287,7 @@ func TestRefusals(t *testing.T) {
 			if ran := h.authn.calls.Load() > 0; ran != tc.authnRun {
 				t.Fatalf("authenticator called: %v, want %v", ran, tc.authnRun)
 			}
-			if !strings.Contains(h.logs.String(), "refused") {
+			if !eventually(func() bool { return strings.Contains(h.logs.String(), "refused") }) {
 				t.Fatalf("refusal not logged:\n%s", h.logs.String())
 			}
 		})
@@ -381,7 +398,11 @@ func TestForwardsWithImpersonation(t *testing.T) {
 			}
 		}
 	}
-	if !strings.Contains(h.logs.String(), `"user":"alice@example.com"`) || !strings.Contains(h.logs.String(), `"status":200`) {
+	audited := func() bool {
+		l := h.logs.String()
+		return strings.Contains(l, `"user":"alice@example.com"`) && strings.Contains(l, `"status":200`)
+	}
+	if !eventually(audited) {
 		t.Errorf("no audit line with the caller and status:\n%s", h.logs.String())
 	}
 }

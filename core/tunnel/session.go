@@ -1,0 +1,411 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// RefusedError is a refusal by the peer: a Welcome or OpenReply that was not
+// OK. Reason is one of the Reason constants.
+type RefusedError struct {
+	Frame   FrameType
+	Reason  string
+	Message string
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("tunnel: %s refused: %s: %s", e.Frame, e.Reason, e.Message)
+}
+
+// Refuse returns the error an Authorize function gives to refuse a session
+// with reason (a Reason constant) and a message for the agent's operator.
+func Refuse(reason, message string) error {
+	return &RefusedError{Frame: FrameWelcome, Reason: reason, Message: message}
+}
+
+// Defaults for the session configurations' zero values.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultOpenTimeout      = 10 * time.Second
+	DefaultMaxRogueStreams  = 8
+)
+
+// DefaultYamuxConfig is the yamux configuration both sides use when none is
+// given: yamux's defaults with keepalives every 15 s, so a dead peer is
+// noticed and idle sessions survive NAT and proxy timeouts. Window sizes are
+// yamux's until benchmarks say otherwise (docs/performance.md).
+func DefaultYamuxConfig() *yamux.Config {
+	c := yamux.DefaultConfig()
+	c.EnableKeepAlive = true
+	c.KeepAliveInterval = 15 * time.Second
+	c.LogOutput = nil
+	c.Logger = discardYamuxLogger{}
+	return c
+}
+
+type discardYamuxLogger struct{}
+
+func (discardYamuxLogger) Print(...any)          {}
+func (discardYamuxLogger) Printf(string, ...any) {}
+func (discardYamuxLogger) Println(...any)        {}
+
+// RelayConfig configures the relay's side of a session.
+type RelayConfig struct {
+	// Authorize decides whether the agent may hold a session: it checks the
+	// Hello against the TLS state (the peer's cluster credential). Return
+	// Refuse(...) to refuse with a reason the agent sees; any other error
+	// refuses with ReasonRevoked. Required.
+	Authorize func(ctx context.Context, h *Hello, state tls.ConnectionState) error
+	// Session and Relay are IDs sent in the Welcome, for logs.
+	Session, Relay string
+	// HandshakeTimeout bounds the TLS handshake and the Hello. Zero means
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// OpenTimeout bounds the agent's OpenReply to each stream. Zero means
+	// DefaultOpenTimeout.
+	OpenTimeout time.Duration
+	// MaxRogueStreams is how many streams the agent may open (it never
+	// should) before the relay ends the session. Zero means
+	// DefaultMaxRogueStreams.
+	MaxRogueStreams int
+	// Yamux configures the multiplexer. Nil means DefaultYamuxConfig().
+	Yamux *yamux.Config
+	// Logger receives session events. Nil discards.
+	Logger *slog.Logger
+}
+
+// RelaySession is the relay's end of an agent's session.
+type RelaySession struct {
+	// Hello is what the agent said, after Authorize accepted it.
+	Hello Hello
+	mux   *yamux.Session
+	cfg   RelayConfig
+	log   *slog.Logger
+	done  sync.WaitGroup
+}
+
+// AcceptAgent runs the relay's side of the handshake on conn (a *tls.Conn,
+// whose handshake it completes, or any net.Conn in tests) and returns the
+// session. On error conn is closed.
+func AcceptAgent(ctx context.Context, conn net.Conn, cfg RelayConfig) (_ *RelaySession, err error) {
+	if cfg.Authorize == nil {
+		return nil, errors.New("tunnel: RelayConfig.Authorize is nil")
+	}
+	cfg = relayDefaults(cfg)
+	defer func() {
+		if err != nil {
+			_ = conn.Close()
+		}
+	}()
+	_ = conn.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))
+	state, err := handshakeTLS(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	var hello Hello
+	if err := ReadFrame(conn, &hello); err != nil {
+		if errors.Is(err, ErrVersion) {
+			_ = WriteFrame(conn, &Welcome{Reason: ReasonVersion, Message: fmt.Sprintf("this relay speaks protocol version %d", Version)})
+		}
+		return nil, fmt.Errorf("tunnel: agent handshake: %w", err)
+	}
+	if err := cfg.Authorize(ctx, &hello, state); err != nil {
+		var ref *RefusedError
+		if !errors.As(err, &ref) {
+			ref = &RefusedError{Reason: ReasonRevoked, Message: "the agent's credential was not accepted"}
+		}
+		_ = WriteFrame(conn, &Welcome{Reason: ref.Reason, Message: ref.Message})
+		return nil, fmt.Errorf("tunnel: agent %s for cluster %s refused: %w", hello.Agent, hello.Cluster, err)
+	}
+	if err := WriteFrame(conn, &Welcome{OK: true, Session: cfg.Session, Relay: cfg.Relay}); err != nil {
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	mux, err := yamux.Client(conn, cfg.Yamux)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: start session: %w", err)
+	}
+	s := &RelaySession{Hello: hello, mux: mux, cfg: cfg,
+		log: cfg.Logger.With("cluster", hello.Cluster, "agent", hello.Agent, "slot", hello.Slot, "session", cfg.Session)}
+	s.done.Add(1)
+	go s.refuseAgentStreams()
+	s.log.Info("tunnel: agent session established")
+	return s, nil
+}
+
+func relayDefaults(cfg RelayConfig) RelayConfig {
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.OpenTimeout == 0 {
+		cfg.OpenTimeout = DefaultOpenTimeout
+	}
+	if cfg.MaxRogueStreams == 0 {
+		cfg.MaxRogueStreams = DefaultMaxRogueStreams
+	}
+	if cfg.Yamux == nil {
+		cfg.Yamux = DefaultYamuxConfig()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg
+}
+
+// handshakeTLS completes the TLS handshake if conn is TLS and returns its
+// state; for other connections (tests) it returns the zero state.
+func handshakeTLS(ctx context.Context, conn net.Conn) (tls.ConnectionState, error) {
+	tc, ok := conn.(*tls.Conn)
+	if !ok {
+		return tls.ConnectionState{}, nil
+	}
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return tls.ConnectionState{}, fmt.Errorf("tunnel: TLS handshake: %w", err)
+	}
+	return tc.ConnectionState(), nil
+}
+
+// refuseAgentStreams resets every stream the agent opens; an agent that
+// keeps opening them loses its session.
+func (s *RelaySession) refuseAgentStreams() {
+	defer s.done.Done()
+	for n := 1; ; n++ {
+		st, err := s.mux.AcceptStream()
+		if err != nil {
+			return
+		}
+		_ = st.Close()
+		s.log.Warn("tunnel: agent opened a stream toward the relay; refused", "count", n)
+		if n >= s.cfg.MaxRogueStreams {
+			s.log.Warn("tunnel: ending the session of an agent that keeps opening streams")
+			_ = s.mux.Close()
+			return
+		}
+	}
+}
+
+// Open opens a stream to the agent for a caller's request and returns it
+// once the agent accepted it. A refusal is a *RefusedError.
+func (s *RelaySession) Open(ctx context.Context, o *Open) (net.Conn, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: open stream to cluster %s: %w", s.Hello.Cluster, err)
+	}
+	deadline := time.Now().Add(s.cfg.OpenTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = st.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = st.Close() })
+	defer stop()
+	if err := WriteFrame(st, o); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	var reply OpenReply
+	if err := ReadFrame(st, &reply); err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("tunnel: open stream to cluster %s: %w", s.Hello.Cluster, errors.Join(err, ctx.Err()))
+	}
+	if !reply.OK {
+		_ = st.Close()
+		return nil, &RefusedError{Frame: FrameOpenReply, Reason: reply.Reason, Message: reply.Message}
+	}
+	_ = st.SetDeadline(time.Time{})
+	return st, nil
+}
+
+// NumStreams returns the number of open streams.
+func (s *RelaySession) NumStreams() int { return s.mux.NumStreams() }
+
+// CloseChan is closed when the session ends.
+func (s *RelaySession) CloseChan() <-chan struct{} { return s.mux.CloseChan() }
+
+// Close ends the session and every stream on it, and waits for the
+// session's goroutines.
+func (s *RelaySession) Close() error {
+	err := s.mux.Close()
+	s.done.Wait()
+	return err
+}
+
+// AgentConfig configures the agent's side of a session.
+type AgentConfig struct {
+	// Hello is what the agent says about itself. Required.
+	Hello Hello
+	// HandshakeTimeout bounds the TLS handshake and the Welcome, and each
+	// stream's Open. Zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// Yamux configures the multiplexer. Nil means DefaultYamuxConfig().
+	Yamux *yamux.Config
+	// Logger receives session events. Nil discards.
+	Logger *slog.Logger
+}
+
+// AgentSession is the agent's end of a session. It is a net.Listener whose
+// connections are the streams the relay opened for callers and the agent
+// accepted, so an http.Server can serve it.
+type AgentSession struct {
+	// Welcome is the relay's answer to the Hello.
+	Welcome Welcome
+	mux     *yamux.Session
+	cfg     AgentConfig
+	log     *slog.Logger
+	streams chan *Stream
+	closed  chan struct{}
+	once    sync.Once
+	done    sync.WaitGroup
+}
+
+// ConnectAgent runs the agent's side of the handshake on conn and returns the
+// session. A refusal by the relay is a *RefusedError. On error conn is
+// closed.
+func ConnectAgent(ctx context.Context, conn net.Conn, cfg AgentConfig) (_ *AgentSession, err error) {
+	if err := cfg.Hello.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.Yamux == nil {
+		cfg.Yamux = DefaultYamuxConfig()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	defer func() {
+		if err != nil {
+			_ = conn.Close()
+		}
+	}()
+	_ = conn.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))
+	if _, err := handshakeTLS(ctx, conn); err != nil {
+		return nil, err
+	}
+	if err := WriteFrame(conn, &cfg.Hello); err != nil {
+		return nil, err
+	}
+	var w Welcome
+	if err := ReadFrame(conn, &w); err != nil {
+		return nil, fmt.Errorf("tunnel: relay handshake: %w", err)
+	}
+	if !w.OK {
+		return nil, &RefusedError{Frame: FrameWelcome, Reason: w.Reason, Message: w.Message}
+	}
+	_ = conn.SetDeadline(time.Time{})
+	mux, err := yamux.Server(conn, cfg.Yamux)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: start session: %w", err)
+	}
+	s := &AgentSession{Welcome: w, mux: mux, cfg: cfg, streams: make(chan *Stream), closed: make(chan struct{}),
+		log: cfg.Logger.With("session", w.Session, "relay", w.Relay, "slot", cfg.Hello.Slot)}
+	s.done.Add(1)
+	go s.acceptStreams()
+	return s, nil
+}
+
+// acceptStreams accepts the relay's streams and checks each one's Open in
+// its own goroutine, so a slow stream cannot hold up the others.
+func (s *AgentSession) acceptStreams() {
+	defer s.done.Done()
+	for {
+		st, err := s.mux.AcceptStream()
+		if err != nil {
+			_ = s.shutdown()
+			return
+		}
+		s.done.Add(1)
+		go func() {
+			defer s.done.Done()
+			s.checkOpen(st)
+		}()
+	}
+}
+
+// checkOpen reads a stream's Open and accepts it only for this cluster.
+func (s *AgentSession) checkOpen(st *yamux.Stream) {
+	_ = st.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	var o Open
+	if err := ReadFrame(st, &o); err != nil {
+		s.log.Warn("tunnel: bad stream opening; stream closed", "error", err)
+		_ = st.Close()
+		return
+	}
+	if o.Cluster != s.cfg.Hello.Cluster {
+		s.log.Warn("tunnel: stream for another cluster refused", "asked", o.Cluster, "request", o.Request)
+		_ = WriteFrame(st, &OpenReply{Reason: ReasonClusterMismatch, Message: "this agent serves cluster " + s.cfg.Hello.Cluster})
+		_ = st.Close()
+		return
+	}
+	if err := WriteFrame(st, &OpenReply{OK: true}); err != nil {
+		_ = st.Close()
+		return
+	}
+	_ = st.SetDeadline(time.Time{})
+	select {
+	case s.streams <- &Stream{Conn: st, Open: o}:
+	case <-s.closed:
+		_ = st.Close()
+	}
+}
+
+// Accept implements net.Listener: it returns the next accepted stream.
+func (s *AgentSession) Accept() (net.Conn, error) {
+	select {
+	case st := <-s.streams:
+		return st, nil
+	case <-s.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+// Addr implements net.Listener.
+func (s *AgentSession) Addr() net.Addr { return s.mux.LocalAddr() }
+
+// CloseChan is closed when the session ends.
+func (s *AgentSession) CloseChan() <-chan struct{} { return s.mux.CloseChan() }
+
+// Close implements net.Listener: it ends the session and every stream on it,
+// and waits for the session's goroutines.
+func (s *AgentSession) Close() error {
+	err := s.shutdown()
+	s.done.Wait()
+	return err
+}
+
+// shutdown ends the session without waiting; the session's own goroutines
+// call it.
+func (s *AgentSession) shutdown() error {
+	var err error
+	s.once.Do(func() {
+		close(s.closed)
+		err = s.mux.Close()
+	})
+	return err
+}
+
+// Stream is a caller's connection through the relay, as the agent sees it.
+type Stream struct {
+	net.Conn
+	// Open is what the relay said about the stream.
+	Open Open
+}
+
+// RemoteAddr returns the caller's address as the relay reported it.
+func (s *Stream) RemoteAddr() net.Addr { return clientAddr(s.Open.Client) }
+
+type clientAddr string
+
+func (a clientAddr) Network() string { return "tether" }
+func (a clientAddr) String() string  { return string(a) }
