@@ -202,8 +202,8 @@ func (h *Handler) decide(r *http.Request, reqID string) (*plan, Identity, *refus
 		return &plan{authorization: "Bearer " + token, upgrade: upgrade}, res.Identity, nil
 	}
 	id := res.Identity
-	if ref := checkIdentity(id, h.cfg.AllowSystemNames); ref != nil {
-		return nil, id, ref
+	if err := ValidateIdentity(id, h.cfg.AllowSystemNames); err != nil {
+		return nil, id, refuse(http.StatusForbidden, kstatus.ReasonForbidden, "%v", err)
 	}
 	cred, err := h.cfg.Credential(r.Context())
 	if err != nil || cred == "" {
@@ -333,38 +333,44 @@ func (h *Handler) bearerToken(hdr http.Header) (string, *refusal) {
 	return token, nil
 }
 
-// checkIdentity refuses an identity that cannot be sent safely as headers.
-func checkIdentity(id Identity, allowSystem bool) *refusal {
-	forbid := func(format string, args ...any) *refusal {
-		return refuse(http.StatusForbidden, kstatus.ReasonForbidden, format, args...)
+// ErrUnsafeIdentity is wrapped by ValidateIdentity's errors.
+var ErrUnsafeIdentity = errors.New("identity cannot be impersonated safely")
+
+// ValidateIdentity reports why id cannot be sent as impersonation headers:
+// no user, a control character in any name, an extra key not in lower case,
+// or (unless allowSystem) a "system:" user or group. Authenticators call it
+// too, so that they never return an identity this handler would refuse.
+func ValidateIdentity(id Identity, allowSystem bool) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrUnsafeIdentity, fmt.Sprintf(format, args...))
 	}
 	if id.User == "" {
-		return forbid("the token maps to no user name")
+		return bad("the token maps to no user name")
 	}
 	if badHeaderValue(id.User) {
-		return forbid("the user name contains a control character (CR, LF, NUL...)")
+		return bad("the user name contains a control character (CR, LF, NUL...)")
 	}
 	if badHeaderValue(id.UID) {
-		return forbid("the UID contains a control character (CR, LF, NUL...)")
+		return bad("the UID contains a control character (CR, LF, NUL...)")
 	}
 	if !allowSystem && strings.HasPrefix(id.User, "system:") {
-		return forbid("the user name %q is reserved (system:); configure a username prefix for the issuer", truncate(id.User, 100))
+		return bad("the user name %q is reserved (system:); configure a username prefix for the issuer", truncate(id.User, 100))
 	}
 	for _, g := range id.Groups {
 		if badHeaderValue(g) || g == "" {
-			return forbid("a group name is empty or contains a control character (CR, LF, NUL...)")
+			return bad("a group name is empty or contains a control character (CR, LF, NUL...)")
 		}
 		if !allowSystem && strings.HasPrefix(g, "system:") {
-			return forbid("the group name %q is reserved (system:); configure a groups prefix for the issuer", truncate(g, 100))
+			return bad("the group name %q is reserved (system:); configure a groups prefix for the issuer", truncate(g, 100))
 		}
 	}
 	for k, vs := range id.Extra {
 		if k == "" || k != strings.ToLower(k) || badHeaderValue(k) {
-			return forbid("an extra key is empty, not lower case, or contains a control character")
+			return bad("an extra key is empty, not lower case, or contains a control character")
 		}
 		for _, v := range vs {
 			if badHeaderValue(v) {
-				return forbid("the value of extra %q contains a control character (CR, LF, NUL...)", truncate(k, 100))
+				return bad("the value of extra %q contains a control character (CR, LF, NUL...)", truncate(k, 100))
 			}
 		}
 	}

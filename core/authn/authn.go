@@ -1,0 +1,246 @@
+package authn
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/util/wait"
+	apiserverapi "k8s.io/apiserver/pkg/apis/apiserver"
+	"k8s.io/apiserver/pkg/apis/apiserver/install"
+	"k8s.io/apiserver/pkg/apis/apiserver/validation"
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+	authenticationcel "k8s.io/apiserver/pkg/authentication/cel"
+	tokenunion "k8s.io/apiserver/pkg/authentication/token/union"
+	"k8s.io/apiserver/pkg/server/dynamiccertificates"
+	"k8s.io/apiserver/plugin/pkg/authenticator/token/oidc"
+
+	"github.com/tether-k8s/tether/core/impersonate"
+)
+
+// Extra keys the Authenticator adds.
+const (
+	ExtraIssuer  = "tether.io/issuer"
+	ExtraSubject = "tether.io/subject"
+)
+
+// DefaultMaxTokenBytes is the default cap on a token's size.
+const DefaultMaxTokenBytes = 16 << 10
+
+// Errors the Authenticator wraps.
+var (
+	ErrMalformedToken = errors.New("malformed token")
+	ErrUnknownIssuer  = errors.New("the token's issuer is not configured")
+)
+
+var (
+	configScheme = runtime.NewScheme()
+	configCodecs = serializer.NewCodecFactory(configScheme, serializer.EnableStrict)
+)
+
+func init() { install.Install(configScheme) }
+
+// LoadConfig decodes an AuthenticationConfiguration (YAML or JSON, any served
+// version of apiserver.config.k8s.io), strictly: an unknown field is an
+// error. It does not validate; New does.
+func LoadConfig(data []byte) (*apiserverapi.AuthenticationConfiguration, error) {
+	if len(strings.TrimSpace(string(data))) == 0 {
+		return nil, errors.New("authn: the authentication configuration is empty")
+	}
+	obj, err := runtime.Decode(configCodecs.UniversalDecoder(), data)
+	if err != nil {
+		return nil, fmt.Errorf("authn: decode authentication configuration (want apiVersion apiserver.config.k8s.io/v1, kind AuthenticationConfiguration): %w", err)
+	}
+	c, ok := obj.(*apiserverapi.AuthenticationConfiguration)
+	if !ok {
+		return nil, fmt.Errorf("authn: want an AuthenticationConfiguration (apiserver.config.k8s.io/v1), got %T", obj)
+	}
+	return c, nil
+}
+
+// Config configures an Authenticator.
+type Config struct {
+	// Authentication is the decoded configuration (see LoadConfig): its
+	// jwt issuers. Required, with at least one issuer; anonymous access is
+	// not supported.
+	Authentication *apiserverapi.AuthenticationConfiguration
+	// DisallowedIssuers may not appear in the configuration: the cluster's
+	// own service-account issuer, whose tokens are passed through instead.
+	DisallowedIssuers []string
+	// AllowSystemNames lets mapped users and groups start with "system:".
+	// False (the default) refuses such identities.
+	AllowSystemNames bool
+	// MaxTokenBytes caps a token's size. Zero means DefaultMaxTokenBytes.
+	MaxTokenBytes int
+	// Logger receives issuer health changes. Nil discards.
+	Logger *slog.Logger
+}
+
+// Authenticator verifies bearer tokens. It implements
+// impersonate.Authenticator.
+type Authenticator struct {
+	cfg    Config
+	union  authenticator.Token
+	health []func() error
+	log    *slog.Logger
+}
+
+var _ impersonate.Authenticator = (*Authenticator)(nil)
+
+// New validates the configuration and starts one JWT authenticator per
+// issuer. Issuers' discovery documents are fetched in the background until
+// ctx ends; WaitReady waits for them. Cancel ctx to stop them.
+func New(ctx context.Context, cfg Config) (*Authenticator, error) {
+	ac := cfg.Authentication
+	if ac == nil || len(ac.JWT) == 0 {
+		return nil, errors.New("authn: Config.Authentication names no jwt issuer: tether needs at least one")
+	}
+	if ac.Anonymous != nil && ac.Anonymous.Enabled {
+		return nil, errors.New("authn: Config.Authentication enables anonymous access, which tether never allows")
+	}
+	if cfg.MaxTokenBytes < 0 {
+		return nil, fmt.Errorf("authn: Config.MaxTokenBytes %d is negative", cfg.MaxTokenBytes)
+	}
+	if cfg.MaxTokenBytes == 0 {
+		cfg.MaxTokenBytes = DefaultMaxTokenBytes
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	compiler := authenticationcel.NewDefaultCompiler()
+	if errs := validation.ValidateAuthenticationConfiguration(compiler, ac, cfg.DisallowedIssuers); len(errs) > 0 {
+		return nil, fmt.Errorf("authn: invalid authentication configuration: %w", errs.ToAggregate())
+	}
+	a := &Authenticator{cfg: cfg, log: log}
+	var tokens []authenticator.Token
+	for i, j := range ac.JWT {
+		var ca oidc.CAContentProvider
+		if j.Issuer.CertificateAuthority != "" {
+			p, err := dynamiccertificates.NewStaticCAContent("tether-oidc", []byte(j.Issuer.CertificateAuthority))
+			if err != nil {
+				return nil, fmt.Errorf("authn: jwt[%d] (%s): certificateAuthority: %w", i, j.Issuer.URL, err)
+			}
+			ca = p
+		}
+		t, err := oidc.New(ctx, oidc.Options{
+			JWTAuthenticator:     j,
+			CAContentProvider:    ca,
+			SupportedSigningAlgs: oidc.AllValidSigningAlgorithms(),
+			DisallowedIssuers:    cfg.DisallowedIssuers,
+			Compiler:             compiler,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("authn: jwt[%d] (%s): %w", i, j.Issuer.URL, err)
+		}
+		tokens = append(tokens, t)
+		a.health = append(a.health, t.HealthCheck)
+	}
+	// Each authenticator ignores tokens of other issuers (checked on the
+	// unverified iss), so the first error comes from the token's own issuer.
+	a.union = tokenunion.NewFailOnError(tokens...)
+	return a, nil
+}
+
+// Healthy reports nil when every issuer's discovery document has been
+// fetched, or the first issuer that is not ready.
+func (a *Authenticator) Healthy() error {
+	for _, h := range a.health {
+		if err := h(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WaitReady waits until every issuer is ready, or ctx ends.
+func (a *Authenticator) WaitReady(ctx context.Context) error {
+	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(context.Context) (bool, error) {
+		return a.Healthy() == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("authn: issuers not ready: %w", errors.Join(err, a.Healthy()))
+	}
+	return nil
+}
+
+// AuthenticateToken implements impersonate.Authenticator. It never returns
+// Passthrough: service-account tokens are recognised elsewhere.
+func (a *Authenticator) AuthenticateToken(ctx context.Context, token string) (impersonate.Result, error) {
+	claims, err := a.precheck(token)
+	if err != nil {
+		return impersonate.Result{}, err
+	}
+	resp, ok, err := a.union.AuthenticateToken(ctx, token)
+	if err != nil {
+		return impersonate.Result{}, fmt.Errorf("authn: %w", err)
+	}
+	if !ok || resp == nil || resp.User == nil {
+		return impersonate.Result{}, fmt.Errorf("authn: %w (issuer %q)", ErrUnknownIssuer, truncate(claims.Issuer, 200))
+	}
+	u := resp.User
+	id := impersonate.Identity{
+		User:   u.GetName(),
+		UID:    u.GetUID(),
+		Groups: append([]string(nil), u.GetGroups()...),
+		Extra:  map[string][]string{},
+	}
+	for k, v := range u.GetExtra() {
+		id.Extra[k] = append([]string(nil), v...)
+	}
+	id.Extra[ExtraIssuer] = []string{claims.Issuer}
+	if claims.Subject != "" {
+		id.Extra[ExtraSubject] = []string{claims.Subject}
+	}
+	if err := impersonate.ValidateIdentity(id, a.cfg.AllowSystemNames); err != nil {
+		return impersonate.Result{}, fmt.Errorf("authn: %w", err)
+	}
+	return impersonate.Result{Identity: id}, nil
+}
+
+// tokenClaims are the claims read for the extras and the error messages.
+type tokenClaims struct {
+	Issuer  string `json:"iss"`
+	Subject string `json:"sub"`
+}
+
+// precheck refuses oversized and malformed tokens before any parsing, and
+// reads iss and sub from the payload. They are trusted only after the token
+// is verified.
+func (a *Authenticator) precheck(token string) (tokenClaims, error) {
+	if len(token) > a.cfg.MaxTokenBytes {
+		return tokenClaims{}, fmt.Errorf("authn: %w: %d bytes, at most %d", ErrMalformedToken, len(token), a.cfg.MaxTokenBytes)
+	}
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return tokenClaims{}, fmt.Errorf("authn: %w: a JWT has 3 dot-separated parts, this has %d", ErrMalformedToken, min(len(parts), 4))
+	}
+	for _, p := range parts {
+		if p == "" || strings.Trim(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+			return tokenClaims{}, fmt.Errorf("authn: %w: parts must be non-empty base64url", ErrMalformedToken)
+		}
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return tokenClaims{}, fmt.Errorf("authn: %w: payload is not base64url", ErrMalformedToken)
+	}
+	var c tokenClaims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return tokenClaims{}, fmt.Errorf("authn: %w: payload is not a JSON object of claims", ErrMalformedToken)
+	}
+	return c, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
