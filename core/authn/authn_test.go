@@ -180,7 +180,9 @@ func TestTokenRefusals(t *testing.T) {
 		token func() string
 		want  string
 	}{
-		{"expired", func() string { return is.sign(t, is.claims("cluster-a", map[string]any{"exp": time.Now().Add(-time.Minute).Unix()})) }, "expired"},
+		{"expired", func() string {
+			return is.sign(t, is.claims("cluster-a", map[string]any{"exp": time.Now().Add(-time.Minute).Unix()}))
+		}, "expired"},
 		{"nbf in the future", func() string {
 			return is.sign(t, is.claims("cluster-a", map[string]any{"nbf": time.Now().Add(time.Hour).Unix()}))
 		}, "nbf"},

@@ -1,0 +1,194 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Backoff is exponential backoff with full jitter: the wait before attempt n
+// (from 0) is uniform in [0, min(Max, Initial·2ⁿ)), so agents that lost the
+// same relay at the same moment come back spread out, not as a herd.
+type Backoff struct {
+	// Initial is the cap of the first wait. Zero means 500ms.
+	Initial time.Duration
+	// Max caps every wait. Zero means 30s.
+	Max time.Duration
+}
+
+// Wait returns the wait before attempt n, using r (from 0 to 1) as the
+// random draw.
+func (b Backoff) Wait(n int, r float64) time.Duration {
+	initial, max := b.Initial, b.Max
+	if initial <= 0 {
+		initial = 500 * time.Millisecond
+	}
+	if max <= 0 {
+		max = 30 * time.Second
+	}
+	ceiling := max
+	if n < 32 {
+		if c := initial << n; c > 0 && c < max {
+			ceiling = c
+		}
+	}
+	return time.Duration(r * float64(ceiling))
+}
+
+// ErrRevoked is returned by Keeper.Run when the relay refused the agent's
+// credential: the agent must join again with a new join token.
+var ErrRevoked = errors.New("tunnel: the relay refused this agent's credential; join again with a new token (tether-relay cluster rotate)")
+
+// KeeperConfig configures a Keeper.
+type KeeperConfig struct {
+	// Sessions is how many sessions the agent keeps open at once, so that a
+	// relay restart or rollout costs no outage. Zero means 2.
+	Sessions int
+	// Dial connects to the relay and returns the connection (a *tls.Conn
+	// in production, with the agent's credential and the pinned relay CA).
+	// Required.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// Agent is the session configuration; its Hello.Slot is set per
+	// session. Required: Agent.Hello.Cluster and Agent.Hello.Agent.
+	Agent AgentConfig
+	// Serve serves a session's streams until the session ends (for the
+	// agent, an http.Server's Serve). Required.
+	Serve func(ctx context.Context, s *AgentSession) error
+	// Backoff paces reconnection after a failure.
+	Backoff Backoff
+	// StableAfter is how long a session must last for the next reconnect
+	// to start from the first backoff step again. Zero means 10s.
+	StableAfter time.Duration
+	// Rand draws backoff jitter in [0, 1). Nil means math/rand/v2.
+	Rand func() float64
+	// Logger receives connection events. Nil discards.
+	Logger *slog.Logger
+}
+
+// Keeper keeps an agent's sessions to the relay open.
+type Keeper struct {
+	cfg  KeeperConfig
+	log  *slog.Logger
+	live atomic.Int32
+}
+
+// NewKeeper validates cfg and returns a Keeper; Run starts it.
+func NewKeeper(cfg KeeperConfig) (*Keeper, error) {
+	if cfg.Dial == nil || cfg.Serve == nil {
+		return nil, errors.New("tunnel: KeeperConfig.Dial and Serve are required")
+	}
+	if cfg.Sessions < 0 || cfg.Sessions > 16 {
+		return nil, fmt.Errorf("tunnel: KeeperConfig.Sessions %d: want 1 to 16, or 0 for 2", cfg.Sessions)
+	}
+	if cfg.Sessions == 0 {
+		cfg.Sessions = 2
+	}
+	if cfg.StableAfter == 0 {
+		cfg.StableAfter = 10 * time.Second
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
+	h := cfg.Agent.Hello
+	if err := h.Validate(); err != nil {
+		return nil, fmt.Errorf("tunnel: KeeperConfig.Agent.Hello: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Keeper{cfg: cfg, log: log.With("cluster", h.Cluster, "agent", h.Agent)}, nil
+}
+
+// Live returns how many sessions are established now: the agent is ready
+// when it is at least 1.
+func (k *Keeper) Live() int { return int(k.live.Load()) }
+
+// Run keeps cfg.Sessions sessions open until ctx ends (it then returns nil)
+// or the relay refuses the credential (it returns an error wrapping
+// ErrRevoked). Every session and goroutine it started has ended when it
+// returns.
+func (k *Keeper) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for slot := range k.cfg.Sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := k.runSlot(ctx, slot); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// runSlot keeps one session open, reconnecting with backoff.
+func (k *Keeper) runSlot(ctx context.Context, slot int) error {
+	log := k.log.With("slot", slot)
+	attempt := 0
+	for ctx.Err() == nil {
+		began := time.Now()
+		err := k.once(ctx, slot)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var ref *RefusedError
+		switch {
+		case errors.As(err, &ref) && ref.Reason == ReasonRevoked:
+			log.Error("tunnel: relay refused the credential", "message", ref.Message)
+			return fmt.Errorf("%w: %s", ErrRevoked, ref.Message)
+		case errors.As(err, &ref) && ref.Reason == ReasonDraining:
+			attempt = 0 // the relay asked us to go elsewhere: go now
+		case time.Since(began) >= k.cfg.StableAfter:
+			attempt = 0
+		}
+		wait := k.cfg.Backoff.Wait(attempt, k.cfg.Rand())
+		attempt++
+		log.Warn("tunnel: session ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond), "attempt", attempt)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// once dials, handshakes and serves one session until it ends.
+func (k *Keeper) once(ctx context.Context, slot int) error {
+	conn, err := k.cfg.Dial(ctx)
+	if err != nil {
+		return fmt.Errorf("tunnel: dial relay: %w", err)
+	}
+	acfg := k.cfg.Agent
+	acfg.Hello.Slot = slot
+	s, err := ConnectAgent(ctx, conn, acfg)
+	if err != nil {
+		return err
+	}
+	k.live.Add(1)
+	defer k.live.Add(-1)
+	k.log.Info("tunnel: session established", "slot", slot, "session", s.Welcome.Session, "relay", s.Welcome.Relay)
+	stop := context.AfterFunc(ctx, func() { _ = s.Close() })
+	defer stop()
+	serveErr := k.cfg.Serve(ctx, s)
+	_ = s.Close()
+	if serveErr == nil || errors.Is(serveErr, net.ErrClosed) {
+		serveErr = errors.New("tunnel: session closed")
+	}
+	return serveErr
+}
