@@ -1,0 +1,152 @@
+package relay_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/tunnel"
+	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
+)
+
+// agent joins a session for cluster/slot to r; every stream it accepts is
+// answered with "<cluster>/<slot>".
+func agent(t *testing.T, r *relay.Router, cluster string, slot int) *tunnel.RelaySession {
+	t.Helper()
+	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: cluster, Agent: "agent-" + cluster, Slot: slot})
+	tunneltest.Serve(t, as, func(st *tunnel.Stream) { fmt.Fprintf(st, "%s/%d", cluster, slot) })
+	if err := r.Add(rs); err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+func open(t *testing.T, r *relay.Router, cluster string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	c, err := r.Open(ctx, &tunnel.Open{Cluster: cluster, Request: "req", Client: "203.0.113.1:1"})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+func TestRouterSendsEachClusterToItsOwnAgents(t *testing.T) {
+	r := relay.NewRouter(relay.RouterConfig{})
+	t.Cleanup(func() { _ = r.Close() })
+	agent(t, r, "prod", 0)
+	agent(t, r, "prod", 1)
+	agent(t, r, "staging", 0)
+
+	seen := map[string]int{}
+	for range 6 {
+		got, err := open(t, r, "prod")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(got, "prod/") {
+			t.Fatalf("a stream for prod was answered by %q", got)
+		}
+		seen[got]++
+	}
+	if seen["prod/0"] != 3 || seen["prod/1"] != 3 {
+		t.Fatalf("streams per session %v, want them taken in turn", seen)
+	}
+	if got, err := open(t, r, "staging"); err != nil || got != "staging/0" {
+		t.Fatalf("staging answered %q, %v", got, err)
+	}
+}
+
+func TestRouterNotConnected(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	r := relay.NewRouter(relay.RouterConfig{Now: func() time.Time { return now }})
+	t.Cleanup(func() { _ = r.Close() })
+
+	_, err := open(t, r, "prod")
+	var nc *relay.NotConnectedError
+	if !errors.As(err, &nc) || !nc.LastSeen.IsZero() || !strings.Contains(err.Error(), "no agent of it has connected") {
+		t.Fatalf("never-connected cluster: %v", err)
+	}
+
+	s := agent(t, r, "prod", 0)
+	if _, err := open(t, r, "prod"); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Sessions("prod") != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, err = open(t, r, "prod")
+	if !errors.As(err, &nc) || !nc.LastSeen.Equal(now) {
+		t.Fatalf("after the agent left: %v, want not connected, last seen %s", err, now)
+	}
+
+	w := httptest.NewRecorder()
+	relay.WriteError(w, err)
+	var st struct {
+		Kind, Reason, Message string
+		Code                  int
+	}
+	if json.Unmarshal(w.Body.Bytes(), &st); w.Code != 503 || st.Kind != "Status" || st.Code != 503 || !strings.Contains(st.Message, "last seen 2026-11-23T12:00:00Z") {
+		t.Fatalf("Status %d %s", w.Code, w.Body)
+	}
+}
+
+func TestRouterCapsStreamsPerCluster(t *testing.T) {
+	r := relay.NewRouter(relay.RouterConfig{MaxStreamsPerCluster: 2})
+	t.Cleanup(func() { _ = r.Close() })
+	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
+	// The agent holds its streams open until the test ends.
+	hold := make(chan struct{})
+	tunneltest.Serve(t, as, func(st *tunnel.Stream) { <-hold })
+	t.Cleanup(func() { close(hold) })
+	if err := r.Add(rs); err != nil {
+		t.Fatal(err)
+	}
+	o := &tunnel.Open{Cluster: "prod", Request: "r", Client: "c"}
+	a, err := r.Open(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Open(t.Context(), o); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Open(t.Context(), o); !errors.Is(err, relay.ErrTooManyStreams) {
+		t.Fatalf("third stream: %v, want ErrTooManyStreams", err)
+	}
+	_ = a.Close()
+	_ = a.Close() // a second Close must not free a second slot
+	if _, err := r.Open(t.Context(), o); err != nil {
+		t.Fatalf("after closing one: %v", err)
+	}
+	if _, err := r.Open(t.Context(), o); !errors.Is(err, relay.ErrTooManyStreams) {
+		t.Fatalf("double Close freed two slots: %v", err)
+	}
+}
+
+func TestRouterSkipsADeadSession(t *testing.T) {
+	r := relay.NewRouter(relay.RouterConfig{})
+	t.Cleanup(func() { _ = r.Close() })
+	agent(t, r, "prod", 0)
+	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "dying", Slot: 1})
+	if err := r.Add(rs); err != nil {
+		t.Fatal(err)
+	}
+	_ = as.Close() // the agent's end dies; the relay may not have noticed yet
+	for range 4 {
+		if got, err := open(t, r, "prod"); err != nil || got != "prod/0" {
+			t.Fatalf("got %q, %v; want the live session to answer", got, err)
+		}
+	}
+}
