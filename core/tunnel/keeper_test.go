@@ -61,8 +61,6 @@ func (r *fakeRelay) killAll() {
 	}
 }
 
-func (r *fakeRelay) setDown(down bool) { r.mu.Lock(); r.down = down; r.mu.Unlock() }
-
 func newKeeper(t *testing.T, r *fakeRelay, mutate ...func(*tunnel.KeeperConfig)) *tunnel.Keeper {
 	t.Helper()
 	cfg := tunnel.KeeperConfig{

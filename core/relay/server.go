@@ -1,0 +1,370 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tether-k8s/tether/core/clusterid"
+	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/tunnel"
+)
+
+// TunnelProtocol is the Upgrade token a caller's proxy asks for to open a
+// tunnel to a cluster.
+const TunnelProtocol = "tether-tunnel/1"
+
+// ALPN is the TLS application protocol of the agent endpoint.
+const ALPN = "tether/1"
+
+// maxJoinBody bounds a join request.
+const maxJoinBody = 64 << 10
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	// Registry holds the clusters and signs agents' credentials. Required.
+	Registry *registry.Registry
+	// Router routes callers' tunnels to agent sessions. Required.
+	Router *Router
+	// Authenticator checks callers' tokens before a tunnel opens. The agent
+	// checks them again, itself, on every request. Required.
+	Authenticator impersonate.Authenticator
+	// RelayID names this replica in Welcome frames and logs. Zero means
+	// "relay".
+	RelayID string
+	// Logger receives operational events; Audit one line per tunnel. Nil
+	// discards.
+	Logger, Audit *slog.Logger
+}
+
+// Server is the relay's public face: the HTTP API for callers and joining
+// agents, and the endpoint where agents hold their sessions.
+type Server struct {
+	cfg   ServerConfig
+	log   *slog.Logger
+	audit *slog.Logger
+	conns sync.WaitGroup
+}
+
+// NewServer validates cfg and returns a Server.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Registry == nil || cfg.Router == nil || cfg.Authenticator == nil {
+		return nil, errors.New("relay: ServerConfig.Registry, Router and Authenticator are required")
+	}
+	if cfg.RelayID == "" {
+		cfg.RelayID = "relay"
+	}
+	discard := slog.New(slog.DiscardHandler)
+	s := &Server{cfg: cfg, log: discard, audit: discard}
+	if cfg.Logger != nil {
+		s.log = cfg.Logger
+	}
+	if cfg.Audit != nil {
+		s.audit = cfg.Audit
+	}
+	return s, nil
+}
+
+// Handler returns the HTTP API:
+//
+//	POST /v1/join                      an agent trades a join token for its credential
+//	GET  /v1/clusters/{id}             a caller reads a cluster's connection details
+//	GET  /v1/clusters/{id}/tunnel      a caller's proxy opens a tunnel (Upgrade: tether-tunnel/1)
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/join", s.join)
+	mux.HandleFunc("GET /v1/clusters/{id}", s.clusterInfo)
+	mux.HandleFunc("GET /v1/clusters/{id}/tunnel", s.tunnel)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: no such relay endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+// JoinRequest is the body of POST /v1/join.
+type JoinRequest struct {
+	// Token is the join token `tether-relay cluster create` printed.
+	Token string `json:"token"`
+	// CSR is a DER certificate signing request for the agent's key.
+	CSR []byte `json:"csr"`
+}
+
+// JoinResponse is the answer to a join.
+type JoinResponse struct {
+	Cluster     string    `json:"cluster"`
+	Certificate string    `json:"certificate"`
+	CA          string    `json:"ca"`
+	NotAfter    time.Time `json:"notAfter"`
+}
+
+func (s *Server) join(w http.ResponseWriter, r *http.Request) {
+	var req JoinRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJoinBody)).Decode(&req); err != nil {
+		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: a join request is JSON {token, csr}: "+err.Error())
+		return
+	}
+	cred, err := s.cfg.Registry.Join(req.Token, req.CSR)
+	if err != nil {
+		code, reason := http.StatusUnauthorized, kstatus.ReasonUnauthorized
+		if errors.Is(err, registry.ErrBadCSR) {
+			code, reason = http.StatusBadRequest, kstatus.ReasonBadRequest
+		}
+		s.log.Warn("relay: join refused", "client", r.RemoteAddr, "error", err)
+		kstatus.Write(w, code, reason, "tether: "+err.Error())
+		return
+	}
+	s.log.Info("relay: agent joined", "cluster", cred.ClusterID, "client", r.RemoteAddr)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(JoinResponse{Cluster: cred.ClusterID, Certificate: string(cred.CertPEM), CA: string(cred.CAPEM), NotAfter: cred.NotAfter})
+}
+
+// ClusterInfo is the answer to GET /v1/clusters/{id}.
+type ClusterInfo struct {
+	Cluster string `json:"cluster"`
+	// Connected reports whether an agent of the cluster holds a session.
+	Connected bool `json:"connected"`
+	// CA verifies the cluster's agents (the registry's CA), for the
+	// caller's end-to-end TLS with the agent.
+	CA string `json:"ca"`
+}
+
+// caller authenticates the request's bearer token and checks the cluster ID
+// in the path. It writes the refusal itself and returns ok=false.
+func (s *Server) caller(w http.ResponseWriter, r *http.Request) (id string, who impersonate.Identity, ok bool) {
+	id = r.PathValue("id")
+	if err := clusterid.Validate(id); err != nil {
+		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: "+err.Error())
+		return "", who, false
+	}
+	auth := r.Header.Values("Authorization")
+	token, found := "", false
+	if len(auth) == 1 {
+		token, found = strings.CutPrefix(auth[0], "Bearer ")
+	}
+	if !found || token == "" {
+		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: a bearer token is required to reach a cluster")
+		return "", who, false
+	}
+	res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
+	if err != nil {
+		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "error", err)
+		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+strings.ReplaceAll(err.Error(), token, "<token>"))
+		return "", who, false
+	}
+	if _, err := s.cfg.Registry.Cluster(id); err != nil {
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: "+err.Error())
+		return "", who, false
+	}
+	return id, res.Identity, true
+}
+
+func (s *Server) clusterInfo(w http.ResponseWriter, r *http.Request) {
+	id, _, ok := s.caller(w, r)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(ClusterInfo{Cluster: id, Connected: s.cfg.Router.Sessions(id) > 0, CA: string(s.cfg.Registry.CAPEM())})
+}
+
+// tunnel authenticates the caller, opens a stream to one of the cluster's
+// agents, answers 101 and splices bytes until either side ends.
+func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), TunnelProtocol) || !headerHasToken(r.Header, "Connection", "upgrade") {
+		kstatus.Write(w, http.StatusUpgradeRequired, kstatus.ReasonBadRequest, "tether: this endpoint needs Connection: Upgrade and Upgrade: "+TunnelProtocol)
+		return
+	}
+	id, who, ok := s.caller(w, r)
+	if !ok {
+		return
+	}
+	reqID := newID()
+	start := time.Now()
+	st, err := s.cfg.Router.Open(r.Context(), &tunnel.Open{Cluster: id, Request: reqID, Client: r.RemoteAddr})
+	if err != nil {
+		s.log.Warn("relay: tunnel not opened", "cluster", id, "request", reqID, "error", err)
+		WriteError(w, err)
+		return
+	}
+	defer st.Close()
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		s.log.Error("relay: hijack", "error", err)
+		kstatus.Write(w, http.StatusInternalServerError, kstatus.ReasonInternalError, "tether: cannot take over the connection")
+		return
+	}
+	defer conn.Close()
+	if brw.Reader.Buffered() > 0 {
+		// The caller sent bytes before the 101: they belong to no one.
+		s.log.Warn("relay: caller sent data before the tunnel opened; closed", "cluster", id, "request", reqID)
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+TunnelProtocol+"\r\n\r\n"); err != nil {
+		return
+	}
+	in, out := splice(conn, st)
+	s.audit.Info("relay: tunnel", "request", reqID, "cluster", id, "user", who.User, "client", r.RemoteAddr,
+		"bytesIn", in, "bytesOut", out, "durationMs", time.Since(start).Milliseconds())
+}
+
+// splice copies both ways until both directions end, passing a half-close
+// on; it returns the bytes sent caller→agent and agent→caller.
+func splice(caller, agent net.Conn) (in, out int64) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		in, _ = io.Copy(agent, caller)
+		closeWrite(agent)
+	}()
+	out, _ = io.Copy(caller, agent)
+	closeWrite(caller)
+	wg.Wait()
+	return in, out
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		return
+	}
+	_ = c.Close()
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func newID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// AgentTLSConfig returns the TLS configuration of the agent endpoint: TLS
+// 1.3, the relay's certificate, and client certificates required and
+// verified against the registry's CA.
+func (s *Server) AgentTLSConfig(cert tls.Certificate) *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(s.cfg.Registry.CACertificate())
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool,
+		MinVersion:   tls.VersionTLS13,
+		NextProtos:   []string{ALPN},
+	}
+}
+
+// ServeAgents accepts agents' connections on l (a TLS listener with
+// AgentTLSConfig) until ctx ends or l fails, and adds each accepted session
+// to the router. It closes l and waits for the handshakes in progress.
+func (s *Server) ServeAgents(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
+	defer stop()
+	defer s.conns.Wait()
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("relay: accept agents: %w", err)
+		}
+		s.conns.Add(1)
+		go func() {
+			defer s.conns.Done()
+			s.acceptAgent(ctx, conn)
+		}()
+	}
+}
+
+func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
+	sess, err := tunnel.AcceptAgent(ctx, conn, tunnel.RelayConfig{
+		Authorize: s.authorizeAgent,
+		Session:   newID(),
+		Relay:     s.cfg.RelayID,
+		Logger:    s.log,
+	})
+	if err != nil {
+		s.log.Warn("relay: agent refused", "remote", conn.RemoteAddr(), "error", err)
+		return
+	}
+	if err := s.cfg.Router.Add(sess); err != nil {
+		_ = sess.Close()
+	}
+}
+
+// authorizeAgent accepts an agent whose certificate the registry lists as
+// current for the very cluster its Hello names.
+func (s *Server) authorizeAgent(_ context.Context, h *tunnel.Hello, st tls.ConnectionState) error {
+	if len(st.PeerCertificates) == 0 {
+		return tunnel.Refuse(tunnel.ReasonRevoked, "no client certificate")
+	}
+	id, err := s.cfg.Registry.VerifyPeer(st.PeerCertificates[0])
+	if err != nil {
+		return tunnel.Refuse(tunnel.ReasonRevoked, err.Error())
+	}
+	if id != h.Cluster {
+		return tunnel.Refuse(tunnel.ReasonClusterMismatch, fmt.Sprintf("the certificate is for cluster %s, not %s", id, h.Cluster))
+	}
+	return nil
+}
+
+// DialTunnel opens a tunnel to cluster through the relay at relayURL's host
+// over conn (already connected, TLS to the relay), with the caller's token.
+// It returns conn positioned after the 101, or the relay's refusal as an
+// error carrying its Status message.
+func DialTunnel(conn net.Conn, host, cluster, token string) (net.Conn, error) {
+	req := "GET /v1/clusters/" + cluster + "/tunnel HTTP/1.1\r\nHost: " + host +
+		"\r\nConnection: Upgrade\r\nUpgrade: " + TunnelProtocol + "\r\nAuthorization: Bearer " + token + "\r\n\r\n"
+	if _, err := io.WriteString(conn, req); err != nil {
+		return nil, fmt.Errorf("relay: request tunnel: %w", err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return nil, fmt.Errorf("relay: read tunnel response: %w", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		defer resp.Body.Close()
+		var st kstatus.Status
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(body, &st) == nil && st.Message != "" {
+			return nil, &TunnelError{Status: st}
+		}
+		return nil, fmt.Errorf("relay: tunnel refused: %s", resp.Status)
+	}
+	if br.Buffered() > 0 {
+		return nil, errors.New("relay: the relay sent data before the tunnel opened")
+	}
+	return conn, nil
+}
+
+// TunnelError is a relay's refusal to open a tunnel.
+type TunnelError struct{ Status kstatus.Status }
+
+func (e *TunnelError) Error() string { return e.Status.Message }

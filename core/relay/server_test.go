@@ -1,0 +1,338 @@
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/tunnel"
+	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
+)
+
+const goodToken = "caller-token-0123456789"
+
+type tokenAuthn struct{}
+
+func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (impersonate.Result, error) {
+	if tok == goodToken {
+		return impersonate.Result{Identity: impersonate.Identity{User: "alice"}}, nil
+	}
+	return impersonate.Result{}, errors.New("oidc: token is expired")
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+type relayHarness struct {
+	reg    *registry.Registry
+	router *relay.Router
+	srv    *relay.Server
+	api    *httptest.Server
+	audit  *syncBuffer
+}
+
+func newRelay(t *testing.T) *relayHarness {
+	t.Helper()
+	reg, err := registry.Open(registry.Config{Path: filepath.Join(t.TempDir(), "reg.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = reg.Close() })
+	router := relay.NewRouter(relay.RouterConfig{})
+	t.Cleanup(func() { _ = router.Close() })
+	h := &relayHarness{reg: reg, router: router, audit: &syncBuffer{}}
+	h.srv, err = relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: tokenAuthn{},
+		Audit: slog.New(slog.NewJSONHandler(h.audit, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.api = httptest.NewServer(h.srv.Handler())
+	t.Cleanup(h.api.Close)
+	return h
+}
+
+func (h *relayHarness) dialTunnel(t *testing.T, cluster, token string) (net.Conn, error) {
+	t.Helper()
+	conn, err := net.Dial("tcp", h.api.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return relay.DialTunnel(conn, "relay.test", cluster, token)
+}
+
+func TestTunnelSplicesToTheClustersAgent(t *testing.T) {
+	h := newRelay(t)
+	if _, err := h.reg.CreateCluster("prod"); err != nil {
+		t.Fatal(err)
+	}
+	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
+	tunneltest.Serve(t, as, func(st *tunnel.Stream) {
+		_, _ = io.Copy(st, st) // echo until the caller half-closes
+	})
+	if err := h.router.Add(rs); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := h.dialTunnel(t, "prod", goodToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte("kubectl bytes "), 10000)
+	go func() { _, _ = conn.Write(msg); _ = conn.(*net.TCPConn).CloseWrite() }()
+	got, err := io.ReadAll(conn)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo through the tunnel: %d bytes, %v", len(got), err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(h.audit.String(), `"bytesIn":140000`) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if a := h.audit.String(); !strings.Contains(a, `"user":"alice"`) || !strings.Contains(a, `"bytesOut":140000`) || strings.Contains(a, goodToken) {
+		t.Fatalf("audit line: %s", a)
+	}
+}
+
+func TestTunnelRefusals(t *testing.T) {
+	h := newRelay(t)
+	if _, err := h.reg.CreateCluster("prod"); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, cluster, token string
+		code                 int
+		msg                  string
+	}{
+		{"no token", "prod", "", 401, "bearer token is required"},
+		{"bad token", "prod", "stale", 401, "token is expired"},
+		{"unknown cluster", "staging", goodToken, 404, "unknown cluster"},
+		{"cluster ID %2e%2e", "%2e%2e", goodToken, 400, "invalid cluster ID"},
+		{"cluster ID in upper case", "PROD", goodToken, 400, "invalid cluster ID"},
+		{"not connected", "prod", goodToken, 503, "not connected"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.dialTunnel(t, tc.cluster, tc.token)
+			var te *relay.TunnelError
+			if !errors.As(err, &te) || te.Status.Code != tc.code || !strings.Contains(te.Status.Message, tc.msg) {
+				t.Fatalf("got %v, want Status %d mentioning %q", err, tc.code, tc.msg)
+			}
+		})
+	}
+	t.Run("no upgrade", func(t *testing.T) {
+		resp, err := http.Get(h.api.URL + "/v1/clusters/prod/tunnel")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUpgradeRequired {
+			t.Fatalf("status %d, want 426", resp.StatusCode)
+		}
+	})
+}
+
+func TestTunnelRefusesBytesSentBeforeThe101(t *testing.T) {
+	h := newRelay(t)
+	if _, err := h.reg.CreateCluster("prod"); err != nil {
+		t.Fatal(err)
+	}
+	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
+	got := make(chan string, 1)
+	tunneltest.Serve(t, as, func(st *tunnel.Stream) { b, _ := io.ReadAll(st); got <- string(b) })
+	if err := h.router.Add(rs); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", h.api.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, _ = io.WriteString(conn, "GET /v1/clusters/prod/tunnel HTTP/1.1\r\nHost: r\r\nConnection: Upgrade\r\nUpgrade: "+relay.TunnelProtocol+
+		"\r\nAuthorization: Bearer "+goodToken+"\r\n\r\nGET /api/v1/secrets HTTP/1.1\r\n\r\n")
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	reply, _ := io.ReadAll(conn)
+	if strings.Contains(string(reply), "101") {
+		t.Fatalf("the relay opened a tunnel for a caller that pipelined bytes: %q", reply)
+	}
+	select {
+	case b := <-got:
+		if b != "" {
+			t.Fatalf("pipelined bytes reached the agent: %q", b)
+		}
+	case <-time.After(5 * time.Second):
+	}
+}
+
+func csrDER(t *testing.T) ([]byte, *ecdsa.PrivateKey) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der, key
+}
+
+func postJoin(t *testing.T, h *relayHarness, body any) (*http.Response, relay.JoinResponse) {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	resp, err := http.Post(h.api.URL+"/v1/join", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var jr relay.JoinResponse
+	_ = json.NewDecoder(resp.Body).Decode(&jr)
+	return resp, jr
+}
+
+func TestJoin(t *testing.T) {
+	h := newRelay(t)
+	tok, err := h.reg.CreateCluster("prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := csrDER(t)
+	resp, jr := postJoin(t, h, relay.JoinRequest{Token: tok, CSR: csr})
+	if resp.StatusCode != 200 || jr.Cluster != "prod" || !strings.Contains(jr.Certificate, "BEGIN CERTIFICATE") {
+		t.Fatalf("join: %d %+v", resp.StatusCode, jr)
+	}
+	if resp, _ := postJoin(t, h, relay.JoinRequest{Token: tok, CSR: csr}); resp.StatusCode != 401 {
+		t.Fatalf("replayed join token: %d, want 401", resp.StatusCode)
+	}
+	tok2, _ := h.reg.Rotate("prod")
+	if resp, _ := postJoin(t, h, relay.JoinRequest{Token: tok2, CSR: []byte("junk")}); resp.StatusCode != 400 {
+		t.Fatalf("bad CSR: %d, want 400", resp.StatusCode)
+	}
+	if resp, _ := postJoin(t, h, "not an object"); resp.StatusCode != 400 {
+		t.Fatalf("bad body: %d, want 400", resp.StatusCode)
+	}
+}
+
+// TestServeAgents runs the agent endpoint with real mutual TLS.
+func TestServeAgents(t *testing.T) {
+	h := newRelay(t)
+	serverCert, serverPool := selfSigned(t)
+	l, err := tls.Listen("tcp", "127.0.0.1:0", h.srv.AgentTLSConfig(serverCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- h.srv.ServeAgents(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("ServeAgents: %v", err)
+		}
+	})
+
+	credFor := func(cluster string) tls.Certificate {
+		tok, err := h.reg.CreateCluster(cluster)
+		if err != nil {
+			tok, _ = h.reg.Rotate(cluster)
+		}
+		csr, key := csrDER(t)
+		cred, err := h.reg.Join(tok, csr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, _ := x509.MarshalPKCS8PrivateKey(key)
+		c, err := tls.X509KeyPair(cred.CertPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	connect := func(cert *tls.Certificate, claim string) (*tunnel.AgentSession, error) {
+		cfg := &tls.Config{RootCAs: serverPool, ServerName: "relay.test", NextProtos: []string{relay.ALPN}, MinVersion: tls.VersionTLS13}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		conn, err := tls.Dial("tcp", l.Addr().String(), cfg)
+		if err != nil {
+			return nil, err
+		}
+		s, err := tunnel.ConnectAgent(t.Context(), conn, tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: claim, Agent: "a"}})
+		if s != nil {
+			t.Cleanup(func() { _ = s.Close() })
+		}
+		return s, err
+	}
+
+	prod := credFor("prod")
+	credFor("staging")
+	if _, err := connect(&prod, "prod"); err != nil {
+		t.Fatalf("agent with a prod credential: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.router.Sessions("prod") != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if h.router.Sessions("prod") != 1 {
+		t.Fatal("the session was not routed")
+	}
+
+	var ref *tunnel.RefusedError
+	if _, err := connect(&prod, "staging"); !errors.As(err, &ref) || ref.Reason != tunnel.ReasonClusterMismatch {
+		t.Fatalf("prod credential claiming staging: %v, want ClusterMismatch", err)
+	}
+	if h.router.Sessions("staging") != 0 {
+		t.Fatal("a prod credential got a staging session")
+	}
+	if _, err := connect(nil, "prod"); err == nil {
+		t.Fatal("an agent without a certificate got a session")
+	}
+	if _, err := h.reg.Rotate("prod"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := connect(&prod, "prod"); !errors.As(err, &ref) || ref.Reason != tunnel.ReasonRevoked {
+		t.Fatalf("rotated credential: %v, want Revoked", err)
+	}
+}
+
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "relay.test"}, DNSNames: []string{"relay.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
+}
