@@ -279,3 +279,28 @@ func TestConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestServiceAccountPassthrough(t *testing.T) {
+	is := newIssuer(t)
+	oidcAuthn := newAuthn(t, configYAML(is, "cluster-a", "oidc:"))
+	const saIssuer = "https://kubernetes.default.svc.cluster.local"
+	a := authn.ServiceAccountPassthrough([]string{saIssuer}, 0, oidcAuthn)
+	// Signed by a key the agent cannot check: the API server will.
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sa := signWith(t, jose.SigningKey{Algorithm: jose.ES256, Key: other}, "sa", map[string]any{"iss": saIssuer, "sub": "system:serviceaccount:ci:deployer"})
+	res, err := a.AuthenticateToken(t.Context(), sa)
+	if err != nil || !res.Passthrough || res.Identity.User != "system:serviceaccount:ci:deployer" {
+		t.Fatalf("service-account token: %+v, %v; want passthrough", res, err)
+	}
+	notSA := signWith(t, jose.SigningKey{Algorithm: jose.ES256, Key: other}, "sa", map[string]any{"iss": saIssuer, "sub": "alice"})
+	if _, err := a.AuthenticateToken(t.Context(), notSA); err == nil {
+		t.Fatal("a token of the service-account issuer naming no service account passed")
+	}
+	res, err = a.AuthenticateToken(t.Context(), is.sign(t, is.claims("cluster-a", nil)))
+	if err != nil || res.Passthrough || res.Identity.User != "oidc:alice-sub" {
+		t.Fatalf("OIDC token: %+v, %v; want impersonation", res, err)
+	}
+	if _, err := a.AuthenticateToken(t.Context(), strings.Repeat(".", 50000)); err == nil {
+		t.Fatal("a token of dots passed")
+	}
+}

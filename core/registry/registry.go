@@ -1,9 +1,13 @@
 package registry
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -11,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -223,6 +228,44 @@ func (r *Registry) CACertificate() *x509.Certificate { return r.ca.cert }
 // CAPEM returns the CA certificate in PEM.
 func (r *Registry) CAPEM() []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.ca.certDER})
+}
+
+// ServingCertificate signs a TLS server certificate for the relay's own
+// endpoints, valid for hosts (DNS names or IP addresses) for 90 days, with a
+// fresh key. Agents and callers that pin CAPEM trust it.
+func (r *Registry) ServingCertificate(hosts []string) (tls.Certificate, error) {
+	if len(hosts) == 0 {
+		return tls.Certificate{}, errors.New("registry: a serving certificate needs at least one host name or address")
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("registry: serving key: %w", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := r.cfg.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: hosts[0], Organization: []string{"tether relay"}},
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(90 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, r.ca.cert, key.Public(), r.ca.key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("registry: sign serving certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der, r.ca.certDER}, PrivateKey: key}, nil
 }
 
 // CreateCluster records a new cluster and returns its first join token. The

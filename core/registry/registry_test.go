@@ -376,3 +376,26 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestServingCertificate(t *testing.T) {
+	f := open(t)
+	cert, err := f.reg.ServingCertificate([]string{"relay.example.com", "198.18.1.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"relay.example.com", "198.18.1.1"} {
+		if _, err := leaf.Verify(x509.VerifyOptions{DNSName: host, Roots: pool(f.reg.CACertificate()), CurrentTime: f.clk.Now()}); err != nil {
+			t.Errorf("serving certificate for %s: %v", host, err)
+		}
+	}
+	if _, err := f.reg.VerifyPeer(leaf); err == nil {
+		t.Fatal("the relay's serving certificate was accepted as a cluster credential")
+	}
+	if _, err := f.reg.ServingCertificate(nil); err == nil {
+		t.Fatal("a serving certificate for no host")
+	}
+}
