@@ -1,0 +1,243 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/tether-k8s/tether/core/clusterid"
+	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/tunnel"
+)
+
+// Files the agent keeps in Config.CredentialDir.
+const (
+	CertFile = "tls.crt"
+	KeyFile  = "tls.key"
+)
+
+// Config configures an Agent.
+type Config struct {
+	// Cluster is the cluster this agent serves. Required.
+	Cluster string
+	// Name identifies this agent process in the relay's logs (a pod name).
+	// Zero means the host name.
+	Name string
+	// RelayAPI is the relay's HTTPS API URL, used to join. Required when
+	// CredentialDir holds no credential yet.
+	RelayAPI string
+	// RelayAgentAddr is the host:port of the relay's agent endpoint.
+	// Required.
+	RelayAgentAddr string
+	// RelayCA verifies the relay (both endpoints): pinned, never learned.
+	// Required.
+	RelayCA *x509.CertPool
+	// CredentialDir keeps the agent's key and certificate (mode 0600).
+	// Required.
+	CredentialDir string
+	// JoinToken is traded for a credential when CredentialDir has none.
+	JoinToken string
+	// Handler serves callers' requests (the impersonation handler).
+	// Required.
+	Handler http.Handler
+	// Sessions is how many relay sessions to keep open. Zero means 2.
+	Sessions int
+	// Logger receives the agent's events. Nil discards.
+	Logger *slog.Logger
+}
+
+// Validate reports the first problem with c, naming the field.
+func (c *Config) Validate() error {
+	switch {
+	case clusterid.Validate(c.Cluster) != nil:
+		return fmt.Errorf("agent: Config.Cluster: %w", clusterid.Validate(c.Cluster))
+	case c.RelayAgentAddr == "":
+		return errors.New("agent: Config.RelayAgentAddr is empty: give the relay's agent endpoint (host:port)")
+	case c.RelayCA == nil:
+		return errors.New("agent: Config.RelayCA is nil: the relay's CA must be pinned")
+	case c.CredentialDir == "":
+		return errors.New("agent: Config.CredentialDir is empty: name where the credential is kept")
+	case c.Handler == nil:
+		return errors.New("agent: Config.Handler is nil")
+	}
+	return nil
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	keeper *tunnel.Keeper
+	cert   tls.Certificate
+}
+
+// New validates cfg and loads or obtains the credential: from
+// CredentialDir, or by joining with JoinToken.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Name == "" {
+		h, _ := os.Hostname()
+		cfg.Name = h
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{cfg: cfg, log: log.With("cluster", cfg.Cluster)}
+	cert, err := a.credential(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a.cert = cert
+	a.keeper, err = tunnel.NewKeeper(tunnel.KeeperConfig{
+		Sessions: cfg.Sessions,
+		Dial:     a.dial,
+		Agent:    tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: cfg.Cluster, Agent: cfg.Name, Software: "tether-agent"}, Logger: a.log},
+		Serve:    a.serve,
+		Logger:   a.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return a, nil
+}
+
+// credential loads the credential, or joins to obtain one.
+func (a *Agent) credential(ctx context.Context) (tls.Certificate, error) {
+	certPath, keyPath := filepath.Join(a.cfg.CredentialDir, CertFile), filepath.Join(a.cfg.CredentialDir, KeyFile)
+	if cert, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
+		a.log.Info("agent: using the stored credential", "dir", a.cfg.CredentialDir)
+		return cert, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return tls.Certificate{}, fmt.Errorf("agent: stored credential in %s unreadable: %w (remove it and join again with a new token)", a.cfg.CredentialDir, err)
+	}
+	if a.cfg.JoinToken == "" || a.cfg.RelayAPI == "" {
+		return tls.Certificate{}, fmt.Errorf("agent: no credential in %s and no join token and relay API to get one: run `tether-relay cluster create %s` and pass the token it prints", a.cfg.CredentialDir, a.cfg.Cluster)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("agent: generate key: %w", err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("agent: create CSR: %w", err)
+	}
+	body, _ := json.Marshal(relay.JoinRequest{Token: a.cfg.JoinToken, CSR: csr})
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: a.cfg.RelayCA, MinVersion: tls.VersionTLS12}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.cfg.RelayAPI+"/v1/join", bytes.NewReader(body))
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("agent: join request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("agent: join the relay at %s: %w", a.cfg.RelayAPI, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		var st kstatus.Status
+		if json.Unmarshal(raw, &st) == nil && st.Message != "" {
+			return tls.Certificate{}, fmt.Errorf("agent: join refused: %s", st.Message)
+		}
+		return tls.Certificate{}, fmt.Errorf("agent: join refused: %s", resp.Status)
+	}
+	var jr relay.JoinResponse
+	if err := json.Unmarshal(raw, &jr); err != nil {
+		return tls.Certificate{}, fmt.Errorf("agent: join response: %w", err)
+	}
+	if jr.Cluster != a.cfg.Cluster {
+		return tls.Certificate{}, fmt.Errorf("agent: the join token is for cluster %s, but this agent serves %s", jr.Cluster, a.cfg.Cluster)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("agent: encode key: %w", err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	cert, err := tls.X509KeyPair([]byte(jr.Certificate), keyPEM)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("agent: the relay's certificate does not match the key: %w", err)
+	}
+	if err := os.MkdirAll(a.cfg.CredentialDir, 0o700); err != nil {
+		return tls.Certificate{}, fmt.Errorf("agent: create %s: %w", a.cfg.CredentialDir, err)
+	}
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{{keyPath, keyPEM}, {certPath, []byte(jr.Certificate)}} {
+		if err := writeFile(f.path, f.data); err != nil {
+			return tls.Certificate{}, err
+		}
+	}
+	a.log.Info("agent: joined the relay", "notAfter", jr.NotAfter, "dir", a.cfg.CredentialDir)
+	return cert, nil
+}
+
+// writeFile writes data to path atomically, with mode 0600.
+func writeFile(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("agent: write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("agent: write %s: %w", path, err)
+	}
+	return nil
+}
+
+func (a *Agent) dial(ctx context.Context) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(a.cfg.RelayAgentAddr)
+	if err != nil {
+		return nil, fmt.Errorf("agent: relay agent address %q: %w", a.cfg.RelayAgentAddr, err)
+	}
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}, Config: &tls.Config{
+		Certificates: []tls.Certificate{a.cert},
+		RootCAs:      a.cfg.RelayCA,
+		ServerName:   host,
+		MinVersion:   tls.VersionTLS13,
+		NextProtos:   []string{relay.ALPN},
+	}}
+	return d.DialContext(ctx, "tcp", a.cfg.RelayAgentAddr)
+}
+
+// serve serves one session's streams: TLS under the cluster credential,
+// then HTTP to the request path.
+func (a *Agent) serve(ctx context.Context, s *tunnel.AgentSession) error {
+	l := tls.NewListener(s, &tls.Config{Certificates: []tls.Certificate{a.cert}, MinVersion: tls.VersionTLS13, NextProtos: []string{"http/1.1"}})
+	srv := &http.Server{
+		Handler:           a.cfg.Handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		IdleTimeout:       10 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	err := srv.Serve(l)
+	_ = srv.Close()
+	return err
+}
+
+// Run keeps the agent's sessions open until ctx ends (then it returns nil)
+// or the relay refuses the credential.
+func (a *Agent) Run(ctx context.Context) error { return a.keeper.Run(ctx) }
+
+// Ready reports whether the agent holds at least one relay session.
+func (a *Agent) Ready() bool { return a.keeper.Live() > 0 }

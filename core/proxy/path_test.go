@@ -1,0 +1,210 @@
+package proxy_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/tether-k8s/tether/core/agent"
+	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/proxy"
+	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/relay"
+)
+
+const callerToken = "caller-token-0123456789abcdef"
+
+type authnFunc func(string) (impersonate.Result, error)
+
+func (f authnFunc) AuthenticateToken(_ context.Context, t string) (impersonate.Result, error) {
+	return f(t)
+}
+
+var callers = authnFunc(func(t string) (impersonate.Result, error) {
+	if t == callerToken {
+		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}}, nil
+	}
+	return impersonate.Result{}, errors.New("unknown token")
+})
+
+// path is the whole data path in one process: a stand-in API server, an
+// agent for cluster "prod", a relay, and a proxy.
+type path struct {
+	apiserver *httptest.Server
+	proxy     *proxy.Proxy
+	client    *http.Client
+	reg       *registry.Registry
+}
+
+func startPath(t *testing.T, cluster string) *path {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	p := &path{}
+
+	// The API server echoes the identity it was asked to impersonate.
+	p.apiserver = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"user": r.Header.Get("Impersonate-User"), "groups": r.Header.Values("Impersonate-Group"),
+			"auth": r.Header.Get("Authorization"), "path": r.URL.Path,
+		})
+	}))
+	t.Cleanup(p.apiserver.Close)
+
+	// The relay: registry, router, API on TLS, agent endpoint on mutual TLS.
+	reg, err := registry.Open(registry.Config{Path: filepath.Join(t.TempDir(), "relay.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = reg.Close() })
+	p.reg = reg
+	router := relay.NewRouter(relay.RouterConfig{})
+	t.Cleanup(func() { _ = router.Close() })
+	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: callers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving, err := reg.ServingCertificate([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := httptest.NewUnstartedServer(srv.Handler())
+	api.TLS = &tls.Config{Certificates: []tls.Certificate{serving}, NextProtos: []string{"http/1.1"}}
+	api.StartTLS()
+	t.Cleanup(api.Close)
+	agentL, err := tls.Listen("tcp", "127.0.0.1:0", srv.AgentTLSConfig(serving))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeAgents(ctx, agentL) }()
+	t.Cleanup(func() { cancel(); <-served })
+	relayCA := x509.NewCertPool()
+	relayCA.AddCert(reg.CACertificate())
+
+	// The agent joins "prod" and forwards with impersonation.
+	token, err := reg.CreateCluster("prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.CreateCluster("staging"); err != nil {
+		t.Fatal(err)
+	}
+	upstream, _ := url.Parse(p.apiserver.URL)
+	h, err := impersonate.New(impersonate.Config{
+		Upstream: upstream, Transport: p.apiserver.Client().Transport, Authenticator: callers,
+		Credential: func(context.Context) (string, error) { return "agent-sa-token", nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(ctx, agent.Config{Cluster: "prod", Name: "agent-0", RelayAPI: api.URL, RelayAgentAddr: agentL.Addr().String(),
+		RelayCA: relayCA, CredentialDir: t.TempDir(), JoinToken: token, Handler: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-ran })
+	deadline := time.Now().Add(10 * time.Second)
+	for !a.Ready() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !a.Ready() {
+		t.Fatal("the agent did not connect")
+	}
+
+	// The proxy for the requested cluster.
+	p.proxy, err = proxy.New(ctx, proxy.Config{RelayURL: api.URL, RelayCA: relayCA, Cluster: cluster,
+		Token: func() (string, error) { return callerToken, nil }, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.proxy.Serve(ctx) }()
+	kc, err := clientcmd.NewDefaultClientConfig(*p.proxy.Kubeconfig("tether-prod"), nil).ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := rest.TransportFor(kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.client = &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	return p
+}
+
+func (p *path) get(t *testing.T, path string, hdr ...string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "https://"+p.proxy.Addr()+path, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	b, _ := io.ReadAll(resp.Body)
+	_ = json.Unmarshal(b, &body)
+	return resp.StatusCode, body
+}
+
+func TestRequestCrossesTheWholePath(t *testing.T) {
+	p := startPath(t, "prod")
+	for range 3 { // several requests, over kept-alive tunnels
+		code, body := p.get(t, "/api/v1/namespaces/default/pods")
+		if code != 200 || body["user"] != "alice" || body["auth"] != "Bearer agent-sa-token" || body["path"] != "/api/v1/namespaces/default/pods" {
+			t.Fatalf("through the path: %d %v", code, body)
+		}
+	}
+	code, body := p.get(t, "/api/v1/pods", "Impersonate-User", "system:admin")
+	if code != 403 || !strings.Contains(body["message"].(string), "--as") {
+		t.Fatalf("kubectl --as through the proxy: %d %v, want 403", code, body)
+	}
+}
+
+func TestProxyRefusesForeignCallers(t *testing.T) {
+	p := startPath(t, "prod")
+	// Without the kubeconfig's client certificate the TLS handshake fails.
+	plain := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, Timeout: 5 * time.Second}
+	if resp, err := plain.Get("https://" + p.proxy.Addr() + "/api"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a caller without the run's client certificate got %s", resp.Status)
+	}
+	if code, _ := p.get(t, "/api", "Origin", "https://evil.example"); code != 403 {
+		t.Fatalf("browser Origin: %d, want 403", code)
+	}
+	req, _ := http.NewRequest("GET", "https://"+p.proxy.Addr()+"/api", nil)
+	req.Host = "evil.example:47011" // DNS rebinding
+	resp, err := p.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 403 {
+		t.Fatalf("foreign Host: %d, want 403", resp.StatusCode)
+	}
+}
+
+func TestProxyForAnUnconnectedClusterSaysSo(t *testing.T) {
+	p := startPath(t, "staging") // registered, but no agent of it ever connected
+	code, body := p.get(t, "/api/v1/pods")
+	msg, _ := body["message"].(string)
+	if code != 503 || !strings.Contains(msg, "cluster staging is not connected") {
+		t.Fatalf("unconnected cluster: %d %q, want 503 saying it is not connected", code, msg)
+	}
+}

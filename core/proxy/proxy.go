@@ -1,0 +1,381 @@
+package proxy
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/tether-k8s/tether/core/clusterid"
+	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/relay"
+)
+
+// DefaultListen is where the proxy listens when Config.Listen is empty.
+const DefaultListen = "127.0.0.1:47011"
+
+// Config configures a Proxy.
+type Config struct {
+	// RelayURL is the relay's API, https://host:port. Required.
+	RelayURL string
+	// RelayCA verifies the relay. Nil means the system's roots.
+	RelayCA *x509.CertPool
+	// Cluster is the cluster to reach. Required.
+	Cluster string
+	// Token returns the caller's token; it is called for every new
+	// connection, so a refreshed token is picked up. Required.
+	Token func() (string, error)
+	// Listen is the local address, which must be a loopback address.
+	// Zero means DefaultListen.
+	Listen string
+	// Logger receives the proxy's events. Nil discards.
+	Logger *slog.Logger
+}
+
+// Validate reports the first problem with c, naming the field.
+func (c *Config) Validate() error {
+	u, err := url.Parse(c.RelayURL)
+	switch {
+	case err != nil || u.Scheme != "https" || u.Host == "":
+		return fmt.Errorf("proxy: Config.RelayURL %q: want https://host[:port]", c.RelayURL)
+	case clusterid.Validate(c.Cluster) != nil:
+		return fmt.Errorf("proxy: Config.Cluster: %w", clusterid.Validate(c.Cluster))
+	case c.Token == nil:
+		return errors.New("proxy: Config.Token is nil: give the caller's token source")
+	}
+	if c.Listen != "" {
+		host, _, err := net.SplitHostPort(c.Listen)
+		ip := net.ParseIP(host)
+		if err != nil || ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("proxy: Config.Listen %q: want a loopback address and port, such as %s", c.Listen, DefaultListen)
+		}
+	}
+	return nil
+}
+
+// Proxy is a running local proxy for one cluster.
+type Proxy struct {
+	cfg       Config
+	log       *slog.Logger
+	relayHost string
+	clusterCA *x509.CertPool
+	caPEM     []byte // the local CA, for the kubeconfig
+	server    tls.Certificate
+	clientPEM []byte // the kubeconfig's client certificate and key
+	clientKey []byte
+	localCAs  *x509.CertPool
+	listener  net.Listener
+}
+
+// New validates cfg, asks the relay for the cluster's details (which also
+// checks the token), makes this run's certificates and listens.
+func New(ctx context.Context, cfg Config) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	u, _ := url.Parse(cfg.RelayURL)
+	relayHost := u.Host
+	if u.Port() == "" {
+		relayHost = net.JoinHostPort(u.Hostname(), "443")
+	}
+	p := &Proxy{cfg: cfg, log: log.With("cluster", cfg.Cluster), relayHost: relayHost}
+	info, err := p.clusterInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.clusterCA = x509.NewCertPool()
+	if !p.clusterCA.AppendCertsFromPEM([]byte(info.CA)) {
+		return nil, errors.New("proxy: the relay published no usable cluster CA")
+	}
+	if !info.Connected {
+		p.log.Warn("proxy: the cluster's agent is not connected to the relay right now; requests fail until it is")
+	}
+	if err := p.makeCertificates(); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: listen on %s: %w (is another tether-proxy running? use --port)", cfg.Listen, err)
+	}
+	p.listener = l
+	return p, nil
+}
+
+func (p *Proxy) relayClient() *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.cfg.RelayCA, MinVersion: tls.VersionTLS12}}}
+}
+
+func (p *Proxy) clusterInfo(ctx context.Context) (*relay.ClusterInfo, error) {
+	token, err := p.cfg.Token()
+	if err != nil {
+		return nil, fmt.Errorf("proxy: read the caller's token: %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(p.cfg.RelayURL, "/")+"/v1/clusters/"+p.cfg.Cluster, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := p.relayClient().Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: reach the relay at %s: %w", p.cfg.RelayURL, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		var st kstatus.Status
+		if json.Unmarshal(body, &st) == nil && st.Message != "" {
+			return nil, fmt.Errorf("proxy: the relay refused: %s", st.Message)
+		}
+		return nil, fmt.Errorf("proxy: the relay answered %s", resp.Status)
+	}
+	var info relay.ClusterInfo
+	if err := json.Unmarshal(body, &info); err != nil {
+		return nil, fmt.Errorf("proxy: cluster details: %w", err)
+	}
+	return &info, nil
+}
+
+// makeCertificates creates this run's CA, the server certificate for the
+// listen address, and the client certificate the kubeconfig holds.
+func (p *Proxy) makeCertificates() error {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("proxy: generate CA key: %w", err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: "tether-proxy local CA"},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(30 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		MaxPathLenZero: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		return fmt.Errorf("proxy: create CA: %w", err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	p.caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	p.localCAs = x509.NewCertPool()
+	p.localCAs.AddCert(ca)
+
+	issue := func(tmpl *x509.Certificate) ([]byte, *ecdsa.PrivateKey, error) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, nil, err
+		}
+		tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = serial(), now.Add(-time.Minute), caTmpl.NotAfter
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+		return der, key, err
+	}
+	host, _, _ := net.SplitHostPort(p.cfg.Listen)
+	srvDER, srvKey, err := issue(&x509.Certificate{Subject: pkix.Name{CommonName: "tether-proxy"}, IPAddresses: []net.IP{net.ParseIP(host)},
+		DNSNames: []string{"localhost"}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		return fmt.Errorf("proxy: create server certificate: %w", err)
+	}
+	p.server = tls.Certificate{Certificate: [][]byte{srvDER}, PrivateKey: srvKey}
+	cliDER, cliKey, err := issue(&x509.Certificate{Subject: pkix.Name{CommonName: "tether-proxy-user"},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return fmt.Errorf("proxy: create client certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cliKey)
+	if err != nil {
+		return fmt.Errorf("proxy: encode client key: %w", err)
+	}
+	p.clientPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cliDER})
+	p.clientKey = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	return nil
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return n.Add(n, big.NewInt(1))
+}
+
+// Addr returns the local endpoint's address.
+func (p *Proxy) Addr() string { return p.listener.Addr().String() }
+
+// Kubeconfig returns a kubeconfig whose context name reaches the cluster
+// through this proxy. It holds the client certificate that is this run's
+// secret: keep it private (written with mode 0600).
+func (p *Proxy) Kubeconfig(context string) *clientcmdapi.Config {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters[context] = &clientcmdapi.Cluster{Server: "https://" + p.Addr(), CertificateAuthorityData: p.caPEM}
+	cfg.AuthInfos[context] = &clientcmdapi.AuthInfo{ClientCertificateData: p.clientPEM, ClientKeyData: p.clientKey}
+	cfg.Contexts[context] = &clientcmdapi.Context{Cluster: context, AuthInfo: context}
+	cfg.CurrentContext = context
+	return cfg
+}
+
+// Serve serves kubectl until ctx ends.
+func (p *Proxy) Serve(ctx context.Context) error {
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(&url.URL{Scheme: "https", Host: "cluster.tether"})
+			pr.Out.Header.Del("Authorization")
+			pr.Out.Header.Del("Proxy-Authorization")
+			if tok, ok := pr.In.Context().Value(tokenKey{}).(string); ok {
+				pr.Out.Header.Set("Authorization", "Bearer "+tok)
+			}
+		},
+		Transport: &http.Transport{
+			DialTLSContext:        p.dialCluster,
+			ForceAttemptHTTP2:     false,
+			MaxIdleConnsPerHost:   16,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: 0, // watches and logs -f answer late and stream
+		},
+		FlushInterval: -1,
+		ErrorHandler:  p.forwardError,
+	}
+	srv := &http.Server{
+		Handler:           p.guard(rp),
+		ReadHeaderTimeout: 30 * time.Second,
+		MaxHeaderBytes:    1 << 20,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{p.server}, ClientAuth: tls.RequireAndVerifyClientCert,
+			ClientCAs: p.localCAs, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
+		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+	}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		_ = srv.Close()
+	})
+	defer stop()
+	p.log.Info("proxy: serving", "address", p.Addr())
+	err := srv.ServeTLS(p.listener, "", "")
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+type tokenKey struct{}
+
+// guard refuses what must never reach the cluster, and reads the token.
+func (p *Proxy) guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.Host)
+		if host != "127.0.0.1" && host != "localhost" && host != "::1" {
+			kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, "tether-proxy: Host "+r.Host+" refused: only loopback")
+			return
+		}
+		if r.Header.Get("Origin") != "" {
+			kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, "tether-proxy: requests from web pages are refused")
+			return
+		}
+		for k := range r.Header {
+			if strings.HasPrefix(strings.ToLower(k), "impersonate") {
+				kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden,
+					"tether-proxy: --as and --as-group are not supported: tether sets your identity from your token ("+http.CanonicalHeaderKey(k)+")")
+				return
+			}
+		}
+		tok, err := p.cfg.Token()
+		if err != nil || tok == "" {
+			p.log.Error("proxy: no token", "error", err)
+			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, fmt.Sprintf("tether-proxy: cannot read your token: %v", err))
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenKey{}, tok)))
+	})
+}
+
+// dialCluster opens a tunnel through the relay and speaks TLS to the agent
+// inside it, checking the agent is the cluster's.
+func (p *Proxy) dialCluster(ctx context.Context, _, _ string) (net.Conn, error) {
+	tok, err := p.cfg.Token()
+	if err != nil {
+		return nil, fmt.Errorf("read the caller's token: %w", err)
+	}
+	host, _, _ := net.SplitHostPort(p.relayHost)
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second},
+		Config: &tls.Config{RootCAs: p.cfg.RelayCA, ServerName: host, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}}
+	raw, err := d.DialContext(ctx, "tcp", p.relayHost)
+	if err != nil {
+		return nil, fmt.Errorf("reach the relay at %s: %w", p.relayHost, err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
+	defer stop()
+	conn, err := relay.DialTunnel(raw, p.relayHost, p.cfg.Cluster, tok)
+	if err != nil {
+		_ = raw.Close()
+		return nil, err
+	}
+	agent := tls.Client(conn, &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{"http/1.1"},
+		// The agent's certificate is its cluster credential: verified below
+		// against the cluster CA and the requested cluster, not a host name.
+		InsecureSkipVerify: true,
+		VerifyConnection:   p.verifyAgent,
+	})
+	if err := agent.HandshakeContext(ctx); err != nil {
+		_ = raw.Close()
+		return nil, fmt.Errorf("TLS to the cluster's agent: %w", err)
+	}
+	return agent, nil
+}
+
+// verifyAgent accepts only a certificate that chains to the relay's cluster
+// CA and names the requested cluster.
+func (p *Proxy) verifyAgent(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("the agent presented no certificate")
+	}
+	leaf := cs.PeerCertificates[0]
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: p.clusterCA, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return fmt.Errorf("the agent's certificate is not from the relay's cluster CA: %w", err)
+	}
+	id, err := registry.ClusterIDFromCert(leaf)
+	if err != nil {
+		return err
+	}
+	if id != p.cfg.Cluster {
+		return fmt.Errorf("reached the agent of cluster %s, not %s: refusing", id, p.cfg.Cluster)
+	}
+	return nil
+}
+
+// forwardError answers kubectl when the cluster could not be reached.
+func (p *Proxy) forwardError(w http.ResponseWriter, r *http.Request, err error) {
+	p.log.Warn("proxy: request failed", "verb", r.Method, "path", r.URL.Path, "error", err)
+	var te *relay.TunnelError
+	if errors.As(err, &te) {
+		kstatus.Write(w, te.Status.Code, te.Status.Reason, te.Status.Message)
+		return
+	}
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	kstatus.Write(w, http.StatusBadGateway, kstatus.ReasonBadGateway, "tether-proxy: "+err.Error())
+}
