@@ -36,9 +36,12 @@ deps: ## install the Debian packages the tests need (iproute2, nftables), if mis
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 .PHONY: build
-build: ## build tether (go build ./...)
+build: ## build tether-relay, tether-agent and tether-proxy into bin/
 	go build ./...
+	go build -trimpath -ldflags "-X github.com/tether-k8s/tether/cmd/internal/cli.Version=$(VERSION)" -o bin/ ./cmd/relay ./cmd/agent ./cmd/proxy
+	@for b in relay agent proxy; do mv -f bin/$$b bin/tether-$$b; done
 
 .PHONY: fixtures
 fixtures: ## build kube-apiserver, kubectl, etcd, kwok... into .cache/bin (cold ~20 min, cached seconds)
@@ -62,7 +65,7 @@ unit: deps ## unit tests: everything but the packages that start clusters (the n
 	go test -race -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e)  # those run in e2e
 
 .PHONY: e2e
-e2e: deps fixtures ## the e2e suite on E2E_PROVIDER (default local: real kube-apiserver behind a firewall)
+e2e: deps fixtures build ## the e2e suite on E2E_PROVIDER (default local: real kube-apiserver behind a firewall)
 	go test -count=1 -v -timeout $(E2E_TIMEOUT) ./fixtures/cluster/...
 	E2E_PROVIDER=$(E2E_PROVIDER) go test -count=1 -v -timeout $(E2E_TIMEOUT) ./e2e/... -args -ginkgo.v -ginkgo.no-color
 
@@ -80,7 +83,7 @@ fuzz: ## run every fuzz target briefly (FUZZTIME each, default 10s)
 test: lint unit fuzz e2e ## everything CI runs: lint, unit tests, fuzz targets briefly, e2e
 
 .PHONY: demo
-demo: deps fixtures ## bring up the local cluster behind its firewall and tour it (KEEP=1 to stay up)
+demo: deps fixtures build ## the whole path: cluster behind a firewall, relay, agent, proxy, kubectl through tether (KEEP=1 to stay up)
 	go run ./fixtures/demo
 
 .PHONY: clean

@@ -32,13 +32,13 @@ func FuzzIdentityHeaders(f *testing.F) {
 			User: user, Groups: []string{group}, Extra: map[string][]string{extraKey: {extraVal}},
 		}}
 		target, _ := url.Parse("http://apiserver.invalid")
+		record := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			got = r
+			return &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader("{}")), Header: http.Header{}, Request: r}, nil
+		})
 		h, err := impersonate.New(impersonate.Config{
-			Upstream: target, Authenticator: authn,
+			Upstream: target, Authenticator: authn, Transport: record, UpgradeTransport: record,
 			Credential: func(context.Context) (string, error) { return agentToken, nil },
-			Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
-				got = r
-				return &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader("{}")), Header: http.Header{}, Request: r}, nil
-			}),
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -66,6 +66,12 @@ type Config struct {
 	// Transport carries requests to the API server, with its CA. It must not
 	// add credentials of its own. Required.
 	Transport http.RoundTripper
+	// UpgradeTransport carries upgrade requests (exec, attach,
+	// port-forward). It must never reuse a connection, so that one that
+	// answered a refused upgrade carries nothing else. Zero means a clone of
+	// Transport with keep-alives disabled, when Transport is an
+	// *http.Transport; otherwise it is required.
+	UpgradeTransport http.RoundTripper
 	// Credential returns the agent's bearer token for the API server, the
 	// service account that may only impersonate. It is called per request,
 	// so a rotated token is picked up. Required.
@@ -93,6 +99,8 @@ func (c *Config) Validate() error {
 		return errors.New("impersonate: Config.Upstream must be the API server's absolute URL")
 	case c.Transport == nil:
 		return errors.New("impersonate: Config.Transport is nil: give the transport to the API server")
+	case c.UpgradeTransport == nil && !isHTTPTransport(c.Transport):
+		return errors.New("impersonate: Config.UpgradeTransport is nil and Transport is not an *http.Transport to derive it from")
 	case c.Credential == nil:
 		return errors.New("impersonate: Config.Credential is nil: the agent needs its own token to forward")
 	case c.Authenticator == nil:
@@ -120,15 +128,37 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.MaxTokenBytes == 0 {
 		cfg.MaxTokenBytes = DefaultMaxTokenBytes
 	}
+	if cfg.UpgradeTransport == nil {
+		t := cfg.Transport.(*http.Transport).Clone()
+		t.DisableKeepAlives = true
+		cfg.UpgradeTransport = t
+	}
 	h := &Handler{cfg: cfg, log: orDiscard(cfg.Logger), audit: orDiscard(cfg.Audit)}
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:       h.rewrite,
-		Transport:     cfg.Transport,
+		Transport:     upgradeSplit{plain: cfg.Transport, upgrade: cfg.UpgradeTransport},
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(h.log.Handler(), slog.LevelError),
 		ErrorHandler:  h.upstreamError,
 	}
 	return h, nil
+}
+
+func isHTTPTransport(rt http.RoundTripper) bool {
+	_, ok := rt.(*http.Transport)
+	return ok
+}
+
+// upgradeSplit sends upgrade requests over a transport that never reuses a
+// connection. (Setting Request.Close instead would add "Connection: close"
+// beside "Connection: Upgrade", which kubelets reject.)
+type upgradeSplit struct{ plain, upgrade http.RoundTripper }
+
+func (u upgradeSplit) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Header.Get("Upgrade") != "" {
+		return u.upgrade.RoundTrip(r)
+	}
+	return u.plain.RoundTrip(r)
 }
 
 func orDiscard(l *slog.Logger) *slog.Logger {
@@ -143,7 +173,6 @@ func orDiscard(l *slog.Logger) *slog.Logger {
 type plan struct {
 	authorization string
 	identity      *Identity // nil in passthrough mode
-	upgrade       bool
 }
 
 type planKey struct{}
@@ -185,7 +214,7 @@ func (h *Handler) decide(r *http.Request, reqID string) (*plan, Identity, *refus
 	if ref := checkHeaders(r); ref != nil {
 		return nil, Identity{}, ref
 	}
-	upgrade, ref := checkUpgrade(r)
+	_, ref := checkUpgrade(r)
 	if ref != nil {
 		return nil, Identity{}, ref
 	}
@@ -199,7 +228,7 @@ func (h *Handler) decide(r *http.Request, reqID string) (*plan, Identity, *refus
 		return nil, Identity{}, refuse(http.StatusUnauthorized, kstatus.ReasonUnauthorized, "the bearer token was refused: %s", msg)
 	}
 	if res.Passthrough {
-		return &plan{authorization: "Bearer " + token, upgrade: upgrade}, res.Identity, nil
+		return &plan{authorization: "Bearer " + token}, res.Identity, nil
 	}
 	id := res.Identity
 	if err := ValidateIdentity(id, h.cfg.AllowSystemNames); err != nil {
@@ -217,7 +246,7 @@ func (h *Handler) decide(r *http.Request, reqID string) (*plan, Identity, *refus
 	}
 	out.Extra[ExtraRequestID] = []string{reqID}
 	out.Extra[ExtraClientAddress] = []string{r.RemoteAddr}
-	return &plan{authorization: "Bearer " + cred, identity: &out, upgrade: upgrade}, id, nil
+	return &plan{authorization: "Bearer " + cred, identity: &out}, id, nil
 }
 
 // connectionTokensAllowed are the only tokens a Connection header may list.
@@ -435,11 +464,6 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 		return
 	}
 	out.Set("Authorization", p.authorization)
-	if p.upgrade {
-		// Never reuse the upstream connection of an upgrade: if the API
-		// server refuses it, the connection must not carry anything else.
-		pr.Out.Close = true
-	}
 	if id := p.identity; id != nil {
 		out.Set("Impersonate-User", id.User)
 		if id.UID != "" {

@@ -466,6 +466,11 @@ func TestUpgradeSplicedAfter101(t *testing.T) {
 	if got.Get("Impersonate-User") != "alice@example.com" || got.Get("Authorization") != "Bearer "+agentToken {
 		t.Fatalf("upgrade forwarded without impersonation: %v", got)
 	}
+	// Exactly "Connection: Upgrade": kubelets reject an upgrade whose
+	// Connection header also says close.
+	if c := got.Values("Connection"); len(c) != 1 || !strings.EqualFold(c[0], "Upgrade") {
+		t.Fatalf("upstream Connection %q, want exactly [Upgrade]", c)
+	}
 }
 
 func TestFailedUpgradeEndsTheUpstreamConnection(t *testing.T) {
@@ -517,11 +522,12 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, mutate := range map[string]func(*impersonate.Config){
-		"Upstream":      func(c *impersonate.Config) { c.Upstream = nil },
-		"Transport":     func(c *impersonate.Config) { c.Transport = nil },
-		"Authenticator": func(c *impersonate.Config) { c.Authenticator = nil },
-		"Credential":    func(c *impersonate.Config) { c.Credential = nil },
-		"MaxTokenBytes": func(c *impersonate.Config) { c.MaxTokenBytes = -1 },
+		"Upstream":         func(c *impersonate.Config) { c.Upstream = nil },
+		"Transport":        func(c *impersonate.Config) { c.Transport = nil },
+		"Authenticator":    func(c *impersonate.Config) { c.Authenticator = nil },
+		"Credential":       func(c *impersonate.Config) { c.Credential = nil },
+		"MaxTokenBytes":    func(c *impersonate.Config) { c.MaxTokenBytes = -1 },
+		"UpgradeTransport": func(c *impersonate.Config) { c.Transport = roundTripFunc(nil) },
 	} {
 		c := good
 		mutate(&c)

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -57,6 +58,17 @@ func startPath(t *testing.T, cluster string) *path {
 
 	// The API server echoes the identity it was asked to impersonate.
 	p.apiserver = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			_, _ = io.WriteString(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n")
+			_ = brw.Flush()
+			_, _ = io.Copy(conn, brw) // echo
+			return
+		}
 		_ = json.NewEncoder(w).Encode(map[string]any{
 			"user": r.Header.Get("Impersonate-User"), "groups": r.Header.Values("Impersonate-Group"),
 			"auth": r.Header.Get("Authorization"), "path": r.URL.Path,
@@ -207,4 +219,45 @@ func TestProxyForAnUnconnectedClusterSaysSo(t *testing.T) {
 	if code != 503 || !strings.Contains(msg, "cluster staging is not connected") {
 		t.Fatalf("unconnected cluster: %d %q, want 503 saying it is not connected", code, msg)
 	}
+}
+
+func TestUpgradeCrossesTheWholePath(t *testing.T) {
+	p := startPath(t, "prod")
+	conn, err := tls.Dial("tcp", p.proxy.Addr(), p.tlsConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.WriteString(conn, "POST /api/v1/namespaces/default/pods/p/exec?command=cat HTTP/1.1\r\nHost: 127.0.0.1\r\n"+
+		"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade through the path: %v %v", resp, err)
+	}
+	for i := range 3 {
+		msg := strings.Repeat(string(rune('a'+i)), 1000)
+		if _, err := io.WriteString(conn, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
+			t.Fatalf("echo %d over the upgraded path: %v", i, err)
+		}
+	}
+}
+
+// tlsConfig is the client side of the proxy's kubeconfig, for raw requests.
+func (p *path) tlsConfig(t *testing.T) *tls.Config {
+	t.Helper()
+	kc, err := clientcmd.NewDefaultClientConfig(*p.proxy.Kubeconfig("tether-prod"), nil).ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := rest.TLSConfigFor(kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }

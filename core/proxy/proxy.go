@@ -280,7 +280,11 @@ type tokenKey struct{}
 // guard refuses what must never reach the cluster, and reads the token.
 func (p *Proxy) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host, _, _ := net.SplitHostPort(r.Host)
+		host, _, err := net.SplitHostPort(r.Host)
+		if err != nil {
+			host = r.Host
+		}
+		host = strings.Trim(host, "[]")
 		if host != "127.0.0.1" && host != "localhost" && host != "::1" {
 			kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, "tether-proxy: Host "+r.Host+" refused: only loopback")
 			return

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -223,7 +224,7 @@ func (s *RelaySession) Open(ctx context.Context, o *Open) (net.Conn, error) {
 		return nil, &RefusedError{Frame: FrameOpenReply, Reason: reply.Reason, Message: reply.Message}
 	}
 	_ = st.SetDeadline(time.Time{})
-	return st, nil
+	return deadlineConn{st}, nil
 }
 
 // NumStreams returns the number of open streams.
@@ -354,7 +355,7 @@ func (s *AgentSession) checkOpen(st *yamux.Stream) {
 	}
 	_ = st.SetDeadline(time.Time{})
 	select {
-	case s.streams <- &Stream{Conn: st, Open: o}:
+	case s.streams <- &Stream{Conn: deadlineConn{st}, Open: o}:
 	case <-s.closed:
 		_ = st.Close()
 	}
@@ -404,6 +405,31 @@ type Stream struct {
 
 // RemoteAddr returns the caller's address as the relay reported it.
 func (s *Stream) RemoteAddr() net.Addr { return clientAddr(s.Open.Client) }
+
+// deadlineConn reports a passed deadline as os.ErrDeadlineExceeded, which
+// says it is temporary, instead of yamux's ErrTimeout, which does not.
+// crypto/tls treats a non-temporary read error as fatal, and net/http sets a
+// read deadline in the past to interrupt a read when it hands a connection
+// over for an upgrade: without this, every exec, attach and port-forward
+// over TLS on a stream would die the moment it started.
+type deadlineConn struct{ net.Conn }
+
+func (c deadlineConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	return n, deadlineErr(err)
+}
+
+func (c deadlineConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	return n, deadlineErr(err)
+}
+
+func deadlineErr(err error) error {
+	if errors.Is(err, yamux.ErrTimeout) {
+		return os.ErrDeadlineExceeded
+	}
+	return err
+}
 
 type clientAddr string
 

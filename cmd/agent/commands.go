@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/tether-k8s/tether/cmd/internal/cli"
+	"github.com/tether-k8s/tether/core/agent"
+	"github.com/tether-k8s/tether/core/authn"
+	"github.com/tether-k8s/tether/core/impersonate"
+)
+
+type options struct {
+	cluster, name            string
+	relayURL, relayAgentAddr string
+	relayCA                  string
+	credentialDir            string
+	joinTokenFile            string
+	kubeconfig               string
+	authnConfig              string
+	saIssuers                []string
+	allowSystemNames         bool
+	sessions                 int
+	healthListen             string
+	logs                     cli.LogFlags
+}
+
+func newRootCommand() *cobra.Command {
+	o := &options{}
+	c := &cobra.Command{
+		Use:   "tether-agent",
+		Short: "The in-cluster agent: dials out to the relay and forwards callers to the API server with impersonation",
+		Long: `tether-agent runs inside a cluster that accepts no inbound connection. It dials OUT to the relay,
+keeps sessions open, and serves each caller's request: it verifies the caller's token itself
+(--authentication-config, the same format as kube-apiserver's), then forwards to the API server
+with its own service account, which may only impersonate, naming the caller.
+
+The first start trades a join token (tether-relay cluster create) for a credential kept in
+--credential-dir; later starts reuse it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
+	}
+	fs := c.Flags()
+	fs.StringVar(&o.cluster, "cluster", "", "the cluster's name at the relay (required)")
+	fs.StringVar(&o.name, "name", "", "this agent's name in the relay's logs (default: $POD_NAME or the host name)")
+	fs.StringVar(&o.relayURL, "relay", "", "the relay's API, https://host:port (required)")
+	fs.StringVar(&o.relayAgentAddr, "relay-agent-addr", "", "the relay's agent endpoint host:port (default: the --relay host, port 8444)")
+	fs.StringVar(&o.relayCA, "relay-ca", "", "PEM file of the relay's CA, pinned (tether-relay ca prints it) (required)")
+	fs.StringVar(&o.credentialDir, "credential-dir", "/var/lib/tether-agent", "where the agent keeps its key and certificate")
+	fs.StringVar(&o.joinTokenFile, "join-token-file", "", "file holding the join token, used when --credential-dir has no credential (default: $TETHER_JOIN_TOKEN)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the agent's service account (default: in-cluster configuration)")
+	fs.StringVar(&o.authnConfig, "authentication-config", "", "AuthenticationConfiguration (apiserver.config.k8s.io/v1) for callers' tokens (required)")
+	fs.StringSliceVar(&o.saIssuers, "service-account-issuer", []string{"https://kubernetes.default.svc.cluster.local"}, "issuer of the cluster's service-account tokens, which are passed through unimpersonated (repeatable)")
+	fs.BoolVar(&o.allowSystemNames, "allow-system-names", false, "let callers' mapped user and group names start with system:")
+	fs.IntVar(&o.sessions, "sessions", 2, "relay sessions to keep open")
+	fs.StringVar(&o.healthListen, "health-listen", "0.0.0.0:8081", "address of /healthz and /readyz (ready while a relay session is up; empty disables)")
+	o.logs.Add(fs)
+	return c
+}
+
+func (o *options) run(parent context.Context) error {
+	log, err := o.logs.Logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	if o.cluster == "" || o.relayURL == "" || o.authnConfig == "" {
+		return errors.New("--cluster, --relay and --authentication-config are required")
+	}
+	relayCA, err := cli.ReadCAFile("--relay-ca", o.relayCA)
+	if err != nil {
+		return err
+	}
+	if o.relayAgentAddr == "" {
+		u, err := url.Parse(o.relayURL)
+		if err != nil || u.Hostname() == "" {
+			return fmt.Errorf("--relay %q: want https://host:port", o.relayURL)
+		}
+		o.relayAgentAddr = net.JoinHostPort(u.Hostname(), "8444")
+	}
+	if o.name == "" {
+		o.name = os.Getenv("POD_NAME")
+	}
+	joinToken := strings.TrimSpace(os.Getenv("TETHER_JOIN_TOKEN"))
+	if o.joinTokenFile != "" {
+		b, err := os.ReadFile(o.joinTokenFile)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("--join-token-file: %w", err)
+		}
+		joinToken = strings.TrimSpace(string(b))
+	}
+	raw, err := os.ReadFile(o.authnConfig)
+	if err != nil {
+		return fmt.Errorf("--authentication-config: %w", err)
+	}
+	ac, err := authn.LoadConfig(raw)
+	if err != nil {
+		return fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
+	}
+	ctx, cancel := cli.SignalContext(parent)
+	defer cancel()
+
+	upstream, transport, credential, err := o.apiServer()
+	if err != nil {
+		return err
+	}
+	oidcAuthn, err := authn.New(ctx, authn.Config{Authentication: ac, DisallowedIssuers: o.saIssuers, AllowSystemNames: o.allowSystemNames, Logger: log})
+	if err != nil {
+		return err
+	}
+	handler, err := impersonate.New(impersonate.Config{
+		Upstream: upstream, Transport: transport, Credential: credential,
+		Authenticator:    authn.ServiceAccountPassthrough(o.saIssuers, 0, oidcAuthn),
+		AllowSystemNames: o.allowSystemNames, Logger: log, Audit: log.With("audit", true),
+	})
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr,
+		RelayCA: relayCA, CredentialDir: o.credentialDir, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, Logger: log})
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	var health *http.Server
+	if o.healthListen != "" {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if !a.Ready() {
+				http.Error(w, "no relay session", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		health = &http.Server{Addr: o.healthListen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := health.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				log.Error("agent: health endpoint", "error", err)
+			}
+		}()
+	}
+	log.Info("agent: starting", "cluster", o.cluster, "relay", o.relayAgentAddr, "apiserver", upstream.String())
+	err = a.Run(ctx)
+	if health != nil {
+		_ = health.Close()
+	}
+	wg.Wait()
+	return err
+}
+
+// apiServer returns the API server's URL, a transport that trusts its CA
+// and adds nothing, and the agent's bearer token source (re-read from the
+// token file on every call, so projected tokens rotate).
+func (o *options) apiServer() (*url.URL, http.RoundTripper, func(context.Context) (string, error), error) {
+	var cfg *rest.Config
+	var err error
+	if o.kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("API server configuration (--kubeconfig, or in-cluster): %w", err)
+	}
+	u, err := url.Parse(cfg.Host)
+	if err != nil || u.Scheme != "https" {
+		return nil, nil, nil, fmt.Errorf("API server %q: want an https URL", cfg.Host)
+	}
+	tlsCfg, err := rest.TLSConfigFor(cfg)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("API server TLS: %w", err)
+	}
+	if tlsCfg == nil {
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if len(tlsCfg.Certificates) > 0 || tlsCfg.GetClientCertificate != nil {
+		return nil, nil, nil, errors.New("the agent's kubeconfig authenticates with a client certificate: give it a service account token instead (the agent must hold only impersonate rights)")
+	}
+	transport := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: false, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	static, file := cfg.BearerToken, cfg.BearerTokenFile
+	if static == "" && file == "" {
+		return nil, nil, nil, errors.New("the agent's kubeconfig has no bearer token: give it its service account's token")
+	}
+	credential := func(context.Context) (string, error) {
+		if file == "" {
+			return static, nil
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("read the service account token: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return u, transport, credential, nil
+}

@@ -1,0 +1,157 @@
+package cli
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// Version is tether's version, set at build time with
+// -ldflags "-X github.com/tether-k8s/tether/cmd/internal/cli.Version=v0.1.0".
+var Version = "dev"
+
+// LogFlags are the logging flags every binary has.
+type LogFlags struct {
+	Format string
+	Level  string
+}
+
+// Add registers the flags on fs.
+func (l *LogFlags) Add(fs *pflag.FlagSet) {
+	fs.StringVar(&l.Format, "log-format", "text", "log format: text or json")
+	fs.StringVar(&l.Level, "log-level", "info", "log level: debug, info, warn or error (tokens are never logged at any level)")
+}
+
+// Logger builds the logger the flags describe, writing to w.
+func (l *LogFlags) Logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.Level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.Level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch l.Format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", l.Format)
+}
+
+// SignalContext returns a context cancelled with parent or by SIGINT or
+// SIGTERM.
+func SignalContext(parent context.Context) (context.Context, context.CancelFunc) {
+	if parent == nil {
+		parent = context.Background()
+	}
+	return signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+}
+
+// Execute runs root and exits 1 with "NAME: error" on failure.
+func Execute(root *cobra.Command) {
+	root.Version = Version
+	root.SilenceUsage = true
+	root.SilenceErrors = true
+	if err := root.Execute(); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", root.Name(), err)
+		os.Exit(1)
+	}
+}
+
+// ReadCAFile reads a PEM bundle of CA certificates for pinning.
+func ReadCAFile(flag, path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%s is required: the CA that signed the relay's certificate (tether-relay ca prints it)", flag)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flag, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s %s: no PEM certificate in it", flag, path)
+	}
+	return pool, nil
+}
+
+// TokenFlags say where the caller's token comes from.
+type TokenFlags struct {
+	File    string
+	Command string
+}
+
+// Add registers the flags on fs.
+func (t *TokenFlags) Add(fs *pflag.FlagSet) {
+	fs.StringVar(&t.File, "token-file", "", "file holding the caller's token, re-read when it changes (default: $TETHER_TOKEN)")
+	fs.StringVar(&t.Command, "token-command", "", "command that prints the caller's token, run when the token is needed (cached 1 minute)")
+}
+
+// Source returns a function giving the current token: from the file (read
+// on every call, so a rotated token is picked up), the command, or the
+// TETHER_TOKEN environment variable.
+func (t *TokenFlags) Source() (func() (string, error), error) {
+	switch {
+	case t.File != "" && t.Command != "":
+		return nil, errors.New("--token-file and --token-command exclude each other")
+	case t.File != "":
+		path := t.File
+		return func() (string, error) {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return "", fmt.Errorf("--token-file: %w", err)
+			}
+			tok := strings.TrimSpace(string(b))
+			if tok == "" {
+				return "", fmt.Errorf("--token-file %s is empty", path)
+			}
+			return tok, nil
+		}, nil
+	case t.Command != "":
+		return commandToken(t.Command), nil
+	}
+	tok := strings.TrimSpace(os.Getenv("TETHER_TOKEN"))
+	if tok == "" {
+		return nil, errors.New("no token: pass --token-file or --token-command, or set TETHER_TOKEN")
+	}
+	return func() (string, error) { return tok, nil }, nil
+}
+
+func commandToken(command string) func() (string, error) {
+	var (
+		mu     sync.Mutex
+		cached string
+		at     time.Time
+	)
+	return func() (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if cached != "" && time.Since(at) < time.Minute {
+			return cached, nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "sh", "-c", command).Output()
+		if err != nil {
+			return "", fmt.Errorf("--token-command: %w", err)
+		}
+		tok := strings.TrimSpace(string(out))
+		if tok == "" {
+			return "", errors.New("--token-command printed no token")
+		}
+		cached, at = tok, time.Now()
+		return tok, nil
+	}
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/tether-k8s/tether/cmd/internal/cli"
+	"github.com/tether-k8s/tether/core/proxy"
+)
+
+type options struct {
+	relayURL, relayCA string
+	cluster           string
+	port              int
+	file              string
+	context           string
+	token             cli.TokenFlags
+	logs              cli.LogFlags
+}
+
+func newRootCommand() *cobra.Command {
+	o := &options{}
+	c := &cobra.Command{
+		Use:   "tether-proxy --relay URL --cluster NAME",
+		Short: "Reach a firewalled cluster with kubectl, through the tether relay",
+		Long: `tether-proxy listens on 127.0.0.1, writes a kubeconfig context that points at it, and forwards
+each kubectl request through the relay to the cluster's agent, adding your token. It runs until
+Ctrl-C, then removes the context it wrote.
+
+The context's credential is a client certificate made for this run: only that kubeconfig can use
+the proxy, not another program or a web page on your machine.
+
+  TETHER_TOKEN=$(cat token) tether-proxy --relay https://relay.example.com:8443 --cluster prod &
+  kubectl --context tether-prod get pods`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
+	}
+	fs := c.Flags()
+	fs.StringVar(&o.relayURL, "relay", "", "the relay's API, https://host:port (required)")
+	fs.StringVar(&o.relayCA, "relay-ca", "", "PEM file of the CA that signed the relay's certificate (default: the system's roots)")
+	fs.StringVar(&o.cluster, "cluster", "", "the cluster to reach (required)")
+	fs.IntVar(&o.port, "port", 47011, "local port, on 127.0.0.1")
+	fs.StringVarP(&o.file, "kubeconfig-file", "f", "", "kubeconfig to merge the context into, or - to print it (default: $KUBECONFIG or ~/.kube/config)")
+	fs.StringVar(&o.context, "kube-context", "", "name of the context to write (default: tether-CLUSTER)")
+	o.token.Add(fs)
+	o.logs.Add(fs)
+	return c
+}
+
+func (o *options) run(parent context.Context) error {
+	log, err := o.logs.Logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	if o.relayURL == "" || o.cluster == "" {
+		return errors.New("--relay and --cluster are required")
+	}
+	if o.port < 0 || o.port > 65535 {
+		return fmt.Errorf("--port %d: want 1 to 65535 (0 picks a free one)", o.port)
+	}
+	var relayCA *x509.CertPool
+	if o.relayCA != "" {
+		if relayCA, err = cli.ReadCAFile("--relay-ca", o.relayCA); err != nil {
+			return err
+		}
+	}
+	token, err := o.token.Source()
+	if err != nil {
+		return err
+	}
+	if o.context == "" {
+		o.context = "tether-" + o.cluster
+	}
+	ctx, cancel := cli.SignalContext(parent)
+	defer cancel()
+	p, err := proxy.New(ctx, proxy.Config{RelayURL: o.relayURL, RelayCA: relayCA, Cluster: o.cluster, Token: token,
+		Listen: "127.0.0.1:" + strconv.Itoa(o.port), Logger: log})
+	if err != nil {
+		return err
+	}
+	kc := p.Kubeconfig(o.context)
+	remove, err := o.writeKubeconfig(kc)
+	if err != nil {
+		return err
+	}
+	defer remove()
+	err = p.Serve(ctx)
+	return err
+}
+
+// writeKubeconfig merges the context into the kubeconfig file (or prints
+// it) and returns a function that removes it again.
+func (o *options) writeKubeconfig(kc *clientcmdapi.Config) (func(), error) {
+	if o.file == "-" {
+		b, err := clientcmd.Write(*kc)
+		if err != nil {
+			return nil, fmt.Errorf("encode kubeconfig: %w", err)
+		}
+		_, err = os.Stdout.Write(b)
+		return func() {}, err
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	path := o.file
+	if path == "" {
+		path = rules.GetDefaultFilename()
+	}
+	existing, err := clientcmd.LoadFromFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		existing, err = clientcmdapi.NewConfig(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read kubeconfig %s: %w", path, err)
+	}
+	name := o.context
+	existing.Clusters[name] = kc.Clusters[name]
+	existing.AuthInfos[name] = kc.AuthInfos[name]
+	existing.Contexts[name] = kc.Contexts[name]
+	if existing.CurrentContext == "" {
+		existing.CurrentContext = name
+	}
+	if err := clientcmd.WriteToFile(*existing, path); err != nil {
+		return nil, fmt.Errorf("write kubeconfig %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+	}
+	fmt.Fprintf(os.Stderr, "tether-proxy: context %s written to %s; use: kubectl --context %s ...\n", name, path, name)
+	return func() {
+		cur, err := clientcmd.LoadFromFile(path)
+		if err != nil {
+			return
+		}
+		delete(cur.Clusters, name)
+		delete(cur.AuthInfos, name)
+		delete(cur.Contexts, name)
+		if cur.CurrentContext == name {
+			cur.CurrentContext = ""
+		}
+		_ = clientcmd.WriteToFile(*cur, path)
+	}, nil
+}
