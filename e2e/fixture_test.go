@@ -52,6 +52,9 @@ func randomName(prefix string) string {
 type lineReader struct {
 	mu    sync.Mutex
 	lines []string
+	// done is closed when the command's output ends (it exited), when the
+	// reader comes from streamFrom.
+	done chan struct{}
 }
 
 func (r *lineReader) read(rd io.Reader) {
@@ -77,12 +80,11 @@ func streamFrom(cmd *exec.Cmd) *lineReader {
 	Expect(err).NotTo(HaveOccurred())
 	cmd.Stderr = cmd.Stdout
 	Expect(cmd.Start()).To(Succeed())
-	r := &lineReader{}
-	done := make(chan struct{})
-	go func() { defer close(done); r.read(out) }()
+	r := &lineReader{done: make(chan struct{})}
+	go func() { defer close(r.done); r.read(out) }()
 	DeferCleanup(func() {
 		_ = cmd.Process.Kill()
-		<-done
+		<-r.done
 		_ = cmd.Wait()
 	})
 	return r

@@ -15,6 +15,7 @@ import (
 	"github.com/tether-k8s/tether/fixtures/cluster"
 	"github.com/tether-k8s/tether/fixtures/local"
 	"github.com/tether-k8s/tether/fixtures/netns"
+	"github.com/tether-k8s/tether/fixtures/stack"
 )
 
 // The suite's cluster, created once in BeforeSuite.
@@ -22,6 +23,9 @@ var (
 	provider *local.Provider
 	lc       *cluster.Cluster
 	client   klient.Client
+	// ts is tether running around the cluster: issuer and relay on the
+	// relay host, agent in the cluster, proxy on the laptop.
+	ts *stack.Stack
 )
 
 func TestE2E(t *testing.T) {
@@ -54,6 +58,17 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	client, err = klient.New(provider.KubernetesRestConfig())
 	Expect(err).NotTo(HaveOccurred())
 	Expect(provider.WaitForControlPlane(ctx, client)).To(Succeed())
+
+	ts, err = stack.Start(ctx, stack.Config{Cluster: lc, Logger: slog.New(slog.NewTextHandler(GinkgoWriter, nil))})
+	Expect(err).NotTo(HaveOccurred(), "start tether around the cluster")
+	DeferCleanup(func() {
+		if anyFailed {
+			for _, name := range []string{"relay", "agent", "proxy"} {
+				GinkgoWriter.Printf("--- %s log (last lines) ---\n%s\n", name, ts.Tail(name, 40))
+			}
+		}
+		Expect(ts.Stop()).To(Succeed(), "stop tether")
+	})
 }, NodeTimeout(5*time.Minute))
 
 // anyFailed records that a spec failed, so that the cluster's logs are kept.

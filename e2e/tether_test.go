@@ -1,0 +1,203 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"io"
+	mrand "math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/creack/pty"
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tether-k8s/tether/fixtures/cluster"
+	"github.com/tether-k8s/tether/fixtures/stack"
+)
+
+// viaTether runs the real kubectl on the laptop, through tether-proxy, the
+// relay and the agent, and returns its combined output and error.
+func viaTether(ctx context.Context, stdin io.Reader, args ...string) (string, error) {
+	cmd := ts.Kubectl(ctx, args...)
+	cmd.Stdin = stdin
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// mustViaTether is viaTether failing the spec on error.
+func mustViaTether(ctx context.Context, stdin io.Reader, args ...string) string {
+	GinkgoHelper()
+	out, err := viaTether(ctx, stdin, args...)
+	Expect(err).NotTo(HaveOccurred(), "kubectl %s (through tether):\n%s", strings.Join(args, " "), out)
+	return out
+}
+
+// namespaceFor creates a namespace (as admin, inside the cluster) where the
+// given OpenID group (without the oidc: prefix) is granted role.
+func namespaceFor(ctx context.Context, group, role string) string {
+	GinkgoHelper()
+	ns := randomName("tether")
+	kubectl(ctx, nil, "create", "namespace", ns)
+	DeferCleanup(func(ctx SpecContext) { kubectl(ctx, nil, "delete", "namespace", ns, "--wait=false") })
+	kubectl(ctx, nil, "create", "rolebinding", "caller", "-n", ns, "--clusterrole="+role, "--group=oidc:"+group)
+	return ns
+}
+
+// asUser makes the proxy present a token for subject in groups until the
+// spec ends (tether-proxy re-reads its token file for every request).
+func asUser(subject string, groups ...string) {
+	GinkgoHelper()
+	tok, err := ts.UserToken(subject, groups)
+	Expect(err).NotTo(HaveOccurred())
+	old, err := os.ReadFile(ts.UserTokenFile())
+	Expect(err).NotTo(HaveOccurred())
+	Expect(os.WriteFile(ts.UserTokenFile(), []byte(tok), 0o600)).To(Succeed())
+	DeferCleanup(func() { Expect(os.WriteFile(ts.UserTokenFile(), old, 0o600)).To(Succeed()) })
+}
+
+var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
+	var ns, pod string
+
+	BeforeAll(func(ctx SpecContext) {
+		ns = namespaceFor(ctx, stack.DemoGroup, "admin")
+		mustViaTether(ctx, strings.NewReader(deploymentYAML), "apply", "-n", ns, "-f", "-")
+		mustViaTether(ctx, nil, "rollout", "status", "-n", ns, "deployment/web", "--timeout=90s")
+		pod = strings.TrimPrefix(strings.TrimSpace(mustViaTether(ctx, nil, "get", "pods", "-n", ns, "-l", "app=web", "-o", "name")), "pod/")
+		pod = strings.Fields(pod)[0]
+		pod = strings.TrimPrefix(pod, "pod/")
+	})
+
+	It("cannot reach the API server directly, so everything below went through tether", func(ctx SpecContext) {
+		cmd := lc.KubectlOn(ctx, lc.Host(cluster.HostLaptop), lc.Kubeconfig(), "--server", "https://"+lc.APIServerAddr().String(), "--request-timeout=3s", "get", "--raw", "/version")
+		out, err := cmd.CombinedOutput()
+		Expect(err).To(HaveOccurred(), "direct access from the laptop: %s", out)
+	})
+
+	It("gets, lists, applies and deletes, as the caller", func(ctx SpecContext) {
+		Expect(mustViaTether(ctx, nil, "get", "nodes")).To(ContainSubstring("kwok-node-0"))
+		Expect(mustViaTether(ctx, nil, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")).To(Equal("oidc:demo-user"))
+		mustViaTether(ctx, nil, "create", "configmap", "c1", "-n", ns, "--from-literal=k=v")
+		Expect(mustViaTether(ctx, nil, "get", "configmap", "c1", "-n", ns, "-o", "jsonpath={.data.k}")).To(Equal("v"))
+		Expect(mustViaTether(ctx, nil, "get", "configmaps", "-n", ns, "-o", "name")).To(ContainSubstring("configmap/c1"))
+		mustViaTether(ctx, nil, "delete", "configmap", "c1", "-n", ns)
+		_, err := viaTether(ctx, nil, "get", "configmap", "c1", "-n", ns)
+		Expect(err).To(HaveOccurred())
+	})
+
+	It("refuses kubectl --as", func(ctx SpecContext) {
+		out, err := viaTether(ctx, nil, "--as=system:admin", "get", "secrets", "-A")
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("--as and --as-group are not supported"))
+	})
+
+	It("follows logs (logs -f)", func(ctx SpecContext) {
+		before, after := randomName("before"), randomName("after")
+		Expect(lc.AppendPodLog(before)).To(Succeed())
+		r := streamFrom(ts.Kubectl(ctx, "logs", "-f", "-n", ns, pod))
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring(before))
+		Expect(lc.AppendPodLog(after)).To(Succeed())
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring(after))
+	})
+
+	It("execs with stdin", func(ctx SpecContext) {
+		payload := randomName("payload")
+		out := mustViaTether(ctx, strings.NewReader(payload+"\nline two\nline three\n"), "exec", "-i", "-n", ns, pod, "--", "head", "-n", "2")
+		Expect(out).To(Equal(payload + "\nline two\n"))
+	})
+
+	It("execs with stdin and a TTY", func(ctx SpecContext) {
+		cmd := ts.Kubectl(ctx, "exec", "-it", "-n", ns, pod, "--", "sh")
+		term, err := pty.Start(cmd)
+		Expect(err).NotTo(HaveOccurred())
+		r := &lineReader{}
+		done := make(chan struct{})
+		go func() { defer close(done); r.read(term) }()
+		DeferCleanup(func() { _ = cmd.Process.Kill(); _ = term.Close(); <-done; _ = cmd.Wait() })
+		marker := randomName("tty")
+		_, err = io.WriteString(term, "tty; echo "+marker+"-$((6*7)); exit\n")
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(And(MatchRegexp(`/dev/pts/\d+`), ContainSubstring(marker+"-42")))
+		Eventually(done).WithTimeout(20 * time.Second).Should(BeClosed())
+	})
+
+	It("port-forwards 10 MB intact", func(ctx SpecContext) {
+		const size = 10 << 20
+		blob := make([]byte, size)
+		var seed [32]byte
+		_, _ = rand.Read(seed[:])
+		_, _ = mrand.NewChaCha8(seed).Read(blob)
+		want := sha256.Sum256(blob)
+		stop, err := lc.ServePodBackend(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Length", strconv.Itoa(size))
+			_, _ = w.Write(blob)
+		}))
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(stop)
+		laptop := lc.Host(cluster.HostLaptop)
+		pf, err := lc.StartPortForward(ctx, laptop, ts.Kubeconfig(), ns, "pod/"+pod, 8080, "--context", ts.Context())
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(pf.Stop)
+		start := time.Now()
+		got, err := pf.Get(ctx, laptop, "/blob")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(got).To(HaveLen(size))
+		Expect(sha256.Sum256(got)).To(Equal(want))
+		GinkgoWriter.Printf("port-forward through tether moved 10 MB in %s\n", time.Since(start).Round(time.Millisecond))
+	})
+
+	It("copies a file out of a pod (kubectl cp)", func(ctx SpecContext) {
+		content := bytes.Repeat([]byte(randomName("cp")+"\n"), 20000)
+		src := filepath.Join(lc.ExecDir(), randomName("src"))
+		Expect(os.WriteFile(src, content, 0o644)).To(Succeed())
+		DeferCleanup(func() { _ = os.Remove(src) })
+		dst := filepath.Join(GinkgoT().TempDir(), "copied")
+		mustViaTether(ctx, nil, "cp", ns+"/"+pod+":"+src, dst)
+		got, err := os.ReadFile(dst)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(sha256.Sum256(got)).To(Equal(sha256.Sum256(content)))
+	})
+
+	It("lets RBAC decide: a user bound to one namespace is allowed there and forbidden elsewhere", func(ctx SpecContext) {
+		mine := namespaceFor(ctx, "team-a", "edit")
+		other := namespaceFor(ctx, "team-b", "edit")
+		asUser("alice", "team-a")
+		mustViaTether(ctx, nil, "create", "configmap", "mine", "-n", mine, "--from-literal=k=v")
+		out, err := viaTether(ctx, nil, "get", "configmaps", "-n", other)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring(`User "oidc:alice" cannot list resource "configmaps"`))
+	})
+
+	It("delivers a watch event after two idle minutes", func(ctx SpecContext) {
+		r := streamFrom(ts.Kubectl(ctx, "get", "configmaps", "-n", ns, "-w", "-o", "name"))
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("kube-root-ca.crt"))
+		time.Sleep(2*time.Minute + 5*time.Second)
+		name := randomName("late")
+		kubectl(ctx, nil, "create", "configmap", name, "-n", ns)
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("configmap/" + name))
+	}, SpecTimeout(4*time.Minute))
+
+	It("ends a watch promptly when the relay dies, and works again once it is back", func(ctx SpecContext) {
+		r := streamFrom(ts.Kubectl(ctx, "get", "configmaps", "-n", ns, "-w", "-o", "name"))
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("kube-root-ca.crt"))
+
+		killed := time.Now()
+		Expect(ts.StopRelay()).To(Succeed())
+		Eventually(r.done).WithTimeout(30*time.Second).Should(BeClosed(), "kubectl's watch still hangs after the relay died")
+		GinkgoWriter.Printf("watch ended %s after the relay died\n", time.Since(killed).Round(time.Millisecond))
+
+		Expect(ts.StartRelay(ctx)).To(Succeed())
+		back := time.Now()
+		Eventually(func() error {
+			_, err := viaTether(ctx, nil, "get", "configmaps", "-n", ns, "-o", "name")
+			return err
+		}).WithTimeout(30 * time.Second).WithPolling(500 * time.Millisecond).Should(Succeed())
+		GinkgoWriter.Printf("kubectl worked again %s after the relay came back\n", time.Since(back).Round(time.Millisecond))
+	})
+})
