@@ -183,6 +183,19 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("configmap/" + name))
 	}, SpecTimeout(4*time.Minute))
 
+	It("exposes Prometheus metrics on the relay and the agent", func(ctx SpecContext) {
+		relayMetrics, err := ts.Metrics(ctx, "relay")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(relayMetrics).To(MatchRegexp(`tether_relay_tunnels_total\{result="opened"\} [1-9]`))
+		Expect(relayMetrics).To(MatchRegexp(`tether_relay_agent_sessions 2`))
+		agentMetrics, err := ts.Metrics(ctx, "agent")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(agentMetrics).To(MatchRegexp(`tether_agent_requests_total\{code="200",refused="false"\} [1-9]`))
+		// The RBAC spec's Forbidden came from the API server, not the agent.
+		Expect(agentMetrics).To(MatchRegexp(`tether_agent_requests_total\{code="403",refused="false"\} [1-9]`))
+		Expect(agentMetrics).To(ContainSubstring("tether_agent_relay_sessions 2"))
+	})
+
 	It("ends a watch promptly when the relay dies, and works again once it is back", func(ctx SpecContext) {
 		r := streamFrom(ts.Kubectl(ctx, "get", "configmaps", "-n", ns, "-w", "-o", "name"))
 		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("kube-root-ca.crt"))

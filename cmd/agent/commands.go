@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -66,7 +68,7 @@ The first start trades a join token (tether-relay cluster create) for a credenti
 	fs.StringSliceVar(&o.saIssuers, "service-account-issuer", []string{"https://kubernetes.default.svc.cluster.local"}, "issuer of the cluster's service-account tokens, which are passed through unimpersonated (repeatable)")
 	fs.BoolVar(&o.allowSystemNames, "allow-system-names", false, "let callers' mapped user and group names start with system:")
 	fs.IntVar(&o.sessions, "sessions", 2, "relay sessions to keep open")
-	fs.StringVar(&o.healthListen, "health-listen", "0.0.0.0:8081", "address of /healthz and /readyz (ready while a relay session is up; empty disables)")
+	fs.StringVar(&o.healthListen, "health-listen", "0.0.0.0:8081", "address of /healthz, /readyz (ready while a relay session is up) and /metrics (Prometheus); empty disables")
 	o.logs.Add(fs)
 	return c
 }
@@ -120,7 +122,13 @@ func (o *options) run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
+	prom := prometheus.NewRegistry()
+	metrics, err := agent.NewMetrics(prom)
+	if err != nil {
+		return err
+	}
 	handler, err := impersonate.New(impersonate.Config{
+		Observe:  metrics.Observe,
 		Upstream: upstream, Transport: transport, Credential: credential,
 		Authenticator:    authn.ServiceAccountPassthrough(o.saIssuers, 0, oidcAuthn),
 		AllowSystemNames: o.allowSystemNames, Logger: log, Audit: log.With("audit", true),
@@ -131,6 +139,9 @@ func (o *options) run(parent context.Context) error {
 	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr,
 		RelayCA: relayCA, CredentialDir: o.credentialDir, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, Logger: log})
 	if err != nil {
+		return err
+	}
+	if err := agent.WatchSessions(prom, a); err != nil {
 		return err
 	}
 	var wg sync.WaitGroup
@@ -145,6 +156,7 @@ func (o *options) run(parent context.Context) error {
 			}
 			_, _ = w.Write([]byte("ok\n"))
 		})
+		mux.Handle("/metrics", promhttp.HandlerFor(prom, promhttp.HandlerOpts{}))
 		health = &http.Server{Addr: o.healthListen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		wg.Add(1)
 		go func() {

@@ -13,6 +13,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/tether-k8s/tether/cmd/internal/cli"
@@ -154,7 +156,7 @@ func newServeCommand(data *string) *cobra.Command {
 	fs := c.Flags()
 	fs.StringVar(&o.listen, "listen", "0.0.0.0:8443", "address of the HTTPS API (callers' tunnels, agents joining)")
 	fs.StringVar(&o.agentListen, "agent-listen", "0.0.0.0:8444", "address of the agent endpoint (mutual TLS)")
-	fs.StringVar(&o.healthListen, "health-listen", "127.0.0.1:8081", "address of /healthz (empty disables)")
+	fs.StringVar(&o.healthListen, "health-listen", "127.0.0.1:8081", "address of /healthz and /metrics (Prometheus) (empty disables)")
 	fs.StringSliceVar(&o.hostnames, "hostname", nil, "DNS names or IP addresses agents and callers use to reach the relay; the relay's CA signs a serving certificate for them (repeatable)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "serve the API with this certificate instead (e.g. from a public CA); the agent endpoint always uses the relay's CA")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "key of --tls-cert")
@@ -203,8 +205,13 @@ func (o *serveOptions) run(parent context.Context, data string) error {
 	}
 	router := relay.NewRouter(relay.RouterConfig{Logger: log})
 	defer router.Close()
+	prom := prometheus.NewRegistry()
+	metrics, err := relay.NewMetrics(prom, router)
+	if err != nil {
+		return err
+	}
 	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: authenticator, RelayID: o.relayID,
-		Logger: log, Audit: log.With("audit", true)})
+		Logger: log, Audit: log.With("audit", true), Metrics: metrics})
 	if err != nil {
 		return err
 	}
@@ -248,9 +255,10 @@ func (o *serveOptions) run(parent context.Context, data string) error {
 	}()
 	var health *http.Server
 	if o.healthListen != "" {
-		health = &http.Server{Addr: o.healthListen, ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			_, _ = w.Write([]byte("ok\n"))
-		})}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		mux.Handle("/metrics", promhttp.HandlerFor(prom, promhttp.HandlerOpts{}))
+		health = &http.Server{Addr: o.healthListen, ReadHeaderTimeout: 5 * time.Second, Handler: mux}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -16,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -58,6 +60,10 @@ type Config struct {
 	Handler http.Handler
 	// Sessions is how many relay sessions to keep open. Zero means 2.
 	Sessions int
+	// Proxy returns the HTTP proxy to reach the relay's agent endpoint
+	// through (with CONNECT), or nil for a direct connection. Nil means
+	// http.ProxyFromEnvironment: HTTPS_PROXY and NO_PROXY are honoured.
+	Proxy func(*http.Request) (*url.URL, error)
 	// Logger receives the agent's events. Nil discards.
 	Logger *slog.Logger
 }
@@ -203,19 +209,88 @@ func writeFile(path string, data []byte) error {
 	return nil
 }
 
+// dial connects to the relay's agent endpoint, through an HTTP proxy if
+// one is configured for it, and completes TLS with the credential.
 func (a *Agent) dial(ctx context.Context) (net.Conn, error) {
 	host, _, err := net.SplitHostPort(a.cfg.RelayAgentAddr)
 	if err != nil {
 		return nil, fmt.Errorf("agent: relay agent address %q: %w", a.cfg.RelayAgentAddr, err)
 	}
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}, Config: &tls.Config{
+	proxyFor := a.cfg.Proxy
+	if proxyFor == nil {
+		proxyFor = http.ProxyFromEnvironment
+	}
+	target := &url.URL{Scheme: "https", Host: a.cfg.RelayAgentAddr}
+	proxyURL, err := proxyFor(&http.Request{URL: target, Header: http.Header{}})
+	if err != nil {
+		return nil, fmt.Errorf("agent: proxy for %s: %w", target, err)
+	}
+	nd := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	var raw net.Conn
+	if proxyURL == nil {
+		raw, err = nd.DialContext(ctx, "tcp", a.cfg.RelayAgentAddr)
+	} else {
+		raw, err = connectThrough(ctx, nd, proxyURL, a.cfg.RelayAgentAddr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("agent: reach the relay at %s: %w", a.cfg.RelayAgentAddr, err)
+	}
+	tc := tls.Client(raw, &tls.Config{
 		Certificates: []tls.Certificate{a.cert},
 		RootCAs:      a.cfg.RelayCA,
 		ServerName:   host,
 		MinVersion:   tls.VersionTLS13,
 		NextProtos:   []string{relay.ALPN},
-	}}
-	return d.DialContext(ctx, "tcp", a.cfg.RelayAgentAddr)
+	})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = raw.Close()
+		return nil, fmt.Errorf("agent: TLS with the relay: %w", err)
+	}
+	return tc, nil
+}
+
+// connectThrough opens a tunnel to addr through the HTTP proxy at proxyURL
+// with CONNECT, sending its user info as Basic proxy credentials.
+func connectThrough(ctx context.Context, nd *net.Dialer, proxyURL *url.URL, addr string) (net.Conn, error) {
+	if proxyURL.Scheme != "http" && proxyURL.Scheme != "" {
+		return nil, fmt.Errorf("proxy %s: only http:// proxies are supported", proxyURL.Redacted())
+	}
+	proxyAddr := proxyURL.Host
+	if proxyURL.Port() == "" {
+		proxyAddr = net.JoinHostPort(proxyURL.Hostname(), "80")
+	}
+	conn, err := nd.DialContext(ctx, "tcp", proxyAddr)
+	if err != nil {
+		return nil, fmt.Errorf("dial proxy %s: %w", proxyURL.Redacted(), err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+	req := &http.Request{Method: http.MethodConnect, URL: &url.URL{Opaque: addr}, Host: addr, Header: http.Header{}}
+	if u := proxyURL.User; u != nil {
+		req.SetBasicAuth(u.Username(), func() string { p, _ := u.Password(); return p }())
+		req.Header["Proxy-Authorization"] = req.Header["Authorization"]
+		delete(req.Header, "Authorization")
+	}
+	if err := req.Write(conn); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("CONNECT through %s: %w", proxyURL.Redacted(), err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("CONNECT through %s: %w", proxyURL.Redacted(), err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		_ = conn.Close()
+		return nil, fmt.Errorf("CONNECT through %s: %s", proxyURL.Redacted(), resp.Status)
+	}
+	if br.Buffered() > 0 {
+		_ = conn.Close()
+		return nil, fmt.Errorf("CONNECT through %s: the proxy sent data before the tunnel", proxyURL.Redacted())
+	}
+	return conn, nil
 }
 
 // serve serves one session's streams: TLS under the cluster credential,

@@ -90,6 +90,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Audit receives one line per forwarded request. Nil discards.
 	Audit *slog.Logger
+	// Observe, if not nil, is called once per request with its status
+	// code (101 for an upgrade) and whether the handler refused it.
+	Observe func(code int, refused bool)
 }
 
 // Validate reports the first problem with c, naming the field.
@@ -142,6 +145,12 @@ func New(cfg Config) (*Handler, error) {
 		ErrorHandler:  h.upstreamError,
 	}
 	return h, nil
+}
+
+func (h *Handler) observe(code int, refused bool) {
+	if h.cfg.Observe != nil {
+		h.cfg.Observe(code, refused)
+	}
 }
 
 func isHTTPTransport(rt http.RoundTripper) bool {
@@ -198,10 +207,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ref != nil {
 		log.Warn("impersonate: request refused", "code", ref.code, "why", ref.message)
 		kstatus.Write(w, ref.code, ref.reason, ref.message)
+		h.observe(ref.code, true)
 		return
 	}
 	rec := &recorder{ResponseWriter: w}
 	h.proxy.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), planKey{}, p)))
+	h.observe(rec.status(), false)
 	h.audit.Info("impersonate: request",
 		"requestID", reqID, "user", who.User, "groups", len(who.Groups), "impersonated", p.identity != nil,
 		"verb", r.Method, "path", r.URL.Path, "status", rec.status(), "bytes", rec.bytes,

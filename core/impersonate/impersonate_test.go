@@ -407,6 +407,28 @@ func TestForwardsWithImpersonation(t *testing.T) {
 	}
 }
 
+func TestObserveSeesEveryRequest(t *testing.T) {
+	type obs struct {
+		code    int
+		refused bool
+	}
+	var mu sync.Mutex
+	var seen []obs
+	h := newHarness(t, func(c *impersonate.Config) {
+		c.Observe = func(code int, refused bool) { mu.Lock(); seen = append(seen, obs{code, refused}); mu.Unlock() }
+	})
+	h.raw(t, get("/api/v1/pods", "Authorization: Bearer "+callerToken))
+	h.raw(t, get("/api/v1/pods", "Authorization: Bearer "+callerToken, "Impersonate-User: x"))
+	if !eventually(func() bool { mu.Lock(); defer mu.Unlock(); return len(seen) == 2 }) {
+		t.Fatalf("observed %v, want two requests", seen)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if seen[0] != (obs{200, false}) || seen[1] != (obs{403, true}) {
+		t.Fatalf("observed %v, want [{200 false} {403 true}]", seen)
+	}
+}
+
 func TestServiceAccountTokenPassesThrough(t *testing.T) {
 	h := newHarness(t)
 	resp, _, _ := h.raw(t, get("/api/v1/pods", "Authorization: Bearer "+saToken))

@@ -8,11 +8,13 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,7 +52,7 @@ type path struct {
 	reg       *registry.Registry
 }
 
-func startPath(t *testing.T, cluster string) *path {
+func startPath(t *testing.T, cluster string, agentOpts ...func(*agent.Config)) *path {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -123,8 +125,13 @@ func startPath(t *testing.T, cluster string) *path {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(ctx, agent.Config{Cluster: "prod", Name: "agent-0", RelayAPI: api.URL, RelayAgentAddr: agentL.Addr().String(),
-		RelayCA: relayCA, CredentialDir: t.TempDir(), JoinToken: token, Handler: h})
+	acfg := agent.Config{Cluster: "prod", Name: "agent-0", RelayAPI: api.URL, RelayAgentAddr: agentL.Addr().String(),
+		RelayCA: relayCA, CredentialDir: t.TempDir(), JoinToken: token, Handler: h,
+		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }}
+	for _, o := range agentOpts {
+		o(&acfg)
+	}
+	a, err := agent.New(ctx, acfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,4 +267,43 @@ func (p *path) tlsConfig(t *testing.T) *tls.Config {
 		t.Fatal(err)
 	}
 	return cfg
+}
+
+// TestAgentThroughAnHTTPSProxy: the agent reaches the relay through an
+// egress proxy with CONNECT, sending the proxy's credentials.
+func TestAgentThroughAnHTTPSProxy(t *testing.T) {
+	var connects atomic.Int32
+	egress := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodConnect || r.Header.Get("Proxy-Authorization") != "Basic dTpw" {
+			http.Error(w, "CONNECT with credentials only", http.StatusProxyAuthRequired)
+			return
+		}
+		upstream, err := net.Dial("tcp", r.Host)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer upstream.Close()
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		connects.Add(1)
+		_, _ = io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n")
+		go func() { _, _ = io.Copy(upstream, conn) }()
+		_, _ = io.Copy(conn, upstream)
+	}))
+	t.Cleanup(egress.Close)
+	proxyURL, _ := url.Parse(egress.URL)
+	proxyURL.User = url.UserPassword("u", "p")
+	p := startPath(t, "prod", func(c *agent.Config) {
+		c.Proxy = func(*http.Request) (*url.URL, error) { return proxyURL, nil }
+	})
+	if code, body := p.get(t, "/api/v1/pods"); code != 200 || body["user"] != "alice" {
+		t.Fatalf("through the egress proxy: %d %v", code, body)
+	}
+	if n := connects.Load(); n < 2 {
+		t.Fatalf("%d CONNECTs through the egress proxy, want one per session (2)", n)
+	}
 }

@@ -123,6 +123,20 @@ func (r *Router) remove(s *tunnel.RelaySession) {
 	r.log.Info("relay: agent session removed", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "sessions", len(c.sessions))
 }
 
+// counts returns the number of live sessions and of clusters with at least
+// one.
+func (r *Router) counts() (sessions, clusters int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.clusters {
+		sessions += len(c.sessions)
+		if len(c.sessions) > 0 {
+			clusters++
+		}
+	}
+	return sessions, clusters
+}
+
 // Sessions returns how many live sessions serve the cluster.
 func (r *Router) Sessions(clusterID string) int {
 	r.mu.Lock()

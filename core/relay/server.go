@@ -50,6 +50,8 @@ type ServerConfig struct {
 	// Logger receives operational events; Audit one line per tunnel. Nil
 	// discards.
 	Logger, Audit *slog.Logger
+	// Metrics, if not nil, counts tunnels, bytes and joins.
+	Metrics *Metrics
 }
 
 // Server is the relay's public face: the HTTP API for callers and joining
@@ -124,10 +126,12 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, registry.ErrBadCSR) {
 			code, reason = http.StatusBadRequest, kstatus.ReasonBadRequest
 		}
+		s.cfg.Metrics.join(false)
 		s.log.Warn("relay: join refused", "client", r.RemoteAddr, "error", err)
 		kstatus.Write(w, code, reason, "tether: "+err.Error())
 		return
 	}
+	s.cfg.Metrics.join(true)
 	s.log.Info("relay: agent joined", "cluster", cred.ClusterID, "client", r.RemoteAddr)
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(JoinResponse{Cluster: cred.ClusterID, Certificate: string(cred.CertPEM), CA: string(cred.CAPEM), NotAfter: cred.NotAfter})
@@ -148,6 +152,7 @@ type ClusterInfo struct {
 func (s *Server) caller(w http.ResponseWriter, r *http.Request) (id string, who impersonate.Identity, ok bool) {
 	id = r.PathValue("id")
 	if err := clusterid.Validate(id); err != nil {
+		s.cfg.Metrics.tunnel(ResultBadRequest)
 		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: "+err.Error())
 		return "", who, false
 	}
@@ -157,16 +162,19 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request) (id string, who 
 		token, found = strings.CutPrefix(auth[0], "Bearer ")
 	}
 	if !found || token == "" {
+		s.cfg.Metrics.tunnel(ResultUnauthorized)
 		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: a bearer token is required to reach a cluster")
 		return "", who, false
 	}
 	res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
 	if err != nil {
+		s.cfg.Metrics.tunnel(ResultUnauthorized)
 		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "error", err)
 		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+strings.ReplaceAll(err.Error(), token, "<token>"))
 		return "", who, false
 	}
 	if _, err := s.cfg.Registry.Cluster(id); err != nil {
+		s.cfg.Metrics.tunnel(ResultUnknown)
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: "+err.Error())
 		return "", who, false
 	}
@@ -198,6 +206,15 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 	st, err := s.cfg.Router.Open(r.Context(), &tunnel.Open{Cluster: id, Request: reqID, Client: r.RemoteAddr})
 	if err != nil {
 		s.log.Warn("relay: tunnel not opened", "cluster", id, "request", reqID, "error", err)
+		var nc *NotConnectedError
+		switch {
+		case errors.As(err, &nc):
+			s.cfg.Metrics.tunnel(ResultNotConnected)
+		case errors.Is(err, ErrTooManyStreams):
+			s.cfg.Metrics.tunnel(ResultTooMany)
+		default:
+			s.cfg.Metrics.tunnel(ResultFailed)
+		}
 		WriteError(w, err)
 		return
 	}
@@ -218,7 +235,9 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+TunnelProtocol+"\r\n\r\n"); err != nil {
 		return
 	}
+	s.cfg.Metrics.tunnel(ResultOpened)
 	in, out := splice(conn, st)
+	s.cfg.Metrics.spliced(in, out)
 	s.audit.Info("relay: tunnel", "request", reqID, "cluster", id, "user", who.User, "client", r.RemoteAddr,
 		"bytesIn", in, "bytesOut", out, "durationMs", time.Since(start).Milliseconds())
 }

@@ -24,6 +24,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/tether-k8s/tether/core/impersonate"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
@@ -55,6 +58,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 type relayHarness struct {
+	prom   *prometheus.Registry
 	reg    *registry.Registry
 	router *relay.Router
 	srv    *relay.Server
@@ -71,9 +75,13 @@ func newRelay(t *testing.T) *relayHarness {
 	t.Cleanup(func() { _ = reg.Close() })
 	router := relay.NewRouter(relay.RouterConfig{})
 	t.Cleanup(func() { _ = router.Close() })
-	h := &relayHarness{reg: reg, router: router, audit: &syncBuffer{}}
+	h := &relayHarness{reg: reg, router: router, audit: &syncBuffer{}, prom: prometheus.NewRegistry()}
+	metrics, err := relay.NewMetrics(h.prom, router)
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.srv, err = relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: tokenAuthn{},
-		Audit: slog.New(slog.NewJSONHandler(h.audit, nil))})
+		Audit: slog.New(slog.NewJSONHandler(h.audit, nil)), Metrics: metrics})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +130,21 @@ func TestTunnelSplicesToTheClustersAgent(t *testing.T) {
 	if a := h.audit.String(); !strings.Contains(a, `"user":"alice"`) || !strings.Contains(a, `"bytesOut":140000`) || strings.Contains(a, goodToken) {
 		t.Fatalf("audit line: %s", a)
 	}
+	want := `
+# HELP tether_relay_agent_sessions Agent sessions held now.
+# TYPE tether_relay_agent_sessions gauge
+tether_relay_agent_sessions 1
+# HELP tether_relay_tunnel_bytes_total Bytes spliced through tunnels, by direction (in: caller to agent).
+# TYPE tether_relay_tunnel_bytes_total counter
+tether_relay_tunnel_bytes_total{direction="in"} 140000
+tether_relay_tunnel_bytes_total{direction="out"} 140000
+# HELP tether_relay_tunnels_total Callers' tunnel requests, by result.
+# TYPE tether_relay_tunnels_total counter
+tether_relay_tunnels_total{result="opened"} 1
+`
+	if err := testutil.GatherAndCompare(h.prom, strings.NewReader(want), "tether_relay_agent_sessions", "tether_relay_tunnel_bytes_total", "tether_relay_tunnels_total"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestTunnelRefusals(t *testing.T) {
@@ -150,6 +173,19 @@ func TestTunnelRefusals(t *testing.T) {
 			}
 		})
 	}
+	t.Run("metrics count each refusal", func(t *testing.T) {
+		want := `
+# HELP tether_relay_tunnels_total Callers' tunnel requests, by result.
+# TYPE tether_relay_tunnels_total counter
+tether_relay_tunnels_total{result="bad_request"} 2
+tether_relay_tunnels_total{result="not_connected"} 1
+tether_relay_tunnels_total{result="unauthorized"} 2
+tether_relay_tunnels_total{result="unknown_cluster"} 1
+`
+		if err := testutil.GatherAndCompare(h.prom, strings.NewReader(want), "tether_relay_tunnels_total"); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("no upgrade", func(t *testing.T) {
 		resp, err := http.Get(h.api.URL + "/v1/clusters/prod/tunnel")
 		if err != nil {

@@ -1,0 +1,79 @@
+package relay
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metric names share this namespace and subsystem.
+const (
+	metricsNamespace = "tether"
+	metricsSubsystem = "relay"
+)
+
+// Tunnel results, the values of the result label of tunnels_total.
+const (
+	ResultOpened       = "opened"
+	ResultUnauthorized = "unauthorized"
+	ResultBadRequest   = "bad_request"
+	ResultUnknown      = "unknown_cluster"
+	ResultNotConnected = "not_connected"
+	ResultTooMany      = "too_many_streams"
+	ResultFailed       = "failed"
+)
+
+// Metrics are the relay's Prometheus metrics. Labels are bounded: no
+// cluster, caller or address labels.
+type Metrics struct {
+	tunnels  *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	joins    *prometheus.CounterVec
+	sessions prometheus.GaugeFunc
+	clusters prometheus.GaugeFunc
+}
+
+// NewMetrics creates the relay's metrics on reg, reading session counts
+// from router.
+func NewMetrics(reg prometheus.Registerer, router *Router) (*Metrics, error) {
+	m := &Metrics{
+		tunnels: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "tunnels_total", Help: "Callers' tunnel requests, by result."}, []string{"result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "tunnel_bytes_total", Help: "Bytes spliced through tunnels, by direction (in: caller to agent)."}, []string{"direction"}),
+		joins: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "joins_total", Help: "Agents' join requests, by result (ok or refused)."}, []string{"result"}),
+		sessions: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "agent_sessions", Help: "Agent sessions held now."}, func() float64 { s, _ := router.counts(); return float64(s) }),
+		clusters: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "connected_clusters", Help: "Clusters with at least one agent session now."}, func() float64 { _, c := router.counts(); return float64(c) }),
+	}
+	for _, c := range []prometheus.Collector{m.tunnels, m.bytes, m.joins, m.sessions, m.clusters} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) tunnel(result string) {
+	if m != nil {
+		m.tunnels.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *Metrics) spliced(in, out int64) {
+	if m != nil {
+		m.bytes.WithLabelValues("in").Add(float64(in))
+		m.bytes.WithLabelValues("out").Add(float64(out))
+	}
+}
+
+func (m *Metrics) join(ok bool) {
+	if m == nil {
+		return
+	}
+	if ok {
+		m.joins.WithLabelValues("ok").Inc()
+	} else {
+		m.joins.WithLabelValues("refused").Inc()
+	}
+}
