@@ -90,6 +90,27 @@ func streamFrom(cmd *exec.Cmd) *lineReader {
 	return r
 }
 
+// ttyShell runs cmd (kubectl exec -it ... -- sh) under a pseudo-terminal,
+// checks that the shell has a TTY and runs what is typed, then types
+// exitLine. It returns a channel closed when kubectl's output ends.
+func ttyShell(cmd *exec.Cmd, exitLine string) <-chan struct{} {
+	GinkgoHelper()
+	term, err := pty.Start(cmd)
+	Expect(err).NotTo(HaveOccurred())
+	r := &lineReader{done: make(chan struct{})}
+	go func() { defer close(r.done); r.read(term) }()
+	DeferCleanup(func() { _ = cmd.Process.Kill(); _ = term.Close(); <-r.done; _ = cmd.Wait() })
+	marker := randomName("tty")
+	_, err = io.WriteString(term, "tty; echo "+marker+"-$((6*7))\n")
+	Expect(err).NotTo(HaveOccurred())
+	// The shell's tty(1) names a pseudo-terminal, and $((6*7)) was
+	// evaluated: a shell with a TTY ran what was typed.
+	Eventually(r.text).WithTimeout(20 * time.Second).Should(And(MatchRegexp(`/dev/pts/\d+`), ContainSubstring(marker+"-42")))
+	_, err = io.WriteString(term, exitLine+"\n")
+	Expect(err).NotTo(HaveOccurred())
+	return r.done
+}
+
 const deploymentYAML = `apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -150,21 +171,7 @@ var _ = Describe("the local cluster fixture", func() {
 
 		It("execs with stdin and a TTY", func(ctx SpecContext) {
 			cmd := lc.Kubectl(ctx, "exec", "-it", "-n", ns, pod, "--", "sh")
-			term, err := pty.Start(cmd)
-			Expect(err).NotTo(HaveOccurred())
-			r := &lineReader{}
-			done := make(chan struct{})
-			go func() { defer close(done); r.read(term) }()
-			DeferCleanup(func() { _ = cmd.Process.Kill(); _ = term.Close(); <-done; _ = cmd.Wait() })
-
-			marker := randomName("tty")
-			_, err = io.WriteString(term, "tty; echo "+marker+"-$((6*7))\n")
-			Expect(err).NotTo(HaveOccurred())
-			// The shell's tty(1) names a pseudo-terminal: exec allocated one.
-			Eventually(r.text).WithTimeout(20 * time.Second).Should(And(
-				MatchRegexp(`/dev/pts/\d+`), ContainSubstring(marker+"-42")))
-			_, err = io.WriteString(term, "exit 7\n")
-			Expect(err).NotTo(HaveOccurred())
+			done := ttyShell(cmd, "exit 7")
 			Eventually(done).WithTimeout(20 * time.Second).Should(BeClosed())
 			// The shell's failure reaches kubectl. kwok v0.8.0 reports every
 			// failure as exit code 1, not the command's own (docs/testing.md).

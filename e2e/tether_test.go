@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/creack/pty"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
@@ -113,17 +112,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 	})
 
 	It("execs with stdin and a TTY", func(ctx SpecContext) {
-		cmd := ts.Kubectl(ctx, "exec", "-it", "-n", ns, pod, "--", "sh")
-		term, err := pty.Start(cmd)
-		Expect(err).NotTo(HaveOccurred())
-		r := &lineReader{}
-		done := make(chan struct{})
-		go func() { defer close(done); r.read(term) }()
-		DeferCleanup(func() { _ = cmd.Process.Kill(); _ = term.Close(); <-done; _ = cmd.Wait() })
-		marker := randomName("tty")
-		_, err = io.WriteString(term, "tty; echo "+marker+"-$((6*7)); exit\n")
-		Expect(err).NotTo(HaveOccurred())
-		Eventually(r.text).WithTimeout(20 * time.Second).Should(And(MatchRegexp(`/dev/pts/\d+`), ContainSubstring(marker+"-42")))
+		done := ttyShell(ts.Kubectl(ctx, "exec", "-it", "-n", ns, pod, "--", "sh"), "exit")
 		Eventually(done).WithTimeout(20 * time.Second).Should(BeClosed())
 	})
 

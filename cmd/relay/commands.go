@@ -63,74 +63,71 @@ Start with:
 
 func newClusterCommand(open func() (*registry.Registry, error)) *cobra.Command {
 	c := &cobra.Command{Use: "cluster", Short: "Create, list, rotate and delete clusters"}
+	// with runs fn on the opened registry and closes it.
+	with := func(fn func(*registry.Registry) error) error {
+		reg, err := open()
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		return fn(reg)
+	}
 	c.AddCommand(&cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a cluster and print its one-time join token",
 		Long:  "Create a cluster and print its join token. The token is shown once, stored only hashed, expires in 24h and works once.",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, err := open()
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			tok, err := reg.CreateCluster(args[0])
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s\n", tok)
-			fmt.Fprintf(cmd.ErrOrStderr(), "cluster %s created. Give the token above to its agent (--join-token-file); it is shown only once and expires in 24h.\n", args[0])
-			return nil
+			return with(func(reg *registry.Registry) error {
+				tok, err := reg.CreateCluster(args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\n", tok)
+				fmt.Fprintf(cmd.ErrOrStderr(), "cluster %s created. Give the token above to its agent (--join-token-file); it is shown only once and expires in 24h.\n", args[0])
+				return nil
+			})
 		},
 	}, &cobra.Command{
 		Use:   "rotate NAME",
 		Short: "Revoke every credential of a cluster and print a new join token",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, err := open()
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			tok, err := reg.Rotate(args[0])
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s\n", tok)
-			return nil
+			return with(func(reg *registry.Registry) error {
+				tok, err := reg.Rotate(args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\n", tok)
+				return nil
+			})
 		},
 	}, &cobra.Command{
 		Use:   "list",
 		Short: "List clusters",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			reg, err := open()
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			cs, err := reg.Clusters()
-			if err != nil {
-				return err
-			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tCREATED\tCREDENTIALS")
-			for _, c := range cs {
-				fmt.Fprintf(w, "%s\t%s\t%d\n", c.ID, c.CreatedAt.Format(time.RFC3339), len(c.Credentials))
-			}
-			return w.Flush()
+			return with(func(reg *registry.Registry) error {
+				cs, err := reg.Clusters()
+				if err != nil {
+					return err
+				}
+				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "NAME\tCREATED\tCREDENTIALS")
+				for _, c := range cs {
+					fmt.Fprintf(w, "%s\t%s\t%d\n", c.ID, c.CreatedAt.Format(time.RFC3339), len(c.Credentials))
+				}
+				return w.Flush()
+			})
 		},
 	}, &cobra.Command{
 		Use:   "delete NAME",
 		Short: "Delete a cluster: its agents' credentials stop working",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, err := open()
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			return reg.DeleteCluster(args[0])
+			return with(func(reg *registry.Registry) error {
+				return reg.DeleteCluster(args[0])
+			})
 		},
 	})
 	return c

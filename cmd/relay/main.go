@@ -1,6 +1,3 @@
-// Command tether-relay is tether's public relay: agents dial out to it, and
-// callers' proxies reach their clusters through it. See `tether-relay --help`
-// and docs/cli.md.
 package main
 
 import "github.com/tether-k8s/tether/cmd/internal/cli"

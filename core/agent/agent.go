@@ -160,8 +160,7 @@ func (a *Agent) credential(ctx context.Context) (tls.Certificate, error) {
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusOK {
-		var st kstatus.Status
-		if json.Unmarshal(raw, &st) == nil && st.Message != "" {
+		if st, ok := kstatus.Decode(raw); ok {
 			return tls.Certificate{}, fmt.Errorf("agent: join refused: %s", st.Message)
 		}
 		return tls.Certificate{}, fmt.Errorf("agent: join refused: %s", resp.Status)

@@ -45,3 +45,12 @@ func Write(w http.ResponseWriter, code int, reason, message string) {
 	w.WriteHeader(code)
 	_, _ = w.Write(body)
 }
+
+// Decode reads a failure Status from a response body; ok is false when the
+// body is not one.
+func Decode(body []byte) (st Status, ok bool) {
+	if json.Unmarshal(body, &st) != nil || st.Kind != "Status" || st.Message == "" {
+		return Status{}, false
+	}
+	return st, true
+}

@@ -148,8 +148,7 @@ func (p *Proxy) clusterInfo(ctx context.Context) (*relay.ClusterInfo, error) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusOK {
-		var st kstatus.Status
-		if json.Unmarshal(body, &st) == nil && st.Message != "" {
+		if st, ok := kstatus.Decode(body); ok {
 			return nil, fmt.Errorf("proxy: the relay refused: %s", st.Message)
 		}
 		return nil, fmt.Errorf("proxy: the relay answered %s", resp.Status)

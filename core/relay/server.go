@@ -370,9 +370,8 @@ func DialTunnel(conn net.Conn, host, cluster, token string) (net.Conn, error) {
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		defer resp.Body.Close()
-		var st kstatus.Status
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		if json.Unmarshal(body, &st) == nil && st.Message != "" {
+		if st, ok := kstatus.Decode(body); ok {
 			return nil, &TunnelError{Status: st}
 		}
 		return nil, fmt.Errorf("relay: tunnel refused: %s", resp.Status)

@@ -8,13 +8,11 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -278,7 +276,7 @@ func TestJoin(t *testing.T) {
 // TestServeAgents runs the agent endpoint with real mutual TLS.
 func TestServeAgents(t *testing.T) {
 	h := newRelay(t)
-	serverCert, serverPool := selfSigned(t)
+	serverCert, serverPool := tunneltest.ServerCert(t, "relay.test")
 	l, err := tls.Listen("tcp", "127.0.0.1:0", h.srv.AgentTLSConfig(serverCert))
 	if err != nil {
 		t.Fatal(err)
@@ -355,20 +353,4 @@ func TestServeAgents(t *testing.T) {
 	if _, err := connect(&prod, "prod"); !errors.As(err, &ref) || ref.Reason != tunnel.ReasonRevoked {
 		t.Fatalf("rotated credential: %v, want Revoked", err)
 	}
-}
-
-func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "relay.test"}, DNSNames: []string{"relay.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
 }

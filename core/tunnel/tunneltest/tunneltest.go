@@ -1,13 +1,17 @@
-// Package tunneltest builds in-memory tunnel sessions for tests of the
-// packages above the tunnel (the relay's router, the simulator): a relay
-// session and an agent session joined by net.Pipe, with real handshakes.
 package tunneltest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/tether-k8s/tether/core/tunnel"
 )
@@ -53,4 +57,25 @@ func Serve(t testing.TB, s *tunnel.AgentSession, reply func(st *tunnel.Stream)) 
 		}
 	}()
 	t.Cleanup(func() { _ = s.Close(); <-done })
+}
+
+// ServerCert returns a self-signed TLS server certificate for name, and a
+// pool that trusts it, valid for an hour.
+func ServerCert(t testing.TB, name string) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
 }
