@@ -169,8 +169,9 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request) (id string, who 
 	res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
 	if err != nil {
 		s.cfg.Metrics.tunnel(ResultUnauthorized)
-		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "error", err)
-		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+strings.ReplaceAll(err.Error(), token, "<token>"))
+		why := strings.ReplaceAll(err.Error(), token, "<token>")
+		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "why", why)
+		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+why)
 		return "", who, false
 	}
 	if _, err := s.cfg.Registry.Cluster(id); err != nil {
