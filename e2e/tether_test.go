@@ -185,6 +185,18 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		Expect(agentMetrics).To(ContainSubstring("tether_agent_relay_sessions 2"))
 	})
 
+	It("keeps the agent's credential in its Secret, so a restarted agent needs no new join token", func(ctx SpecContext) {
+		typ := kubectl(ctx, nil, "get", "secret", stack.CredentialSecret, "-n", "tether-system", "-o", "jsonpath={.type}")
+		Expect(typ).To(Equal("kubernetes.io/tls"))
+		Expect(ts.StopAgent()).To(Succeed())
+		Expect(ts.StartAgent(ctx)).To(Succeed(), "restart the agent (its join token is spent)")
+		Eventually(func() error {
+			_, err := viaTether(ctx, nil, "get", "pods", "-n", ns)
+			return err
+		}).WithTimeout(30 * time.Second).Should(Succeed())
+		Expect(ts.Tail("agent", 40)).To(ContainSubstring("using the stored credential"))
+	})
+
 	It("ends a watch promptly when the relay dies, and works again once it is back", func(ctx SpecContext) {
 		r := streamFrom(ts.Kubectl(ctx, "get", "configmaps", "-n", ns, "-w", "-o", "name"))
 		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("kube-root-ca.crt"))

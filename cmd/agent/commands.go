@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -30,6 +31,7 @@ type options struct {
 	relayURL, relayAgentAddr string
 	relayCA                  string
 	credentialDir            string
+	credentialSecret         string
 	joinTokenFile            string
 	kubeconfig               string
 	authnConfig              string
@@ -61,7 +63,8 @@ The first start trades a join token (tether-relay cluster create) for a credenti
 	fs.StringVar(&o.relayURL, "relay", "", "the relay's API, https://host:port (required)")
 	fs.StringVar(&o.relayAgentAddr, "relay-agent-addr", "", "the relay's agent endpoint host:port (default: the --relay host, port 8444)")
 	fs.StringVar(&o.relayCA, "relay-ca", "", "PEM file of the relay's CA, pinned (tether-relay ca prints it) (required)")
-	fs.StringVar(&o.credentialDir, "credential-dir", "/var/lib/tether-agent", "where the agent keeps its key and certificate")
+	fs.StringVar(&o.credentialDir, "credential-dir", "/var/lib/tether-agent", "where the agent keeps its key and certificate, unless --credential-secret")
+	fs.StringVar(&o.credentialSecret, "credential-secret", "", "NAMESPACE/NAME of a kubernetes.io/tls Secret that keeps the agent's credential (in-cluster); the agent's service account needs get, create and update on it")
 	fs.StringVar(&o.joinTokenFile, "join-token-file", "", "file holding the join token, used when --credential-dir has no credential (default: $TETHER_JOIN_TOKEN)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the agent's service account (default: in-cluster configuration)")
 	fs.StringVar(&o.authnConfig, "authentication-config", "", "AuthenticationConfiguration (apiserver.config.k8s.io/v1) for callers' tokens (required)")
@@ -114,9 +117,25 @@ func (o *options) run(parent context.Context) error {
 	ctx, cancel := cli.SignalContext(parent)
 	defer cancel()
 
-	upstream, transport, credential, err := o.apiServer()
+	restCfg, err := o.restConfig()
 	if err != nil {
 		return err
+	}
+	upstream, transport, credential, err := apiServer(restCfg)
+	if err != nil {
+		return err
+	}
+	var store agent.CredentialStore
+	if o.credentialSecret != "" {
+		ns, name, ok := strings.Cut(o.credentialSecret, "/")
+		if !ok || ns == "" || name == "" {
+			return fmt.Errorf("--credential-secret %q: want NAMESPACE/NAME", o.credentialSecret)
+		}
+		cs, err := kubernetes.NewForConfig(restCfg)
+		if err != nil {
+			return fmt.Errorf("--credential-secret: %w", err)
+		}
+		store = agent.SecretStore{Client: cs, Namespace: ns, Name: name}
 	}
 	oidcAuthn, err := authn.New(ctx, authn.Config{Authentication: ac, DisallowedIssuers: o.saIssuers, AllowSystemNames: o.allowSystemNames, Logger: log})
 	if err != nil {
@@ -137,7 +156,7 @@ func (o *options) run(parent context.Context) error {
 		return err
 	}
 	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr,
-		RelayCA: relayCA, CredentialDir: o.credentialDir, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, Logger: log})
+		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -175,10 +194,8 @@ func (o *options) run(parent context.Context) error {
 	return err
 }
 
-// apiServer returns the API server's URL, a transport that trusts its CA
-// and adds nothing, and the agent's bearer token source (re-read from the
-// token file on every call, so projected tokens rotate).
-func (o *options) apiServer() (*url.URL, http.RoundTripper, func(context.Context) (string, error), error) {
+// restConfig is the agent's own configuration for the API server.
+func (o *options) restConfig() (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	if o.kubeconfig != "" {
@@ -187,8 +204,15 @@ func (o *options) apiServer() (*url.URL, http.RoundTripper, func(context.Context
 		cfg, err = rest.InClusterConfig()
 	}
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("API server configuration (--kubeconfig, or in-cluster): %w", err)
+		return nil, fmt.Errorf("API server configuration (--kubeconfig, or in-cluster): %w", err)
 	}
+	return cfg, nil
+}
+
+// apiServer returns the API server's URL, a transport that trusts its CA
+// and adds nothing, and the agent's bearer token source (re-read from the
+// token file on every call, so projected tokens rotate).
+func apiServer(cfg *rest.Config) (*url.URL, http.RoundTripper, func(context.Context) (string, error), error) {
 	u, err := url.Parse(cfg.Host)
 	if err != nil || u.Scheme != "https" {
 		return nil, nil, nil, fmt.Errorf("API server %q: want an https URL", cfg.Host)

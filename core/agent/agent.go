@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/tether-k8s/tether/core/clusterid"
@@ -50,9 +49,12 @@ type Config struct {
 	// RelayCA verifies the relay (both endpoints): pinned, never learned.
 	// Required.
 	RelayCA *x509.CertPool
-	// CredentialDir keeps the agent's key and certificate (mode 0600).
-	// Required.
+	// CredentialDir keeps the agent's key and certificate (mode 0600) when
+	// Store is nil. One of them is required.
 	CredentialDir string
+	// Store keeps the credential (a Secret in-cluster). Nil means a
+	// FileStore in CredentialDir.
+	Store CredentialStore
 	// JoinToken is traded for a credential when CredentialDir has none.
 	JoinToken string
 	// Handler serves callers' requests (the impersonation handler).
@@ -77,8 +79,8 @@ func (c *Config) Validate() error {
 		return errors.New("agent: Config.RelayAgentAddr is empty: give the relay's agent endpoint (host:port)")
 	case c.RelayCA == nil:
 		return errors.New("agent: Config.RelayCA is nil: the relay's CA must be pinned")
-	case c.CredentialDir == "":
-		return errors.New("agent: Config.CredentialDir is empty: name where the credential is kept")
+	case c.CredentialDir == "" && c.Store == nil:
+		return errors.New("agent: Config.CredentialDir and Store are empty: name where the credential is kept")
 	case c.Handler == nil:
 		return errors.New("agent: Config.Handler is nil")
 	}
@@ -102,6 +104,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Name == "" {
 		h, _ := os.Hostname()
 		cfg.Name = h
+	}
+	if cfg.Store == nil {
+		cfg.Store = FileStore{Dir: cfg.CredentialDir}
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -128,15 +133,21 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 
 // credential loads the credential, or joins to obtain one.
 func (a *Agent) credential(ctx context.Context) (tls.Certificate, error) {
-	certPath, keyPath := filepath.Join(a.cfg.CredentialDir, CertFile), filepath.Join(a.cfg.CredentialDir, KeyFile)
-	if cert, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
-		a.log.Info("agent: using the stored credential", "dir", a.cfg.CredentialDir)
+	store := a.cfg.Store
+	certPEM, keyPEM, err := store.Load(ctx)
+	switch {
+	case err == nil:
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return tls.Certificate{}, fmt.Errorf("agent: the credential in %s is unusable: %w (delete it and join again with a new token)", store, err)
+		}
+		a.log.Info("agent: using the stored credential", "store", store.String())
 		return cert, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return tls.Certificate{}, fmt.Errorf("agent: stored credential in %s unreadable: %w (remove it and join again with a new token)", a.cfg.CredentialDir, err)
+	case !errors.Is(err, ErrNoCredential):
+		return tls.Certificate{}, fmt.Errorf("agent: read the credential: %w", err)
 	}
 	if a.cfg.JoinToken == "" || a.cfg.RelayAPI == "" {
-		return tls.Certificate{}, fmt.Errorf("agent: no credential in %s and no join token and relay API to get one: run `tether-relay cluster create %s` and pass the token it prints", a.cfg.CredentialDir, a.cfg.Cluster)
+		return tls.Certificate{}, fmt.Errorf("agent: no credential in %s and no join token and relay API to get one: run `tether-relay cluster create %s` and pass the token it prints", store, a.cfg.Cluster)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -176,36 +187,16 @@ func (a *Agent) credential(ctx context.Context) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("agent: encode key: %w", err)
 	}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	cert, err := tls.X509KeyPair([]byte(jr.Certificate), keyPEM)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("agent: the relay's certificate does not match the key: %w", err)
 	}
-	if err := os.MkdirAll(a.cfg.CredentialDir, 0o700); err != nil {
-		return tls.Certificate{}, fmt.Errorf("agent: create %s: %w", a.cfg.CredentialDir, err)
+	if err := store.Save(ctx, []byte(jr.Certificate), keyPEM); err != nil {
+		return tls.Certificate{}, fmt.Errorf("agent: joined, but could not keep the credential (the join token is spent: rotate the cluster for a new one): %w", err)
 	}
-	for _, f := range []struct {
-		path string
-		data []byte
-	}{{keyPath, keyPEM}, {certPath, []byte(jr.Certificate)}} {
-		if err := writeFile(f.path, f.data); err != nil {
-			return tls.Certificate{}, err
-		}
-	}
-	a.log.Info("agent: joined the relay", "notAfter", jr.NotAfter, "dir", a.cfg.CredentialDir)
+	a.log.Info("agent: joined the relay", "notAfter", jr.NotAfter, "store", store.String())
 	return cert, nil
-}
-
-// writeFile writes data to path atomically, with mode 0600.
-func writeFile(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("agent: write %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("agent: write %s: %w", path, err)
-	}
-	return nil
 }
 
 // dial connects to the relay's agent endpoint, through an HTTP proxy if
