@@ -111,6 +111,35 @@ func ttyShell(cmd *exec.Cmd, exitLine string) <-chan struct{} {
 	return r.done
 }
 
+// portForward10MB serves 10 MB of random bytes behind every pod port, runs
+// kubectl port-forward to pod in host h with kubeconfig (and extra flags),
+// fetches the bytes through it and checks their SHA-256.
+func portForward10MB(ctx context.Context, h *netns.Host, kubeconfig, ns, pod string, extra ...string) {
+	GinkgoHelper()
+	const size = 10 << 20
+	blob := make([]byte, size)
+	var seed [32]byte
+	_, _ = rand.Read(seed[:])
+	_, _ = mrand.NewChaCha8(seed).Read(blob)
+	want := sha256.Sum256(blob)
+	stop, err := lc.ServePodBackend(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		_, _ = w.Write(blob)
+	}))
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(stop)
+	pf, err := lc.StartPortForward(ctx, h, kubeconfig, ns, "pod/"+pod, 8080, extra...)
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(pf.Stop)
+	start := time.Now()
+	got, err := pf.Get(ctx, h, "/blob")
+	Expect(err).NotTo(HaveOccurred())
+	took := time.Since(start)
+	Expect(got).To(HaveLen(size))
+	Expect(sha256.Sum256(got)).To(Equal(want), "sha256 of what came through the port-forward")
+	GinkgoWriter.Printf("port-forward from %s moved 10 MB in %s (%.1f MB/s)\n", h.Name, took.Round(time.Millisecond), 10/math.Max(took.Seconds(), 1e-9))
+}
+
 const deploymentYAML = `apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -207,31 +236,7 @@ var _ = Describe("the local cluster fixture", func() {
 		})
 
 		It("port-forwards 10 MB intact", func(ctx SpecContext) {
-			const size = 10 << 20
-			blob := make([]byte, size)
-			seed := [32]byte{}
-			_, _ = rand.Read(seed[:])
-			_, _ = mrand.NewChaCha8(seed).Read(blob)
-			want := sha256.Sum256(blob)
-
-			stop, err := lc.ServePodBackend(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Length", strconv.Itoa(size))
-				_, _ = w.Write(blob)
-			}))
-			Expect(err).NotTo(HaveOccurred())
-			DeferCleanup(stop)
-
-			h := lc.Host(cluster.HostCluster)
-			pf, err := lc.StartPortForward(ctx, h, lc.Kubeconfig(), ns, "pod/"+pod, 8080)
-			Expect(err).NotTo(HaveOccurred())
-			DeferCleanup(pf.Stop)
-			start := time.Now()
-			got, err := pf.Get(ctx, h, "/blob")
-			Expect(err).NotTo(HaveOccurred())
-			took := time.Since(start)
-			Expect(got).To(HaveLen(size))
-			Expect(sha256.Sum256(got)).To(Equal(want), "sha256 of what came through the port-forward")
-			GinkgoWriter.Printf("port-forward moved %d MB in %s (%.1f MB/s)\n", size>>20, took.Round(time.Millisecond), float64(size)/(1<<20)/math.Max(took.Seconds(), 1e-9))
+			portForward10MB(ctx, lc.Host(cluster.HostCluster), lc.Kubeconfig(), ns, pod)
 		})
 	})
 

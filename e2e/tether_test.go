@@ -3,14 +3,10 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"io"
-	mrand "math/rand/v2"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -117,28 +113,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 	})
 
 	It("port-forwards 10 MB intact", func(ctx SpecContext) {
-		const size = 10 << 20
-		blob := make([]byte, size)
-		var seed [32]byte
-		_, _ = rand.Read(seed[:])
-		_, _ = mrand.NewChaCha8(seed).Read(blob)
-		want := sha256.Sum256(blob)
-		stop, err := lc.ServePodBackend(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Length", strconv.Itoa(size))
-			_, _ = w.Write(blob)
-		}))
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(stop)
-		laptop := lc.Host(cluster.HostLaptop)
-		pf, err := lc.StartPortForward(ctx, laptop, ts.Kubeconfig(), ns, "pod/"+pod, 8080, "--context", ts.Context())
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(pf.Stop)
-		start := time.Now()
-		got, err := pf.Get(ctx, laptop, "/blob")
-		Expect(err).NotTo(HaveOccurred())
-		Expect(got).To(HaveLen(size))
-		Expect(sha256.Sum256(got)).To(Equal(want))
-		GinkgoWriter.Printf("port-forward through tether moved 10 MB in %s\n", time.Since(start).Round(time.Millisecond))
+		portForward10MB(ctx, lc.Host(cluster.HostLaptop), ts.Kubeconfig(), ns, pod, "--context", ts.Context())
 	})
 
 	It("copies a file out of a pod (kubectl cp)", func(ctx SpecContext) {
