@@ -1,17 +1,14 @@
 package proxy
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
 )
 
 // credential joins cluster on a fresh registry and returns the agent's
@@ -27,17 +24,7 @@ func credential(t *testing.T, cluster string) (*x509.Certificate, *registry.Regi
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	cred, err := reg.Join(tok, csr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := pem.Decode(cred.CertPEM)
-	cert, err := x509.ParseCertificate(b.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := tunneltest.Join(t, reg, tok).Leaf
 	return cert, reg
 }
 

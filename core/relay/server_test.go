@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
@@ -296,17 +295,7 @@ func TestServeAgents(t *testing.T) {
 		if err != nil {
 			tok, _ = h.reg.Rotate(cluster)
 		}
-		csr, key := csrDER(t)
-		cred, err := h.reg.Join(tok, csr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, _ := x509.MarshalPKCS8PrivateKey(key)
-		c, err := tls.X509KeyPair(cred.CertPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
+		return tunneltest.Join(t, h.reg, tok)
 	}
 	connect := func(cert *tls.Certificate, claim string) (*tunnel.AgentSession, error) {
 		cfg := &tls.Config{RootCAs: serverPool, ServerName: "relay.test", NextProtos: []string{relay.ALPN}, MinVersion: tls.VersionTLS13}

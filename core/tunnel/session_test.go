@@ -3,12 +3,8 @@ package tunnel_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"io"
 	"net"
@@ -66,16 +62,7 @@ func tlsPair(t *testing.T) (net.Conn, net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, agentKey)
-	cred, err := reg.Join(tok, csr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentCert, err := tls.X509KeyPair(cred.CertPEM, pemKey(t, agentKey))
-	if err != nil {
-		t.Fatal(err)
-	}
+	agentCert := tunneltest.Join(t, reg, tok)
 	serverCert, serverPool := tunneltest.ServerCert(t, "relay.test")
 	clientCAs := x509.NewCertPool()
 	clientCAs.AddCert(reg.CACertificate())
@@ -83,14 +70,6 @@ func tlsPair(t *testing.T) (net.Conn, net.Conn) {
 	relay := tls.Server(r, &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCAs, MinVersion: tls.VersionTLS13})
 	agent := tls.Client(a, &tls.Config{Certificates: []tls.Certificate{agentCert}, RootCAs: serverPool, ServerName: "relay.test", MinVersion: tls.VersionTLS13})
 	return relay, agent
-}
-
-func pemKey(t *testing.T, k *ecdsa.PrivateKey) []byte {
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
 
 var hello = tunnel.Hello{Cluster: "prod", Agent: "agent-0", Slot: 0, Software: "test"}
