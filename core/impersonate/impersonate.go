@@ -225,8 +225,7 @@ func (h *Handler) decide(r *http.Request, reqID string) (*plan, Identity, *refus
 	if ref := checkHeaders(r); ref != nil {
 		return nil, Identity{}, ref
 	}
-	_, ref := checkUpgrade(r)
-	if ref != nil {
+	if ref := checkUpgrade(r); ref != nil {
 		return nil, Identity{}, ref
 	}
 	token, ref := h.bearerToken(r.Header)
@@ -298,9 +297,9 @@ var webSocketSubprotocols = map[string]bool{
 	"portforward.k8s.io": true, "v2.portforward.k8s.io": true, "SPDY/3.1+portforward.k8s.io": true,
 }
 
-// checkUpgrade reports whether r asks for an upgrade, refusing any but
-// SPDY/3.1 and Kubernetes WebSockets on streaming paths.
-func checkUpgrade(r *http.Request) (bool, *refusal) {
+// checkUpgrade refuses any upgrade but SPDY/3.1 and Kubernetes WebSockets
+// on streaming paths.
+func checkUpgrade(r *http.Request) *refusal {
 	ups := r.Header.Values("Upgrade")
 	wantsUpgrade := len(ups) > 0
 	for _, v := range r.Header.Values("Connection") {
@@ -311,10 +310,10 @@ func checkUpgrade(r *http.Request) (bool, *refusal) {
 		}
 	}
 	if !wantsUpgrade {
-		return false, nil
+		return nil
 	}
 	if len(ups) != 1 || strings.Contains(ups[0], ",") {
-		return false, refuse(http.StatusBadRequest, kstatus.ReasonBadRequest, "an upgrade must name exactly one protocol, got %q", ups)
+		return refuse(http.StatusBadRequest, kstatus.ReasonBadRequest, "an upgrade must name exactly one protocol, got %q", ups)
 	}
 	switch proto := strings.TrimSpace(ups[0]); {
 	case strings.EqualFold(proto, "SPDY/3.1"):
@@ -328,20 +327,20 @@ func checkUpgrade(r *http.Request) (bool, *refusal) {
 			}
 		}
 		if len(subs) == 0 {
-			return false, refuse(http.StatusBadRequest, kstatus.ReasonBadRequest, "a WebSocket upgrade must name a Kubernetes subprotocol")
+			return refuse(http.StatusBadRequest, kstatus.ReasonBadRequest, "a WebSocket upgrade must name a Kubernetes subprotocol")
 		}
 		for _, s := range subs {
 			if !webSocketSubprotocols[s] {
-				return false, refuse(http.StatusBadRequest, kstatus.ReasonBadRequest, "WebSocket subprotocol %q is not accepted", truncate(s, 40))
+				return refuse(http.StatusBadRequest, kstatus.ReasonBadRequest, "WebSocket subprotocol %q is not accepted", truncate(s, 40))
 			}
 		}
 	default:
-		return false, refuse(http.StatusBadRequest, kstatus.ReasonBadRequest, "upgrade to %q refused: only SPDY/3.1 and Kubernetes WebSocket subprotocols are accepted", truncate(proto, 40))
+		return refuse(http.StatusBadRequest, kstatus.ReasonBadRequest, "upgrade to %q refused: only SPDY/3.1 and Kubernetes WebSocket subprotocols are accepted", truncate(proto, 40))
 	}
 	if !streamingPath.MatchString(r.URL.Path) {
-		return false, refuse(http.StatusBadRequest, kstatus.ReasonBadRequest, "%s is not a streaming endpoint (exec, attach, portforward): no upgrade there", truncate(r.URL.Path, 200))
+		return refuse(http.StatusBadRequest, kstatus.ReasonBadRequest, "%s is not a streaming endpoint (exec, attach, portforward): no upgrade there", truncate(r.URL.Path, 200))
 	}
-	return true, nil
+	return nil
 }
 
 // bearerToken extracts the one bearer token of the request.
@@ -458,8 +457,7 @@ func truncate(s string, n int) string {
 }
 
 // rewrite builds the outgoing request from the plan. It cannot fail: every
-// check was made in ServeHTTP. Without a plan it sends a request that the API
-// server will refuse: no credential at all.
+// check was made in ServeHTTP. Without a plan it sends nothing.
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	pr.SetURL(h.cfg.Upstream)
 	out := pr.Out.Header
@@ -472,6 +470,10 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	}
 	p, _ := pr.In.Context().Value(planKey{}).(*plan)
 	if p == nil {
+		// Unreachable through ServeHTTP. Send nowhere (the transport fails
+		// and the caller gets 502) rather than send a request without
+		// credentials, which a cluster allowing anonymous access would serve.
+		pr.Out.URL = &url.URL{}
 		return
 	}
 	out.Set("Authorization", p.authorization)
