@@ -76,6 +76,9 @@ type Keeper struct {
 	cfg  KeeperConfig
 	log  *slog.Logger
 	live atomic.Int32
+	// draining owns the sessions a relay sent GoAway on, served in the
+	// background until they end; Run waits for them.
+	draining sync.WaitGroup
 }
 
 // NewKeeper validates cfg and returns a Keeper; Run starts it.
@@ -106,8 +109,8 @@ func NewKeeper(cfg KeeperConfig) (*Keeper, error) {
 	return &Keeper{cfg: cfg, log: log.With("cluster", h.Cluster, "agent", h.Agent)}, nil
 }
 
-// Live returns how many sessions are established now: the agent is ready
-// when it is at least 1.
+// Live returns how many sessions are established now, including those a
+// relay is draining: the agent is ready when it is at least 1.
 func (k *Keeper) Live() int { return int(k.live.Load()) }
 
 // Run keeps cfg.Sessions sessions open until ctx ends (it then returns nil)
@@ -128,6 +131,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	k.draining.Wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
@@ -149,8 +153,12 @@ func (k *Keeper) runSlot(ctx context.Context, slot int) error {
 		case errors.As(err, &ref) && ref.Reason == ReasonRevoked:
 			log.Error("tunnel: relay refused the credential", "message", ref.Message)
 			return fmt.Errorf("%w: %s", ErrRevoked, ref.Message)
+		case errors.Is(err, errMoved):
+			attempt = 0 // the relay asked us to move: replace the session now
 		case errors.As(err, &ref) && ref.Reason == ReasonDraining:
-			attempt = 0 // the relay asked us to go elsewhere: go now
+			// A refusal while draining counts as a failure, so that agents
+			// back off from a lone relay that is restarting instead of
+			// hammering it for its whole drain.
 		case time.Since(began) >= k.cfg.StableAfter:
 			attempt = 0
 		}
@@ -168,7 +176,13 @@ func (k *Keeper) runSlot(ctx context.Context, slot int) error {
 	return nil
 }
 
-// once dials, handshakes and serves one session until it ends.
+// errMoved ends once when the relay sent GoAway: the session is still being
+// served, in the background, and the slot opens a replacement.
+var errMoved = errors.New("tunnel: the relay is draining this session (GoAway); opening a replacement")
+
+// once dials, handshakes and serves one session until it ends, or until the
+// relay sends GoAway: the session is then handed to k.draining and once
+// returns errMoved.
 func (k *Keeper) once(ctx context.Context, slot int) error {
 	conn, err := k.cfg.Dial(ctx)
 	if err != nil {
@@ -180,15 +194,28 @@ func (k *Keeper) once(ctx context.Context, slot int) error {
 	if err != nil {
 		return err
 	}
+	// A session counts as live until it ends, draining or not: it still
+	// serves its streams, so readiness does not flap while a relay drains.
 	k.live.Add(1)
-	defer k.live.Add(-1)
 	k.log.Info("tunnel: session established", "slot", slot, "session", s.Welcome.Session, "relay", s.Welcome.Relay)
-	stop := context.AfterFunc(ctx, func() { _ = s.Close() })
-	defer stop()
-	serveErr := k.cfg.Serve(ctx, s)
-	_ = s.Close()
-	if serveErr == nil || errors.Is(serveErr, net.ErrClosed) {
-		serveErr = errors.New("tunnel: session closed")
+	served := make(chan error, 1)
+	k.draining.Add(1)
+	go func() {
+		defer k.draining.Done()
+		stop := context.AfterFunc(ctx, func() { _ = s.Close() })
+		defer stop()
+		err := k.cfg.Serve(ctx, s)
+		_ = s.Close()
+		k.live.Add(-1)
+		served <- err
+	}()
+	select {
+	case err := <-served:
+		if err == nil || errors.Is(err, net.ErrClosed) {
+			err = errors.New("tunnel: session closed")
+		}
+		return err
+	case <-s.GoAwayChan():
+		return errMoved
 	}
-	return serveErr
 }

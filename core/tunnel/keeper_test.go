@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -177,4 +178,73 @@ func TestBackoffWait(t *testing.T) {
 	if got := b.Wait(62, 0.999); got > 30*time.Second || got <= 0 {
 		t.Errorf("wait at attempt 62 = %s, want within (0, 30s]: no overflow", got)
 	}
+}
+
+// eventually polls cond for up to 5 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// TestKeeperMovesOnGoAwayAndFinishesWhatIsInFlight runs on the real clock:
+// it moves bytes over yamux streams, and yamux pools its timers globally,
+// which a synctest bubble must not share with the other tests.
+func TestKeeperMovesOnGoAwayAndFinishesWhatIsInFlight(t *testing.T) {
+	r := &fakeRelay{}
+	// Serve echoes, so a stream opened before GoAway can be checked after it.
+	k := newKeeper(t, r, func(c *tunnel.KeeperConfig) {
+		c.Sessions = 1
+		c.Backoff = tunnel.Backoff{Initial: 10 * time.Millisecond}
+		c.Serve = func(ctx context.Context, s *tunnel.AgentSession) error {
+			for {
+				c, err := s.Accept()
+				if err != nil {
+					return err
+				}
+				go func() { _, _ = io.Copy(c, c); _ = c.Close() }()
+			}
+		}
+	})
+	stop := run(k)
+	sessions := func() int { r.mu.Lock(); defer r.mu.Unlock(); return len(r.sessions) }
+	eventually(t, "the first session", func() bool { return sessions() == 1 && k.Live() == 1 })
+	r.mu.Lock()
+	old := r.sessions[0]
+	r.mu.Unlock()
+	inflight, err := old.Open(context.Background(), &tunnel.Open{Cluster: hello.Cluster, Request: "r1", Client: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.GoAway(context.Background(), time.Minute, "relay restarting"); err != nil {
+		t.Fatal(err)
+	}
+	if !old.Draining() {
+		t.Fatal("Draining() = false after GoAway")
+	}
+	// Both count as live: the draining one still serves its streams.
+	eventually(t, "a replacement session next to the draining one", func() bool { return sessions() == 2 && k.Live() == 2 })
+	// The stream opened before GoAway still works on the old session.
+	if _, err := inflight.Write([]byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 10)
+	if _, err := io.ReadFull(inflight, buf); err != nil || string(buf) != "still here" {
+		t.Fatalf("in-flight stream after GoAway: %q, %v", buf, err)
+	}
+	_ = inflight.Close()
+	_ = old.Close() // the relay's grace ends
+	eventually(t, "the drained session to stop counting", func() bool { return k.Live() == 1 })
+	time.Sleep(50 * time.Millisecond)
+	if k.Live() != 1 || sessions() != 2 {
+		t.Fatalf("after the drain: %d live, relay saw %d sessions; want 1 live and no further reconnect", k.Live(), sessions())
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	r.killAll()
+	r.wg.Wait()
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -86,11 +87,12 @@ type RelayConfig struct {
 // RelaySession is the relay's end of an agent's session.
 type RelaySession struct {
 	// Hello is what the agent said, after Authorize accepted it.
-	Hello Hello
-	mux   *yamux.Session
-	cfg   RelayConfig
-	log   *slog.Logger
-	done  sync.WaitGroup
+	Hello    Hello
+	mux      *yamux.Session
+	cfg      RelayConfig
+	log      *slog.Logger
+	done     sync.WaitGroup
+	draining atomic.Bool
 }
 
 // AcceptAgent runs the relay's side of the handshake on conn (a *tls.Conn,
@@ -227,6 +229,34 @@ func (s *RelaySession) Open(ctx context.Context, o *Open) (net.Conn, error) {
 	return deadlineConn{st}, nil
 }
 
+// GoAway tells the agent that this relay is draining (see GoAway): the
+// agent opens a replacement session elsewhere and this session gets no new
+// stream from the router. The streams on it keep running until they end or
+// the session is closed, which the caller does after grace at most.
+func (s *RelaySession) GoAway(ctx context.Context, grace time.Duration, message string) error {
+	if s.draining.Swap(true) {
+		return nil
+	}
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return fmt.Errorf("tunnel: send GoAway to cluster %s: %w", s.Hello.Cluster, err)
+	}
+	defer st.Close()
+	deadline := time.Now().Add(s.cfg.OpenTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = st.SetDeadline(deadline)
+	if err := WriteFrame(st, &GoAway{Reason: ReasonDraining, Message: message, GraceMillis: grace.Milliseconds()}); err != nil {
+		return fmt.Errorf("tunnel: send GoAway to cluster %s: %w", s.Hello.Cluster, err)
+	}
+	s.log.Info("tunnel: told the agent to move (GoAway)", "grace", grace)
+	return nil
+}
+
+// Draining reports whether GoAway was sent on this session.
+func (s *RelaySession) Draining() bool { return s.draining.Load() }
+
 // NumStreams returns the number of open streams.
 func (s *RelaySession) NumStreams() int { return s.mux.NumStreams() }
 
@@ -267,6 +297,9 @@ type AgentSession struct {
 	closed  chan struct{}
 	once    sync.Once
 	done    sync.WaitGroup
+	goAway  chan struct{}
+	goOnce  sync.Once
+	goMsg   GoAway
 }
 
 // ConnectAgent runs the agent's side of the handshake on conn and returns the
@@ -309,7 +342,7 @@ func ConnectAgent(ctx context.Context, conn net.Conn, cfg AgentConfig) (_ *Agent
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: start session: %w", err)
 	}
-	s := &AgentSession{Welcome: w, mux: mux, cfg: cfg, streams: make(chan *Stream), closed: make(chan struct{}),
+	s := &AgentSession{Welcome: w, mux: mux, cfg: cfg, streams: make(chan *Stream), closed: make(chan struct{}), goAway: make(chan struct{}),
 		log: cfg.Logger.With("session", w.Session, "relay", w.Relay, "slot", cfg.Hello.Slot)}
 	s.done.Add(1)
 	go s.acceptStreams()
@@ -334,13 +367,25 @@ func (s *AgentSession) acceptStreams() {
 	}
 }
 
-// checkOpen reads a stream's Open and accepts it only for this cluster.
+// checkOpen reads a stream's Open and accepts it only for this cluster; a
+// GoAway instead marks the session as draining.
 func (s *AgentSession) checkOpen(st *yamux.Stream) {
 	_ = st.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	var o Open
-	if err := ReadFrame(st, &o); err != nil {
+	var g GoAway
+	p, err := ReadFrameOf(st, &o, &g)
+	if err != nil {
 		s.log.Warn("tunnel: bad stream opening; stream closed", "error", err)
 		_ = st.Close()
+		return
+	}
+	if p == &g {
+		_ = st.Close()
+		s.goOnce.Do(func() {
+			s.goMsg = g
+			s.log.Info("tunnel: the relay is draining this session (GoAway)", "message", g.Message, "graceMillis", g.GraceMillis)
+			close(s.goAway)
+		})
 		return
 	}
 	if o.Cluster != s.cfg.Hello.Cluster {
@@ -373,6 +418,17 @@ func (s *AgentSession) Accept() (net.Conn, error) {
 
 // Addr implements net.Listener.
 func (s *AgentSession) Addr() net.Addr { return s.mux.LocalAddr() }
+
+// GoAwayChan is closed when the relay sent GoAway: the session will get no
+// new stream, and the agent should open a replacement.
+func (s *AgentSession) GoAwayChan() <-chan struct{} { return s.goAway }
+
+// GoAwayNotice returns the GoAway the relay sent; valid once GoAwayChan is
+// closed.
+func (s *AgentSession) GoAwayNotice() GoAway {
+	<-s.goAway
+	return s.goMsg
+}
 
 // CloseChan is closed when the session ends.
 func (s *AgentSession) CloseChan() <-chan struct{} { return s.mux.CloseChan() }

@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/tether-k8s/tether/core/clusterid"
 )
@@ -34,6 +37,17 @@ const (
 	FrameWelcome   FrameType = 2 // relay → agent, the answer to Hello
 	FrameOpen      FrameType = 3 // relay → agent, first on every stream
 	FrameOpenReply FrameType = 4 // agent → relay, the answer to Open
+	FrameGoAway    FrameType = 5 // relay → agent, first on a stream instead of Open: move this session elsewhere
+	FrameRenew     FrameType = 6 // agent → relay, on a renewal connection (ALPN RenewALPN)
+	FrameRenewed   FrameType = 7 // relay → agent, the answer to Renew
+)
+
+// ALPN protocols of the relay's agent endpoint.
+const (
+	// SessionALPN is a session: Hello, Welcome, then yamux.
+	SessionALPN = "tether/1"
+	// RenewALPN is a credential renewal: Renew, Renewed, then close.
+	RenewALPN = "tether-renew/1"
 )
 
 func (t FrameType) String() string {
@@ -46,6 +60,12 @@ func (t FrameType) String() string {
 		return "Open"
 	case FrameOpenReply:
 		return "OpenReply"
+	case FrameGoAway:
+		return "GoAway"
+	case FrameRenew:
+		return "Renew"
+	case FrameRenewed:
+		return "Renewed"
 	}
 	return fmt.Sprintf("FrameType(%d)", uint8(t))
 }
@@ -124,10 +144,50 @@ type OpenReply struct {
 	Message string `json:"message,omitempty"`
 }
 
+// GoAway is the relay's notice that it is draining: the agent opens a
+// replacement session (which a load balancer sends to another replica, or
+// which this relay refuses with ReasonDraining until it is back), while the
+// streams already on this session run until they end or the relay closes
+// the session. The relay opens no new stream on a session it sent GoAway.
+type GoAway struct {
+	// Reason is ReasonDraining.
+	Reason string `json:"reason"`
+	// Message explains, for the agent's logs.
+	Message string `json:"message,omitempty"`
+	// GraceMillis is how long the relay keeps the session open for the
+	// streams on it, at most.
+	GraceMillis int64 `json:"graceMillis,omitempty"`
+}
+
+// Renew asks the relay for a new certificate for the cluster the agent's
+// current one (its TLS client certificate) names.
+type Renew struct {
+	// CSR is a DER certificate signing request for the agent's new key.
+	CSR []byte `json:"csr"`
+}
+
+// Renewed is the relay's answer to Renew.
+type Renewed struct {
+	// OK is true when Certificate holds the new certificate.
+	OK bool `json:"ok"`
+	// Certificate is the new client certificate, PEM.
+	Certificate string `json:"certificate,omitempty"`
+	// Reason and Message explain a refusal (ReasonRevoked, or
+	// ReasonBadRequest for a CSR that cannot be signed).
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// ReasonBadRequest refuses a Renew whose CSR cannot be signed.
+const ReasonBadRequest = "BadRequest"
+
 func (*Hello) frameType() FrameType     { return FrameHello }
 func (*Welcome) frameType() FrameType   { return FrameWelcome }
 func (*Open) frameType() FrameType      { return FrameOpen }
 func (*OpenReply) frameType() FrameType { return FrameOpenReply }
+func (*GoAway) frameType() FrameType    { return FrameGoAway }
+func (*Renew) frameType() FrameType     { return FrameRenew }
+func (*Renewed) frameType() FrameType   { return FrameRenewed }
 
 var (
 	idRE   = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
@@ -193,6 +253,39 @@ func (o *OpenReply) Validate() error {
 	return nil
 }
 
+// Validate implements Payload.
+func (g *GoAway) Validate() error {
+	if g.Reason == "" || !textRE.MatchString(g.Reason) || !textRE.MatchString(g.Message) {
+		return invalid(FrameGoAway, "want a reason, and printable ASCII of at most 512 bytes")
+	}
+	if g.GraceMillis < 0 || g.GraceMillis > int64(24*time.Hour/time.Millisecond) {
+		return invalid(FrameGoAway, "graceMillis %d: want 0 to 86400000", g.GraceMillis)
+	}
+	return nil
+}
+
+// Validate implements Payload.
+func (r *Renew) Validate() error {
+	if len(r.CSR) == 0 || len(r.CSR) > 4096 {
+		return invalid(FrameRenew, "csr: want 1 to 4096 bytes of DER, got %d", len(r.CSR))
+	}
+	return nil
+}
+
+// Validate implements Payload.
+func (r *Renewed) Validate() error {
+	if r.OK == (r.Reason != "") || r.OK == (r.Certificate == "") {
+		return invalid(FrameRenewed, "an acceptance has a certificate and no reason; a refusal has a reason and no certificate")
+	}
+	if !textRE.MatchString(r.Reason) || !textRE.MatchString(r.Message) {
+		return invalid(FrameRenewed, "reason and message must be printable ASCII, at most 512 bytes")
+	}
+	if len(r.Certificate) > 6144 || !strings.HasPrefix(r.Certificate, "-----BEGIN CERTIFICATE-----") && r.OK {
+		return invalid(FrameRenewed, "certificate: want one PEM certificate of at most 6144 bytes")
+	}
+	return nil
+}
+
 // WriteFrame validates p and writes it as one frame.
 func WriteFrame(w io.Writer, p Payload) error {
 	t := p.frameType()
@@ -224,34 +317,48 @@ func WriteFrame(w io.Writer, p Payload) error {
 // never reads past the frame. A frame of another version fails with
 // ErrVersion, naming the version, so the caller can answer with a refusal.
 func ReadFrame(r io.Reader, p Payload) error {
-	want := p.frameType()
+	_, err := ReadFrameOf(r, p)
+	return err
+}
+
+// ReadFrameOf reads exactly one frame whose type is one of ps', decodes it
+// into that payload, validates it and returns it. Otherwise it behaves as
+// ReadFrame.
+func ReadFrameOf(r io.Reader, ps ...Payload) (Payload, error) {
+	want := ps[0].frameType()
 	var hdr [headerLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return fmt.Errorf("tunnel: read %s header: %w", want, err)
+		return nil, fmt.Errorf("tunnel: read %s header: %w", want, err)
 	}
 	if hdr[0] != magic[0] || hdr[1] != magic[1] {
-		return fmt.Errorf("%w: % x", ErrBadMagic, hdr[:2])
+		return nil, fmt.Errorf("%w: % x", ErrBadMagic, hdr[:2])
 	}
 	if hdr[2] != Version {
-		return fmt.Errorf("%w: peer speaks %d, this side %d", ErrVersion, hdr[2], Version)
+		return nil, fmt.Errorf("%w: peer speaks %d, this side %d", ErrVersion, hdr[2], Version)
 	}
-	if got := FrameType(hdr[3]); got != want {
-		return fmt.Errorf("%w: got %s, want %s", ErrFrameType, got, want)
+	got := FrameType(hdr[3])
+	i := slices.IndexFunc(ps, func(p Payload) bool { return p.frameType() == got })
+	if i < 0 {
+		return nil, fmt.Errorf("%w: got %s, want %s", ErrFrameType, got, want)
 	}
+	p := ps[i]
 	n := int(binary.BigEndian.Uint16(hdr[4:]))
 	if n > MaxPayload {
-		return fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooBig, n, MaxPayload)
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooBig, n, MaxPayload)
 	}
 	body := make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {
-		return fmt.Errorf("tunnel: read %s payload: %w", want, err)
+		return nil, fmt.Errorf("tunnel: read %s payload: %w", got, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(p); err != nil {
-		return fmt.Errorf("%w: %s: %w", ErrInvalidFrame, want, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidFrame, got, err)
 	}
 	if dec.More() {
-		return fmt.Errorf("%w: %s: trailing data after the JSON object", ErrInvalidFrame, want)
+		return nil, fmt.Errorf("%w: %s: trailing data after the JSON object", ErrInvalidFrame, got)
 	}
-	return p.Validate()
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return p, nil
 }

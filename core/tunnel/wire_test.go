@@ -26,6 +26,7 @@ func TestFramesRoundTrip(t *testing.T) {
 		&tunnel.Open{Cluster: "prod", Request: "0123abcd", Client: "203.0.113.7:51234"},
 		&tunnel.OpenReply{OK: true},
 		&tunnel.OpenReply{Reason: tunnel.ReasonClusterMismatch, Message: "this agent serves prod"},
+		&tunnel.GoAway{Reason: tunnel.ReasonDraining, Message: "relay-0 is restarting", GraceMillis: 25000},
 	} {
 		var buf bytes.Buffer
 		if err := tunnel.WriteFrame(&buf, p); err != nil {
@@ -83,6 +84,24 @@ func TestReadFrameRefusals(t *testing.T) {
 	}
 }
 
+func TestReadFrameOfPicksThePayloadByType(t *testing.T) {
+	var buf bytes.Buffer
+	_ = tunnel.WriteFrame(&buf, &tunnel.GoAway{Reason: tunnel.ReasonDraining})
+	_ = tunnel.WriteFrame(&buf, &tunnel.Open{Cluster: "prod", Request: "r", Client: "c"})
+	_ = tunnel.WriteFrame(&buf, &tunnel.Hello{Cluster: "prod", Agent: "a"})
+	var o tunnel.Open
+	var g tunnel.GoAway
+	if p, err := tunnel.ReadFrameOf(&buf, &o, &g); err != nil || p != &g || g.Reason != tunnel.ReasonDraining {
+		t.Fatalf("first frame: %v, %v; want the GoAway", p, err)
+	}
+	if p, err := tunnel.ReadFrameOf(&buf, &o, &g); err != nil || p != &o || o.Request != "r" {
+		t.Fatalf("second frame: %v, %v; want the Open", p, err)
+	}
+	if _, err := tunnel.ReadFrameOf(&buf, &o, &g); !errors.Is(err, tunnel.ErrFrameType) {
+		t.Fatalf("a Hello where an Open or GoAway belongs: %v, want ErrFrameType", err)
+	}
+}
+
 func TestPayloadValidation(t *testing.T) {
 	tests := []struct {
 		name string
@@ -98,6 +117,8 @@ func TestPayloadValidation(t *testing.T) {
 		{"open without client", &tunnel.Open{Cluster: "prod", Request: "r"}, "client"},
 		{"open client with NUL", &tunnel.Open{Cluster: "prod", Request: "r", Client: "a\x00"}, "client"},
 		{"reply OK with a reason", &tunnel.OpenReply{OK: true, Reason: "x"}, "reason"},
+		{"goaway without a reason", &tunnel.GoAway{Message: "m"}, "reason"},
+		{"goaway with a negative grace", &tunnel.GoAway{Reason: "Draining", GraceMillis: -1}, "graceMillis"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -117,9 +138,10 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(frame(1, 2, `{"ok":true,"session":"s"}`))
 	f.Add(frame(1, 3, `{"cluster":"prod","request":"r","client":"c"}`))
 	f.Add(frame(1, 4, `{"ok":false,"reason":"ClusterMismatch"}`))
+	f.Add(frame(1, 5, `{"reason":"Draining","graceMillis":25000}`))
 	f.Add([]byte("tT\x01\x01\xff\xff"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, p := range []tunnel.Payload{&tunnel.Hello{}, &tunnel.Welcome{}, &tunnel.Open{}, &tunnel.OpenReply{}} {
+		for _, p := range []tunnel.Payload{&tunnel.Hello{}, &tunnel.Welcome{}, &tunnel.Open{}, &tunnel.OpenReply{}, &tunnel.GoAway{}} {
 			r := bytes.NewReader(data)
 			if err := tunnel.ReadFrame(r, p); err != nil {
 				continue
