@@ -166,10 +166,19 @@ func (r *Router) Open(ctx context.Context, o *tunnel.Open) (net.Conn, error) {
 		return nil, fmt.Errorf("%w (%d)", ErrTooManyStreams, r.cfg.MaxStreamsPerCluster)
 	}
 	c.streams++
+	// Sessions in turn, those the relay is draining last: they still
+	// carry a stream when nothing else can.
 	order := make([]*tunnel.RelaySession, 0, len(c.sessions))
+	var draining []*tunnel.RelaySession
 	for i := range c.sessions {
-		order = append(order, c.sessions[(c.next+i)%len(c.sessions)])
+		s := c.sessions[(c.next+i)%len(c.sessions)]
+		if s.Draining() {
+			draining = append(draining, s)
+			continue
+		}
+		order = append(order, s)
 	}
+	order = append(order, draining...)
 	c.next++
 	r.mu.Unlock()
 
@@ -196,6 +205,61 @@ func (r *Router) release(clusterID string) {
 	if c := r.clusters[clusterID]; c != nil && c.streams > 0 {
 		c.streams--
 	}
+}
+
+// Streams returns how many streams are open through the router.
+func (r *Router) Streams() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, c := range r.clusters {
+		n += c.streams
+	}
+	return n
+}
+
+// GoAway sends GoAway (see tunnel.GoAway) on every session, in parallel,
+// and returns how many sessions it reached.
+func (r *Router) GoAway(ctx context.Context, grace time.Duration, message string) int {
+	r.mu.Lock()
+	var all []*tunnel.RelaySession
+	for _, c := range r.clusters {
+		all = append(all, c.sessions...)
+	}
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	reached := 0
+	for _, s := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.GoAway(ctx, grace, message); err != nil {
+				r.log.Warn("relay: GoAway not delivered", "cluster", s.Hello.Cluster, "agent", s.Hello.Agent, "error", err)
+				return
+			}
+			mu.Lock()
+			reached++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return reached
+}
+
+// CloseCluster ends every session of the cluster (it was rotated or
+// deleted) and returns how many there were.
+func (r *Router) CloseCluster(id string) int {
+	r.mu.Lock()
+	var ss []*tunnel.RelaySession
+	if c := r.clusters[id]; c != nil {
+		ss = append(ss, c.sessions...)
+	}
+	r.mu.Unlock()
+	for _, s := range ss {
+		_ = s.Close()
+	}
+	return len(ss)
 }
 
 // Close ends every session and waits for the router's goroutines.

@@ -150,3 +150,28 @@ func TestRouterSkipsADeadSession(t *testing.T) {
 		}
 	}
 }
+
+func TestRouterAvoidsDrainingSessionsWhileOthersLive(t *testing.T) {
+	r := relay.NewRouter(relay.RouterConfig{})
+	t.Cleanup(func() { _ = r.Close() })
+	old := agent(t, r, "prod", 0)
+	if err := old.GoAway(t.Context(), time.Minute, "moving"); err != nil {
+		t.Fatal(err)
+	}
+	// Only the draining session: it still carries streams.
+	if got, err := open(t, r, "prod"); err != nil || got != "prod/0" {
+		t.Fatalf("with only a draining session: %q, %v; want it served there", got, err)
+	}
+	agent(t, r, "prod", 1) // the agent's replacement
+	for range 4 {
+		if got, err := open(t, r, "prod"); err != nil || got != "prod/1" {
+			t.Fatalf("with a replacement up: %q, %v; want every stream on prod/1", got, err)
+		}
+	}
+	if n := r.CloseCluster("prod"); n != 2 {
+		t.Fatalf("CloseCluster closed %d sessions, want 2", n)
+	}
+	if _, err := open(t, r, "prod"); err == nil {
+		t.Fatal("a stream opened after CloseCluster")
+	}
+}
