@@ -12,6 +12,7 @@ const (
 	ReasonUnauthorized       = "Unauthorized"
 	ReasonForbidden          = "Forbidden"
 	ReasonNotFound           = "NotFound"
+	ReasonAlreadyExists      = "AlreadyExists"
 	ReasonTooManyRequests    = "TooManyRequests"
 	ReasonServiceUnavailable = "ServiceUnavailable"
 	ReasonInternalError      = "InternalError"

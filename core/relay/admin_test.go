@@ -1,0 +1,107 @@
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/tunnel"
+	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
+)
+
+func TestAdminAPIOverItsSocket(t *testing.T) {
+	h := newRelay(t)
+	sock := filepath.Join(t.TempDir(), "relay.sock")
+	l, err := relay.ListenAdmin(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h.srv.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin socket mode: %v, %v; want 0600", fi.Mode(), err)
+	}
+	if _, err := relay.ListenAdmin(sock); err == nil || !strings.Contains(err.Error(), "another relay") {
+		t.Fatalf("a second relay on the same socket: %v, want refused", err)
+	}
+
+	ctx := t.Context()
+	a := relay.AdminClient{Socket: sock}
+	created, err := a.Create(ctx, "prod")
+	if err != nil || created.Cluster != "prod" || !strings.HasPrefix(created.JoinToken, "tether-join.") {
+		t.Fatalf("create: %+v, %v", created, err)
+	}
+	tunneltest.Join(t, h.reg, created.JoinToken) // the token works
+	for name, want := range map[string]string{"prod": "exists", "Prod": "invalid cluster ID", "a/b": "invalid cluster ID"} {
+		if _, err := a.Create(ctx, name); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("create %q: %v, want an error saying %q", name, err, want)
+		}
+	}
+
+	rs, _ := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
+	if err := h.router.Add(rs); err != nil {
+		t.Fatal(err)
+	}
+	list, err := a.Clusters(ctx)
+	if err != nil || len(list) != 1 || list[0].ID != "prod" || list[0].Sessions != 1 || list[0].Credentials != 1 {
+		t.Fatalf("list: %+v, %v; want prod with 1 session and 1 credential", list, err)
+	}
+
+	rotated, err := a.Rotate(ctx, "prod")
+	if err != nil || rotated.SessionsClosed != 1 || rotated.JoinToken == "" || rotated.JoinToken == created.JoinToken {
+		t.Fatalf("rotate: %+v, %v; want a new token and 1 session closed", rotated, err)
+	}
+	select {
+	case <-rs.CloseChan():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the rotated cluster's session is still open")
+	}
+	if _, err := a.Delete(ctx, "staging"); err == nil || !strings.Contains(err.Error(), "unknown cluster") {
+		t.Fatalf("delete unknown: %v", err)
+	}
+	if _, err := a.Delete(ctx, "prod"); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := a.Clusters(ctx); len(list) != 0 {
+		t.Fatalf("after delete: %+v", list)
+	}
+	ca, err := a.CA(ctx)
+	if err != nil || !bytes.Equal(ca, h.reg.CAPEM()) {
+		t.Fatalf("CA: %v", err)
+	}
+}
+
+func TestAdminClientWithoutARelay(t *testing.T) {
+	dir := t.TempDir()
+	for _, sock := range []string{filepath.Join(dir, "missing.sock"), stale(t, filepath.Join(dir, "stale.sock"))} {
+		_, err := relay.AdminClient{Socket: sock}.Clusters(context.Background())
+		if !errors.Is(err, relay.ErrNoRelay) {
+			t.Fatalf("%s: %v, want ErrNoRelay", sock, err)
+		}
+	}
+	// A relay starting over a stale socket takes it over.
+	l, err := relay.ListenAdmin(filepath.Join(dir, "stale.sock"))
+	if err != nil {
+		t.Fatalf("listen over a stale socket: %v", err)
+	}
+	_ = l.Close()
+}
+
+// stale leaves a socket file nobody listens on, as a crashed relay does.
+func stale(t *testing.T, path string) string {
+	l, err := relay.ListenAdmin(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(interface{ SetUnlinkOnClose(bool) }).SetUnlinkOnClose(false)
+	_ = l.Close()
+	return path
+}
