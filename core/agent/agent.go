@@ -19,6 +19,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tether-k8s/tether/core/clusterid"
@@ -62,6 +64,13 @@ type Config struct {
 	Handler http.Handler
 	// Sessions is how many relay sessions to keep open. Zero means 2.
 	Sessions int
+	// RenewBefore is how long before its expiry the agent renews its
+	// credential. Zero means a third of the credential's lifetime (10 days
+	// of the relay's default 30).
+	RenewBefore time.Duration
+	// RenewRetry is the wait after a failed renewal. Zero means 1 minute;
+	// it doubles up to 1 hour.
+	RenewRetry time.Duration
 	// Proxy returns the HTTP proxy to reach the relay's agent endpoint
 	// through (with CONNECT), or nil for a direct connection. Nil means
 	// http.ProxyFromEnvironment: HTTPS_PROXY and NO_PROXY are honoured.
@@ -83,6 +92,8 @@ func (c *Config) Validate() error {
 		return errors.New("agent: Config.CredentialDir and Store are empty: name where the credential is kept")
 	case c.Handler == nil:
 		return errors.New("agent: Config.Handler is nil")
+	case c.RenewBefore < 0 || c.RenewRetry < 0:
+		return fmt.Errorf("agent: Config.RenewBefore (%s) and RenewRetry (%s) must not be negative", c.RenewBefore, c.RenewRetry)
 	}
 	return nil
 }
@@ -92,7 +103,8 @@ type Agent struct {
 	cfg    Config
 	log    *slog.Logger
 	keeper *tunnel.Keeper
-	cert   tls.Certificate
+	// cert is the credential in use; renewal replaces it.
+	cert atomic.Pointer[tls.Certificate]
 }
 
 // New validates cfg and loads or obtains the credential: from
@@ -117,7 +129,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.cert = cert
+	if err := a.useCert(cert); err != nil {
+		return nil, err
+	}
 	a.keeper, err = tunnel.NewKeeper(tunnel.KeeperConfig{
 		Sessions: cfg.Sessions,
 		Dial:     a.dial,
@@ -199,9 +213,14 @@ func (a *Agent) credential(ctx context.Context) (tls.Certificate, error) {
 	return cert, nil
 }
 
-// dial connects to the relay's agent endpoint, through an HTTP proxy if
-// one is configured for it, and completes TLS with the credential.
+// dial connects to the relay's agent endpoint for a session.
 func (a *Agent) dial(ctx context.Context) (net.Conn, error) {
+	return a.dialALPN(ctx, tunnel.SessionALPN)
+}
+
+// dialALPN connects to the relay's agent endpoint, through an HTTP proxy if
+// one is configured for it, and completes TLS with the credential and alpn.
+func (a *Agent) dialALPN(ctx context.Context, alpn string) (net.Conn, error) {
 	host, _, err := net.SplitHostPort(a.cfg.RelayAgentAddr)
 	if err != nil {
 		return nil, fmt.Errorf("agent: relay agent address %q: %w", a.cfg.RelayAgentAddr, err)
@@ -226,11 +245,11 @@ func (a *Agent) dial(ctx context.Context) (net.Conn, error) {
 		return nil, fmt.Errorf("agent: reach the relay at %s: %w", a.cfg.RelayAgentAddr, err)
 	}
 	tc := tls.Client(raw, &tls.Config{
-		Certificates: []tls.Certificate{a.cert},
-		RootCAs:      a.cfg.RelayCA,
-		ServerName:   host,
-		MinVersion:   tls.VersionTLS13,
-		NextProtos:   []string{relay.ALPN},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return a.cert.Load(), nil },
+		RootCAs:              a.cfg.RelayCA,
+		ServerName:           host,
+		MinVersion:           tls.VersionTLS13,
+		NextProtos:           []string{alpn},
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
@@ -286,7 +305,11 @@ func connectThrough(ctx context.Context, nd *net.Dialer, proxyURL *url.URL, addr
 // serve serves one session's streams: TLS under the cluster credential,
 // then HTTP to the request path.
 func (a *Agent) serve(ctx context.Context, s *tunnel.AgentSession) error {
-	l := tls.NewListener(s, &tls.Config{Certificates: []tls.Certificate{a.cert}, MinVersion: tls.VersionTLS13, NextProtos: []string{"http/1.1"}})
+	l := tls.NewListener(s, &tls.Config{
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return a.cert.Load(), nil },
+		MinVersion:     tls.VersionTLS13,
+		NextProtos:     []string{"http/1.1"},
+	})
 	srv := &http.Server{
 		Handler:           a.cfg.Handler,
 		ReadHeaderTimeout: 30 * time.Second,
@@ -300,9 +323,19 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.AgentSession) error {
 	return err
 }
 
-// Run keeps the agent's sessions open until ctx ends (then it returns nil)
-// or the relay refuses the credential.
-func (a *Agent) Run(ctx context.Context) error { return a.keeper.Run(ctx) }
+// Run keeps the agent's sessions open, and its credential renewed, until
+// ctx ends (then it returns nil) or the relay refuses the credential.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.renewLoop(ctx) }()
+	err := a.keeper.Run(ctx)
+	cancel()
+	wg.Wait()
+	return err
+}
 
 // Ready reports whether the agent holds at least one relay session.
 func (a *Agent) Ready() bool { return a.keeper.Live() > 0 }

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net"
@@ -50,9 +51,35 @@ type path struct {
 	proxy     *proxy.Proxy
 	client    *http.Client
 	reg       *registry.Registry
+	router    *relay.Router
+	agent     *agent.Agent
+	agentDir  string
+	// agentRan receives what the agent's Run returned.
+	agentRan chan error
 }
 
-func startPath(t *testing.T, cluster string, agentOpts ...func(*agent.Config)) *path {
+// pathOption adjusts the relay's registry or the agent before they start:
+// it is called once with the registry's configuration (agent nil), then
+// once with the agent's.
+type pathOption func(*registry.Config, *agent.Config)
+
+func withAgent(f func(*agent.Config)) pathOption {
+	return func(_ *registry.Config, c *agent.Config) {
+		if c != nil {
+			f(c)
+		}
+	}
+}
+
+func withRegistry(f func(*registry.Config)) pathOption {
+	return func(r *registry.Config, c *agent.Config) {
+		if c == nil {
+			f(r)
+		}
+	}
+}
+
+func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -79,7 +106,11 @@ func startPath(t *testing.T, cluster string, agentOpts ...func(*agent.Config)) *
 	t.Cleanup(p.apiserver.Close)
 
 	// The relay: registry, router, API on TLS, agent endpoint on mutual TLS.
-	reg, err := registry.Open(registry.Config{Path: filepath.Join(t.TempDir(), "relay.db")})
+	rcfg := registry.Config{Path: filepath.Join(t.TempDir(), "relay.db")}
+	for _, o := range opts {
+		o(&rcfg, nil)
+	}
+	reg, err := registry.Open(rcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +118,7 @@ func startPath(t *testing.T, cluster string, agentOpts ...func(*agent.Config)) *
 	p.reg = reg
 	router := relay.NewRouter(relay.RouterConfig{})
 	t.Cleanup(func() { _ = router.Close() })
+	p.router = router
 	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: callers})
 	if err != nil {
 		t.Fatal(err)
@@ -125,18 +157,21 @@ func startPath(t *testing.T, cluster string, agentOpts ...func(*agent.Config)) *
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.agentDir = t.TempDir()
 	acfg := agent.Config{Cluster: "prod", Name: "agent-0", RelayAPI: api.URL, RelayAgentAddr: agentL.Addr().String(),
-		RelayCA: relayCA, CredentialDir: t.TempDir(), JoinToken: token, Handler: h,
+		RelayCA: relayCA, CredentialDir: p.agentDir, JoinToken: token, Handler: h,
 		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }}
-	for _, o := range agentOpts {
-		o(&acfg)
+	for _, o := range opts {
+		o(&rcfg, &acfg)
 	}
 	a, err := agent.New(ctx, acfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.agent = a
+	p.agentRan = make(chan error, 1)
 	ran := make(chan error, 1)
-	go func() { ran <- a.Run(ctx) }()
+	go func() { err := a.Run(ctx); ran <- err; p.agentRan <- err }()
 	t.Cleanup(func() { cancel(); <-ran })
 	deadline := time.Now().Add(10 * time.Second)
 	for !a.Ready() && time.Now().Before(deadline) {
@@ -297,13 +332,80 @@ func TestAgentThroughAnHTTPSProxy(t *testing.T) {
 	t.Cleanup(egress.Close)
 	proxyURL, _ := url.Parse(egress.URL)
 	proxyURL.User = url.UserPassword("u", "p")
-	p := startPath(t, "prod", func(c *agent.Config) {
+	p := startPath(t, "prod", withAgent(func(c *agent.Config) {
 		c.Proxy = func(*http.Request) (*url.URL, error) { return proxyURL, nil }
-	})
+	}))
 	if code, body := p.get(t, "/api/v1/pods"); code != 200 || body["user"] != "alice" {
 		t.Fatalf("through the egress proxy: %d %v", code, body)
 	}
 	if n := connects.Load(); n < 2 {
 		t.Fatalf("%d CONNECTs through the egress proxy, want one per session (2)", n)
+	}
+}
+
+// serial returns the serial of the certificate the agent keeps in dir.
+func serial(t *testing.T, dir string) string {
+	t.Helper()
+	certPEM, _, err := agent.FileStore{Dir: dir}.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(certPEM)
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.SerialNumber.Text(16)
+}
+
+func TestAgentRenewsItsCredentialAndUsesTheNewOne(t *testing.T) {
+	// The agent renews 2 s after joining. The registry keeps one credential
+	// per cluster, so the old one is
+	// revoked the moment the new one is issued: an agent that kept using it
+	// would be refused (ErrRevoked) when it reconnects.
+	p := startPath(t, "prod",
+		withRegistry(func(c *registry.Config) { c.CredentialTTL = 10 * time.Minute; c.MaxCredentials = 1 }),
+		withAgent(func(c *agent.Config) { c.RenewBefore = 10*time.Minute - 2*time.Second; c.RenewRetry = time.Hour }))
+	joined := p.reg
+	deadline := time.Now().Add(10 * time.Second)
+	var first string
+	for {
+		c, err := joined.Cluster("prod")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == "" {
+			first = serial(t, p.agentDir)
+		}
+		if len(c.Credentials) == 1 && c.Credentials[0].Serial != first && serial(t, p.agentDir) == c.Credentials[0].Serial {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no renewal: registry %+v, stored %s", c.Credentials, serial(t, p.agentDir))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := p.agent.CredentialNotAfter(); time.Until(got) < 9*time.Minute {
+		t.Fatalf("credential in use expires %s, want the renewed one (10m)", got)
+	}
+	// The relay drops the sessions; the agent comes back with the new
+	// credential, and callers get through.
+	if n := p.router.CloseCluster("prod"); n == 0 {
+		t.Fatal("no session to close")
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for p.router.Sessions("prod") == 0 {
+		select {
+		case err := <-p.agentRan:
+			t.Fatalf("the agent stopped after renewal: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent did not reconnect with its renewed credential")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, body := p.get(t, "/api/v1/pods"); code != 200 || body["user"] != "alice" {
+		t.Fatalf("after renewal: %d %v", code, body)
 	}
 }

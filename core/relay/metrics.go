@@ -27,6 +27,7 @@ type Metrics struct {
 	tunnels  *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
 	joins    *prometheus.CounterVec
+	renewals *prometheus.CounterVec
 	sessions prometheus.GaugeFunc
 	clusters prometheus.GaugeFunc
 }
@@ -41,12 +42,14 @@ func NewMetrics(reg prometheus.Registerer, router *Router) (*Metrics, error) {
 			Name: "tunnel_bytes_total", Help: "Bytes spliced through tunnels, by direction (in: caller to agent)."}, []string{"direction"}),
 		joins: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "joins_total", Help: "Agents' join requests, by result (ok or refused)."}, []string{"result"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "renewals_total", Help: "Agents' credential renewals, by result (ok or refused)."}, []string{"result"}),
 		sessions: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "agent_sessions", Help: "Agent sessions held now."}, func() float64 { s, _ := router.counts(); return float64(s) }),
 		clusters: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "connected_clusters", Help: "Clusters with at least one agent session now."}, func() float64 { _, c := router.counts(); return float64(c) }),
 	}
-	for _, c := range []prometheus.Collector{m.tunnels, m.bytes, m.joins, m.sessions, m.clusters} {
+	for _, c := range []prometheus.Collector{m.tunnels, m.bytes, m.joins, m.renewals, m.sessions, m.clusters} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -68,12 +71,20 @@ func (m *Metrics) spliced(in, out int64) {
 }
 
 func (m *Metrics) join(ok bool) {
-	if m == nil {
-		return
+	if m != nil {
+		m.joins.WithLabelValues(okOrRefused(ok)).Inc()
 	}
+}
+
+func (m *Metrics) renewal(ok bool) {
+	if m != nil {
+		m.renewals.WithLabelValues(okOrRefused(ok)).Inc()
+	}
+}
+
+func okOrRefused(ok bool) string {
 	if ok {
-		m.joins.WithLabelValues("ok").Inc()
-	} else {
-		m.joins.WithLabelValues("refused").Inc()
+		return "ok"
 	}
+	return "refused"
 }

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tether-k8s/tether/core/clusterid"
@@ -29,8 +30,10 @@ import (
 // tunnel to a cluster.
 const TunnelProtocol = "tether-tunnel/1"
 
-// ALPN is the TLS application protocol of the agent endpoint.
-const ALPN = "tether/1"
+// ALPN is the TLS application protocol of agent sessions on the agent
+// endpoint (tunnel.SessionALPN); the endpoint also speaks
+// tunnel.RenewALPN.
+const ALPN = tunnel.SessionALPN
 
 // maxJoinBody bounds a join request.
 const maxJoinBody = 64 << 10
@@ -57,10 +60,11 @@ type ServerConfig struct {
 // Server is the relay's public face: the HTTP API for callers and joining
 // agents, and the endpoint where agents hold their sessions.
 type Server struct {
-	cfg   ServerConfig
-	log   *slog.Logger
-	audit *slog.Logger
-	conns sync.WaitGroup
+	cfg      ServerConfig
+	log      *slog.Logger
+	audit    *slog.Logger
+	conns    sync.WaitGroup
+	draining atomic.Bool
 }
 
 // NewServer validates cfg and returns a Server.
@@ -295,7 +299,7 @@ func (s *Server) AgentTLSConfig(cert tls.Certificate) *tls.Config {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    pool,
 		MinVersion:   tls.VersionTLS13,
-		NextProtos:   []string{ALPN},
+		NextProtos:   []string{tunnel.SessionALPN, tunnel.RenewALPN},
 	}
 }
 
@@ -323,6 +327,20 @@ func (s *Server) ServeAgents(ctx context.Context, l net.Listener) error {
 }
 
 func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
+	if tc, ok := conn.(*tls.Conn); ok {
+		hctx, cancel := context.WithTimeout(ctx, tunnel.DefaultHandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			s.log.Warn("relay: agent TLS handshake failed", "remote", conn.RemoteAddr(), "error", err)
+			_ = conn.Close()
+			return
+		}
+		if tc.ConnectionState().NegotiatedProtocol == tunnel.RenewALPN {
+			s.renew(tc)
+			return
+		}
+	}
 	sess, err := tunnel.AcceptAgent(ctx, conn, tunnel.RelayConfig{
 		Authorize: s.authorizeAgent,
 		Session:   newID(),
@@ -338,9 +356,45 @@ func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
 	}
 }
 
+// renew answers one Renew on conn with a new certificate for the cluster
+// the agent's current (verified, listed) certificate names.
+func (s *Server) renew(conn *tls.Conn) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(tunnel.DefaultHandshakeTimeout))
+	var req tunnel.Renew
+	if err := tunnel.ReadFrame(conn, &req); err != nil {
+		s.log.Warn("relay: bad renewal request", "remote", conn.RemoteAddr(), "error", err)
+		return
+	}
+	peer := conn.ConnectionState().PeerCertificates
+	if len(peer) == 0 {
+		_ = tunnel.WriteFrame(conn, &tunnel.Renewed{Reason: tunnel.ReasonRevoked, Message: "no client certificate"})
+		return
+	}
+	cred, err := s.cfg.Registry.Renew(peer[0], req.CSR)
+	if err != nil {
+		reason := tunnel.ReasonRevoked
+		if errors.Is(err, registry.ErrBadCSR) {
+			reason = tunnel.ReasonBadRequest
+		}
+		s.cfg.Metrics.renewal(false)
+		s.log.Warn("relay: renewal refused", "remote", conn.RemoteAddr(), "error", err)
+		_ = tunnel.WriteFrame(conn, &tunnel.Renewed{Reason: reason, Message: err.Error()})
+		return
+	}
+	s.cfg.Metrics.renewal(true)
+	s.log.Info("relay: agent credential renewed", "cluster", cred.ClusterID, "notAfter", cred.NotAfter, "remote", conn.RemoteAddr())
+	if err := tunnel.WriteFrame(conn, &tunnel.Renewed{OK: true, Certificate: string(cred.CertPEM)}); err != nil {
+		s.log.Warn("relay: renewal answer not delivered; the agent will retry", "cluster", cred.ClusterID, "error", err)
+	}
+}
+
 // authorizeAgent accepts an agent whose certificate the registry lists as
 // current for the very cluster its Hello names.
 func (s *Server) authorizeAgent(_ context.Context, h *tunnel.Hello, st tls.ConnectionState) error {
+	if s.draining.Load() {
+		return tunnel.Refuse(tunnel.ReasonDraining, "relay "+s.cfg.RelayID+" is shutting down; connect to another replica or retry")
+	}
 	if len(st.PeerCertificates) == 0 {
 		return tunnel.Refuse(tunnel.ReasonRevoked, "no client certificate")
 	}
@@ -353,6 +407,36 @@ func (s *Server) authorizeAgent(_ context.Context, h *tunnel.Hello, st tls.Conne
 	}
 	return nil
 }
+
+// Drain prepares the relay to stop without cutting what it carries: it
+// refuses new agent sessions with ReasonDraining, sends GoAway on every
+// session (agents open replacements; a load balancer sends them to another
+// replica), keeps serving callers, and returns once no tunnel is open or
+// ctx ends, whichever is first. The caller then stops the servers and closes
+// the router, which ends whatever is left.
+func (s *Server) Drain(ctx context.Context) {
+	s.draining.Store(true)
+	var grace time.Duration
+	if d, ok := ctx.Deadline(); ok {
+		grace = time.Until(d)
+	}
+	reached := s.cfg.Router.GoAway(ctx, grace, "relay "+s.cfg.RelayID+" is shutting down")
+	s.log.Info("relay: draining", "sessionsToldToMove", reached, "openTunnels", s.cfg.Router.Streams(), "grace", grace.Round(time.Millisecond))
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for s.cfg.Router.Streams() > 0 {
+		select {
+		case <-ctx.Done():
+			s.log.Warn("relay: drain timed out; ending the tunnels still open", "openTunnels", s.cfg.Router.Streams())
+			return
+		case <-t.C:
+		}
+	}
+	s.log.Info("relay: drained: no tunnel open")
+}
+
+// Draining reports whether Drain was called: the relay's readiness.
+func (s *Server) Draining() bool { return s.draining.Load() }
 
 // DialTunnel opens a tunnel to cluster through the relay at relayURL's host
 // over conn (already connected, TLS to the relay), with the caller's token.

@@ -313,8 +313,26 @@ func TestServeAgents(t *testing.T) {
 		return s, err
 	}
 
+	renew := func(cert tls.Certificate) (tunnel.Renewed, error) {
+		conn, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{RootCAs: serverPool, ServerName: "relay.test",
+			NextProtos: []string{tunnel.RenewALPN}, MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}})
+		if err != nil {
+			return tunnel.Renewed{}, err
+		}
+		defer conn.Close()
+		csr, _ := csrDER(t)
+		if err := tunnel.WriteFrame(conn, &tunnel.Renew{CSR: csr}); err != nil {
+			return tunnel.Renewed{}, err
+		}
+		var res tunnel.Renewed
+		return res, tunnel.ReadFrame(conn, &res)
+	}
+
 	prod := credFor("prod")
 	credFor("staging")
+	if res, err := renew(prod); err != nil || !res.OK || !strings.Contains(res.Certificate, "BEGIN CERTIFICATE") {
+		t.Fatalf("renewing a current credential: %+v, %v", res, err)
+	}
 	if _, err := connect(&prod, "prod"); err != nil {
 		t.Fatalf("agent with a prod credential: %v", err)
 	}
@@ -341,5 +359,106 @@ func TestServeAgents(t *testing.T) {
 	}
 	if _, err := connect(&prod, "prod"); !errors.As(err, &ref) || ref.Reason != tunnel.ReasonRevoked {
 		t.Fatalf("rotated credential: %v, want Revoked", err)
+	}
+	if res, err := renew(prod); err != nil || res.OK || res.Reason != tunnel.ReasonRevoked {
+		t.Fatalf("renewing a rotated credential: %+v, %v; want Revoked", res, err)
+	}
+
+	// A draining relay sends every agent elsewhere, even a valid one.
+	staging := credFor("staging")
+	done, dcancel := context.WithCancel(t.Context())
+	dcancel()
+	h.srv.Drain(done)
+	if _, err := connect(&staging, "staging"); !errors.As(err, &ref) || ref.Reason != tunnel.ReasonDraining {
+		t.Fatalf("agent connecting to a draining relay: %v, want Draining", err)
+	}
+}
+
+func TestDrainMovesAgentsAndWaitsForTunnels(t *testing.T) {
+	h := newRelay(t)
+	if _, err := h.reg.CreateCluster("prod"); err != nil {
+		t.Fatal(err)
+	}
+	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
+	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(st, st) })
+	if err := h.router.Add(rs); err != nil {
+		t.Fatal(err)
+	}
+	echo := func(c net.Conn, msg string) {
+		t.Helper()
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo %q: got %q, %v", msg, buf, err)
+		}
+	}
+	inflight, err := h.dialTunnel(t, "prod", goodToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(inflight, "before")
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	drained := make(chan time.Time, 1)
+	go func() { h.srv.Drain(ctx); drained <- time.Now() }()
+	select {
+	case <-as.GoAwayChan():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the agent got no GoAway")
+	}
+	if g := as.GoAwayNotice(); g.Reason != tunnel.ReasonDraining || g.GraceMillis <= 0 || g.GraceMillis > 10000 {
+		t.Fatalf("GoAway %+v: want Draining with the drain's grace", g)
+	}
+	if !h.srv.Draining() {
+		t.Fatal("Draining() = false while draining")
+	}
+	// Callers are still served: the tunnel in flight, and a new one on the
+	// draining session because there is no other.
+	echo(inflight, "during")
+	late, err := h.dialTunnel(t, "prod", goodToken)
+	if err != nil {
+		t.Fatalf("a tunnel while draining with no other session: %v", err)
+	}
+	echo(late, "late")
+	select {
+	case <-drained:
+		t.Fatal("Drain returned with two tunnels open")
+	case <-time.After(200 * time.Millisecond):
+	}
+	_ = inflight.Close()
+	_ = late.Close()
+	closed := time.Now()
+	select {
+	case at := <-drained:
+		if d := at.Sub(closed); d > 2*time.Second {
+			t.Fatalf("Drain returned %s after the last tunnel closed", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Drain did not return after the last tunnel closed")
+	}
+}
+
+func TestDrainGivesUpAtItsDeadline(t *testing.T) {
+	h := newRelay(t)
+	if _, err := h.reg.CreateCluster("prod"); err != nil {
+		t.Fatal(err)
+	}
+	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
+	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(st, st) })
+	if err := h.router.Add(rs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.dialTunnel(t, "prod", goodToken); err != nil { // a watch that never ends
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	h.srv.Drain(ctx)
+	if d := time.Since(start); d < 250*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("Drain with an endless tunnel returned after %s, want its 300ms deadline", d)
 	}
 }
