@@ -172,6 +172,41 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		Expect(ts.Tail("agent", 40)).To(ContainSubstring("using the stored credential"))
 	})
 
+	It("manages clusters on the running relay, through its admin socket", func(ctx SpecContext) {
+		relayCmd := func(args ...string) string {
+			GinkgoHelper()
+			out, err := ts.RelayCommand(ctx, args...).CombinedOutput()
+			Expect(err).NotTo(HaveOccurred(), "tether-relay %s:\n%s", strings.Join(args, " "), out)
+			return string(out)
+		}
+		Expect(relayCmd("cluster", "list")).To(MatchRegexp(`(?m)^`+lc.Name()+`\s+\S+\s+[1-9]\s+2$`), "the cluster, its credential and its 2 live sessions")
+		Expect(relayCmd("cluster", "create", "extra")).To(MatchRegexp(`tether-join\.\S+`))
+		Expect(relayCmd("cluster", "list")).To(MatchRegexp(`(?m)^extra\s+\S+\s+0\s+0$`))
+		Expect(relayCmd("cluster", "delete", "extra")).To(ContainSubstring("0 live agent session(s) ended"))
+		Expect(relayCmd("cluster", "list")).NotTo(ContainSubstring("extra"))
+	})
+
+	It("drains on SIGTERM: agents are told to move, and the tunnels in flight get the drain's grace", func(ctx SpecContext) {
+		r := streamFrom(ts.Kubectl(ctx, "get", "configmaps", "-n", ns, "-w", "-o", "name"))
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("kube-root-ca.crt"))
+
+		took, err := ts.DrainRelay()
+		Expect(err).NotTo(HaveOccurred())
+		GinkgoWriter.Printf("the relay drained and exited in %s (--drain-timeout %s, a watch open)\n", took.Round(time.Millisecond), stack.RelayDrainTimeout)
+		// The open watch holds the drain to its timeout, no longer.
+		Expect(took).To(BeNumerically(">=", stack.RelayDrainTimeout-500*time.Millisecond))
+		Expect(took).To(BeNumerically("<", stack.RelayDrainTimeout+4*time.Second))
+		Expect(ts.Tail("relay", 60)).To(ContainSubstring("told the agent to move (GoAway)"))
+		Expect(ts.Tail("agent", 60)).To(ContainSubstring("the relay is draining this session (GoAway)"))
+		Eventually(r.done).WithTimeout(10*time.Second).Should(BeClosed(), "kubectl's watch outlived the relay")
+
+		Expect(ts.StartRelay(ctx)).To(Succeed())
+		Eventually(func() error {
+			_, err := viaTether(ctx, nil, "get", "configmaps", "-n", ns, "-o", "name")
+			return err
+		}).WithTimeout(30 * time.Second).WithPolling(500 * time.Millisecond).Should(Succeed())
+	})
+
 	It("ends a watch promptly when the relay dies, and works again once it is back", func(ctx SpecContext) {
 		r := streamFrom(ts.Kubectl(ctx, "get", "configmaps", "-n", ns, "-w", "-o", "name"))
 		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("kube-root-ca.crt"))

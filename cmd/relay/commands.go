@@ -24,7 +24,7 @@ import (
 )
 
 func newRootCommand() *cobra.Command {
-	var data string
+	var data, socket string
 	root := &cobra.Command{
 		Use:   "tether-relay",
 		Short: "The public relay between tether agents in firewalled clusters and the people who reach them",
@@ -34,103 +34,171 @@ cluster credential, and carries callers' traffic as ciphertext between their pro
 
 Start with:
   tether-relay cluster create prod        # prints a one-time join token for the agent
-  tether-relay serve --hostname relay.example.com --authentication-config authn.yaml`,
+  tether-relay serve --hostname relay.example.com --authentication-config authn.yaml
+
+The cluster commands work whether or not the relay runs: while it runs they go through its
+admin socket (so rotate and delete also end the cluster's live sessions at once); otherwise
+they open --data directly.`,
 	}
 	root.PersistentFlags().StringVar(&data, "data", "tether-relay.db", "the relay's state: clusters, hashed join tokens, its CA (a bbolt file, mode 0600)")
-	openRegistry := func() (*registry.Registry, error) {
-		r, err := registry.Open(registry.Config{Path: data})
-		if err != nil {
-			return nil, fmt.Errorf("%w\n(the cluster commands open --data directly: run them where the relay's data is, while it is stopped or before it starts)", err)
+	root.PersistentFlags().StringVar(&socket, "admin-socket", "", "the running relay's admin socket (mode 0600), which the cluster commands use (default: --data with .sock appended)")
+	socketPath := func() string {
+		if socket != "" {
+			return socket
 		}
-		return r, nil
+		return data + ".sock"
 	}
-	root.AddCommand(newServeCommand(&data), newClusterCommand(openRegistry), &cobra.Command{
+	// withAdmin runs fn against the running relay, or against the data
+	// file when no relay serves the socket.
+	withAdmin := func(fn func(admin) error) error {
+		live := liveAdmin{relay.AdminClient{Socket: socketPath()}}
+		err := fn(live)
+		if !errors.Is(err, relay.ErrNoRelay) {
+			return err
+		}
+		reg, err := registry.Open(registry.Config{Path: data})
+		if err != nil {
+			return fmt.Errorf("%w\n(no relay answered on %s, so the command opened --data itself)", err, socketPath())
+		}
+		defer reg.Close()
+		return fn(fileAdmin{reg})
+	}
+	root.AddCommand(newServeCommand(&data, socketPath), newClusterCommand(withAdmin), &cobra.Command{
 		Use:   "ca",
 		Short: "Print the relay's CA certificate, which agents and proxies pin (--relay-ca)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			reg, err := openRegistry()
-			if err != nil {
+			return withAdmin(func(a admin) error {
+				pem, err := a.CA(cmd.Context())
+				if err != nil {
+					return err
+				}
+				_, err = cmd.OutOrStdout().Write(pem)
 				return err
-			}
-			defer reg.Close()
-			_, err = cmd.OutOrStdout().Write(reg.CAPEM())
-			return err
+			})
 		},
 	})
 	return root
 }
 
-func newClusterCommand(open func() (*registry.Registry, error)) *cobra.Command {
-	c := &cobra.Command{Use: "cluster", Short: "Create, list, rotate and delete clusters"}
-	// with runs fn on the opened registry and closes it.
-	with := func(fn func(*registry.Registry) error) error {
-		reg, err := open()
-		if err != nil {
-			return err
-		}
-		defer reg.Close()
-		return fn(reg)
+// admin is what the cluster commands need: the running relay's admin API,
+// or the registry file when the relay is not running.
+type admin interface {
+	Create(ctx context.Context, name string) (relay.AdminResult, error)
+	Rotate(ctx context.Context, name string) (relay.AdminResult, error)
+	Delete(ctx context.Context, name string) (relay.AdminResult, error)
+	Clusters(ctx context.Context) ([]relay.ClusterStatus, error)
+	CA(ctx context.Context) ([]byte, error)
+	// Live says whether this is a running relay (session counts are known).
+	Live() bool
+}
+
+type liveAdmin struct{ relay.AdminClient }
+
+func (liveAdmin) Live() bool { return true }
+
+type fileAdmin struct{ reg *registry.Registry }
+
+func (f fileAdmin) Live() bool { return false }
+func (f fileAdmin) Create(_ context.Context, name string) (relay.AdminResult, error) {
+	tok, err := f.reg.CreateCluster(name)
+	return relay.AdminResult{Cluster: name, JoinToken: tok}, err
+}
+func (f fileAdmin) Rotate(_ context.Context, name string) (relay.AdminResult, error) {
+	tok, err := f.reg.Rotate(name)
+	return relay.AdminResult{Cluster: name, JoinToken: tok}, err
+}
+func (f fileAdmin) Delete(_ context.Context, name string) (relay.AdminResult, error) {
+	return relay.AdminResult{Cluster: name}, f.reg.DeleteCluster(name)
+}
+func (f fileAdmin) Clusters(context.Context) ([]relay.ClusterStatus, error) {
+	cs, err := f.reg.Clusters()
+	out := make([]relay.ClusterStatus, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, relay.ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.Credentials)})
 	}
+	return out, err
+}
+func (f fileAdmin) CA(context.Context) ([]byte, error) { return f.reg.CAPEM(), nil }
+
+func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
+	c := &cobra.Command{Use: "cluster", Short: "Create, list, rotate and delete clusters (on the running relay, or on --data)"}
 	c.AddCommand(&cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a cluster and print its one-time join token",
 		Long:  "Create a cluster and print its join token. The token is shown once, stored only hashed, expires in 24h and works once.",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return with(func(reg *registry.Registry) error {
-				tok, err := reg.CreateCluster(args[0])
+			return withAdmin(func(a admin) error {
+				res, err := a.Create(cmd.Context(), args[0])
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s\n", tok)
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\n", res.JoinToken)
 				fmt.Fprintf(cmd.ErrOrStderr(), "cluster %s created. Give the token above to its agent (--join-token-file); it is shown only once and expires in 24h.\n", args[0])
 				return nil
 			})
 		},
 	}, &cobra.Command{
 		Use:   "rotate NAME",
-		Short: "Revoke every credential of a cluster and print a new join token",
+		Short: "Revoke every credential of a cluster, end its sessions, and print a new join token",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return with(func(reg *registry.Registry) error {
-				tok, err := reg.Rotate(args[0])
+			return withAdmin(func(a admin) error {
+				res, err := a.Rotate(cmd.Context(), args[0])
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s\n", tok)
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\n", res.JoinToken)
+				fmt.Fprintf(cmd.ErrOrStderr(), "cluster %s rotated: its credentials are revoked%s. Give the new token above to its agents.\n", args[0], sessionsNote(a, res))
 				return nil
 			})
 		},
 	}, &cobra.Command{
 		Use:   "list",
-		Short: "List clusters",
+		Short: "List clusters (with live agent sessions when the relay runs)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return with(func(reg *registry.Registry) error {
-				cs, err := reg.Clusters()
+			return withAdmin(func(a admin) error {
+				cs, err := a.Clusters(cmd.Context())
 				if err != nil {
 					return err
 				}
 				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "NAME\tCREATED\tCREDENTIALS")
+				fmt.Fprintln(w, "NAME\tCREATED\tCREDENTIALS\tSESSIONS")
 				for _, c := range cs {
-					fmt.Fprintf(w, "%s\t%s\t%d\n", c.ID, c.CreatedAt.Format(time.RFC3339), len(c.Credentials))
+					sessions := "-"
+					if a.Live() {
+						sessions = fmt.Sprint(c.Sessions)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", c.ID, c.CreatedAt.Format(time.RFC3339), c.Credentials, sessions)
 				}
 				return w.Flush()
 			})
 		},
 	}, &cobra.Command{
 		Use:   "delete NAME",
-		Short: "Delete a cluster: its agents' credentials stop working",
+		Short: "Delete a cluster: its agents' credentials stop working and its sessions end",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return with(func(reg *registry.Registry) error {
-				return reg.DeleteCluster(args[0])
+			return withAdmin(func(a admin) error {
+				res, err := a.Delete(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "cluster %s deleted%s.\n", args[0], sessionsNote(a, res))
+				return nil
 			})
 		},
 	})
 	return c
+}
+
+func sessionsNote(a admin, res relay.AdminResult) string {
+	if !a.Live() {
+		return " (the relay is not running; it refuses the old credentials when it starts)"
+	}
+	return fmt.Sprintf("; %d live agent session(s) ended", res.SessionsClosed)
 }
 
 type serveOptions struct {
@@ -139,16 +207,17 @@ type serveOptions struct {
 	tlsCert, tlsKey                   string
 	authnConfig                       string
 	relayID                           string
+	drainTimeout                      time.Duration
 	logs                              cli.LogFlags
 }
 
-func newServeCommand(data *string) *cobra.Command {
+func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	o := &serveOptions{}
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the relay: the API for callers and joining agents, and the agent endpoint",
 		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context(), *data) },
+		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context(), *data, socketPath()) },
 	}
 	fs := c.Flags()
 	fs.StringVar(&o.listen, "listen", "0.0.0.0:8443", "address of the HTTPS API (callers' tunnels, agents joining)")
@@ -159,11 +228,12 @@ func newServeCommand(data *string) *cobra.Command {
 	fs.StringVar(&o.tlsKey, "tls-key", "", "key of --tls-cert")
 	fs.StringVar(&o.authnConfig, "authentication-config", "", "AuthenticationConfiguration (apiserver.config.k8s.io/v1) saying which tokens callers may present (required)")
 	fs.StringVar(&o.relayID, "relay-id", "", "this replica's name in logs (default: host name)")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM or Ctrl-C, how long to keep serving open tunnels while agents move their sessions (keep it under the pod's terminationGracePeriodSeconds); a second signal stops at once")
 	o.logs.Add(fs)
 	return c
 }
 
-func (o *serveOptions) run(parent context.Context, data string) error {
+func (o *serveOptions) run(parent context.Context, data, adminSocket string) error {
 	log, err := o.logs.Logger(os.Stderr)
 	if err != nil {
 		return err
@@ -185,11 +255,18 @@ func (o *serveOptions) run(parent context.Context, data string) error {
 	if err != nil {
 		return fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
 	}
+	if o.drainTimeout < 0 {
+		return fmt.Errorf("--drain-timeout %s: must not be negative (0 stops without draining)", o.drainTimeout)
+	}
 	if o.relayID == "" {
 		o.relayID, _ = os.Hostname()
 	}
-	ctx, cancel := cli.SignalContext(parent)
+	// signalled ends at SIGTERM or Ctrl-C; ctx, which the servers run on,
+	// ends after the drain.
+	signalled, cancel := cli.SignalContext(parent)
 	defer cancel()
+	ctx, stopRun := context.WithCancel(parent)
+	defer stopRun()
 
 	reg, err := registry.Open(registry.Config{Path: data, Logger: log})
 	if err != nil {
@@ -231,6 +308,13 @@ func (o *serveOptions) run(parent context.Context, data string) error {
 		_ = agentL.Close()
 		return fmt.Errorf("--listen %s: %w", o.listen, err)
 	}
+	adminL, err := relay.ListenAdmin(adminSocket)
+	if err != nil {
+		_ = agentL.Close()
+		_ = apiL.Close()
+		return fmt.Errorf("--admin-socket: %w", err)
+	}
+	admin := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	api := &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -250,10 +334,24 @@ func (o *serveOptions) run(parent context.Context, data string) error {
 		}
 		errc <- nil
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := admin.Serve(adminL); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("relay: admin socket", "error", err)
+		}
+	}()
 	var health *http.Server
 	if o.healthListen != "" {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if srv.Draining() {
+				http.Error(w, "draining: this relay is shutting down", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
 		mux.Handle("/metrics", promhttp.HandlerFor(prom, promhttp.HandlerOpts{}))
 		health = &http.Server{Addr: o.healthListen, ReadHeaderTimeout: 5 * time.Second, Handler: mux}
 		wg.Add(1)
@@ -264,12 +362,23 @@ func (o *serveOptions) run(parent context.Context, data string) error {
 			}
 		}()
 	}
-	log.Info("relay: serving", "api", o.listen, "agents", o.agentListen, "hostnames", strings.Join(o.hostnames, ","))
+	log.Info("relay: serving", "api", o.listen, "agents", o.agentListen, "adminSocket", adminSocket, "hostnames", strings.Join(o.hostnames, ","))
 	var first error
 	select {
+	case <-signalled.Done():
+		if o.drainTimeout > 0 {
+			// A second signal ends the drain at once.
+			dctx, dcancel := context.WithTimeout(context.Background(), o.drainTimeout)
+			dctx, dstop := cli.SignalContext(dctx)
+			log.Info("relay: draining; a second signal stops at once", "timeout", o.drainTimeout)
+			srv.Drain(dctx)
+			dstop()
+			dcancel()
+		}
 	case <-ctx.Done():
 	case first = <-errc:
 	}
+	stopRun()
 	cancel()
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()
@@ -278,6 +387,7 @@ func (o *serveOptions) run(parent context.Context, data string) error {
 	if health != nil {
 		_ = health.Shutdown(sctx)
 	}
+	_ = admin.Shutdown(sctx)
 	_ = router.Close()
 	wg.Wait()
 	log.Info("relay: stopped")
