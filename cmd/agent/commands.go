@@ -38,6 +38,7 @@ type options struct {
 	saIssuers                []string
 	allowSystemNames         bool
 	sessions                 int
+	renewBefore              time.Duration
 	healthListen             string
 	logs                     cli.LogFlags
 }
@@ -71,6 +72,7 @@ The first start trades a join token (tether-relay cluster create) for a credenti
 	fs.StringSliceVar(&o.saIssuers, "service-account-issuer", []string{"https://kubernetes.default.svc.cluster.local"}, "issuer of the cluster's service-account tokens, which are passed through unimpersonated (repeatable)")
 	fs.BoolVar(&o.allowSystemNames, "allow-system-names", false, "let callers' mapped user and group names start with system:")
 	fs.IntVar(&o.sessions, "sessions", 2, "relay sessions to keep open")
+	fs.DurationVar(&o.renewBefore, "renew-before", 0, "renew the credential this long before it expires (default: when a third of its lifetime is left, 10 days of the relay's 30)")
 	fs.StringVar(&o.healthListen, "health-listen", "0.0.0.0:8081", "address of /healthz, /readyz (ready while a relay session is up) and /metrics (Prometheus); empty disables")
 	o.logs.Add(fs)
 	return c
@@ -156,7 +158,7 @@ func (o *options) run(parent context.Context) error {
 		return err
 	}
 	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr,
-		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, Logger: log})
+		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, RenewBefore: o.renewBefore, Logger: log})
 	if err != nil {
 		return err
 	}
