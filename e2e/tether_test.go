@@ -172,6 +172,27 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		Expect(ts.Tail("agent", 40)).To(ContainSubstring("using the stored credential"))
 	})
 
+	It("carries the agent over WebSocket when the cluster's egress passes only the relay's HTTPS port", func(ctx SpecContext) {
+		Expect(ts.StopAgent()).To(Succeed())
+		lift, err := ts.BlockAgentEndpoint(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		lifted := false
+		DeferCleanup(func(ctx SpecContext) {
+			if !lifted {
+				_, _ = lift()
+			}
+			Expect(ts.StopAgent()).To(Succeed())
+			Expect(ts.StartAgent(ctx)).To(Succeed(), "restart the agent over TCP")
+		})
+		Expect(ts.StartAgent(ctx, "--relay-transport", "websocket")).To(Succeed())
+		Expect(mustViaTether(ctx, nil, "get", "pods", "-n", ns, "-o", "name")).To(ContainSubstring("pod/" + pod))
+		Expect(mustViaTether(ctx, nil, "exec", "-n", ns, pod, "--", "echo", "over-websocket")).To(ContainSubstring("over-websocket"))
+		dropped, err := lift()
+		lifted = true
+		Expect(err).NotTo(HaveOccurred())
+		GinkgoWriter.Printf("egress to the agent endpoint dropped %d packets; the agent used the API port's WebSocket\n", dropped)
+	})
+
 	It("manages clusters on the running relay, through its admin socket", func(ctx SpecContext) {
 		relayCmd := func(args ...string) string {
 			GinkgoHelper()

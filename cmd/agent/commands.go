@@ -24,6 +24,7 @@ import (
 	"github.com/tether-k8s/tether/core/agent"
 	"github.com/tether-k8s/tether/core/authn"
 	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/relay"
 )
 
 type options struct {
@@ -39,6 +40,7 @@ type options struct {
 	allowSystemNames         bool
 	sessions                 int
 	renewBefore              time.Duration
+	transport                string
 	healthListen             string
 	logs                     cli.LogFlags
 }
@@ -63,6 +65,7 @@ The first start trades a join token (tether-relay cluster create) for a credenti
 	fs.StringVar(&o.name, "name", "", "this agent's name in the relay's logs (default: $POD_NAME or the host name)")
 	fs.StringVar(&o.relayURL, "relay", "", "the relay's API, https://host:port (required)")
 	fs.StringVar(&o.relayAgentAddr, "relay-agent-addr", "", "the relay's agent endpoint host:port (default: the --relay host, port 8444)")
+	fs.StringVar(&o.transport, "relay-transport", "tcp", "how sessions reach the relay: tcp (the agent endpoint, directly or through HTTPS_PROXY with CONNECT) or websocket (the relay's HTTPS API port, wss://, for egress that passes only HTTP(S)); both carry the same mutual TLS")
 	fs.StringVar(&o.relayCA, "relay-ca", "", "PEM file of the relay's CA, pinned (tether-relay ca prints it) (required)")
 	fs.StringVar(&o.credentialDir, "credential-dir", "/var/lib/tether-agent", "where the agent keeps its key and certificate, unless --credential-secret")
 	fs.StringVar(&o.credentialSecret, "credential-secret", "", "NAMESPACE/NAME of a kubernetes.io/tls Secret that keeps the agent's credential (in-cluster); the agent's service account needs get, create and update on it")
@@ -90,12 +93,20 @@ func (o *options) run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
+	relayURL, err := url.Parse(o.relayURL)
+	if err != nil || relayURL.Scheme != "https" || relayURL.Hostname() == "" {
+		return fmt.Errorf("--relay %q: want https://host:port", o.relayURL)
+	}
 	if o.relayAgentAddr == "" {
-		u, err := url.Parse(o.relayURL)
-		if err != nil || u.Hostname() == "" {
-			return fmt.Errorf("--relay %q: want https://host:port", o.relayURL)
-		}
-		o.relayAgentAddr = net.JoinHostPort(u.Hostname(), "8444")
+		o.relayAgentAddr = net.JoinHostPort(relayURL.Hostname(), "8444")
+	}
+	var wsURL string
+	switch o.transport {
+	case "tcp":
+	case "websocket":
+		wsURL = "wss://" + relayURL.Host + relay.AgentWebSocketPath
+	default:
+		return fmt.Errorf("--relay-transport %q: want tcp or websocket", o.transport)
 	}
 	if o.name == "" {
 		o.name = os.Getenv("POD_NAME")
@@ -157,7 +168,7 @@ func (o *options) run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr,
+	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr, RelayWebSocketURL: wsURL,
 		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, RenewBefore: o.renewBefore, Logger: log})
 	if err != nil {
 		return err

@@ -284,12 +284,12 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	if err != nil {
 		return err
 	}
-	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: authenticator, RelayID: o.relayID,
-		Logger: log, Audit: log.With("audit", true), Metrics: metrics})
+	serving, err := reg.ServingCertificate(o.hostnames)
 	if err != nil {
 		return err
 	}
-	serving, err := reg.ServingCertificate(o.hostnames)
+	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: authenticator, RelayID: o.relayID,
+		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving})
 	if err != nil {
 		return err
 	}

@@ -46,8 +46,13 @@ type Config struct {
 	// CredentialDir holds no credential yet.
 	RelayAPI string
 	// RelayAgentAddr is the host:port of the relay's agent endpoint.
-	// Required.
+	// Required unless RelayWebSocketURL is set.
 	RelayAgentAddr string
+	// RelayWebSocketURL, when set, carries the agent's connections over
+	// WebSocket to this URL (wss://relay:8443/v1/agents/connect) instead of
+	// TCP to RelayAgentAddr, for egress that passes only HTTP(S). Inside,
+	// the same mutual TLS with the pinned relay CA.
+	RelayWebSocketURL string
 	// RelayCA verifies the relay (both endpoints): pinned, never learned.
 	// Required.
 	RelayCA *x509.CertPool
@@ -84,8 +89,8 @@ func (c *Config) Validate() error {
 	switch {
 	case clusterid.Validate(c.Cluster) != nil:
 		return fmt.Errorf("agent: Config.Cluster: %w", clusterid.Validate(c.Cluster))
-	case c.RelayAgentAddr == "":
-		return errors.New("agent: Config.RelayAgentAddr is empty: give the relay's agent endpoint (host:port)")
+	case c.RelayAgentAddr == "" && c.RelayWebSocketURL == "":
+		return errors.New("agent: Config.RelayAgentAddr and RelayWebSocketURL are empty: give the relay's agent endpoint (host:port) or its WebSocket URL")
 	case c.RelayCA == nil:
 		return errors.New("agent: Config.RelayCA is nil: the relay's CA must be pinned")
 	case c.CredentialDir == "" && c.Store == nil:
@@ -218,31 +223,46 @@ func (a *Agent) dial(ctx context.Context) (net.Conn, error) {
 	return a.dialALPN(ctx, tunnel.SessionALPN)
 }
 
-// dialALPN connects to the relay's agent endpoint, through an HTTP proxy if
-// one is configured for it, and completes TLS with the credential and alpn.
+// dialALPN connects to the relay's agent endpoint (directly, through an
+// HTTP proxy if one is configured for it, or over WebSocket), and completes
+// TLS with the credential and alpn.
 func (a *Agent) dialALPN(ctx context.Context, alpn string) (net.Conn, error) {
-	host, _, err := net.SplitHostPort(a.cfg.RelayAgentAddr)
-	if err != nil {
-		return nil, fmt.Errorf("agent: relay agent address %q: %w", a.cfg.RelayAgentAddr, err)
-	}
 	proxyFor := a.cfg.Proxy
 	if proxyFor == nil {
 		proxyFor = http.ProxyFromEnvironment
 	}
-	target := &url.URL{Scheme: "https", Host: a.cfg.RelayAgentAddr}
-	proxyURL, err := proxyFor(&http.Request{URL: target, Header: http.Header{}})
-	if err != nil {
-		return nil, fmt.Errorf("agent: proxy for %s: %w", target, err)
-	}
-	nd := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 	var raw net.Conn
-	if proxyURL == nil {
-		raw, err = nd.DialContext(ctx, "tcp", a.cfg.RelayAgentAddr)
+	var host string
+	if a.cfg.RelayWebSocketURL != "" {
+		u, err := url.Parse(a.cfg.RelayWebSocketURL)
+		if err != nil {
+			return nil, fmt.Errorf("agent: relay WebSocket URL %q: %w", a.cfg.RelayWebSocketURL, err)
+		}
+		host = u.Hostname()
+		d := &tunnel.WebSocketDialer{URL: a.cfg.RelayWebSocketURL, Proxy: proxyFor, TLSConfig: outerTLS(a.cfg.RelayCA, host)}
+		if raw, err = d.DialContext(ctx); err != nil {
+			return nil, fmt.Errorf("agent: reach the relay at %s: %w", a.cfg.RelayWebSocketURL, err)
+		}
 	} else {
-		raw, err = connectThrough(ctx, nd, proxyURL, a.cfg.RelayAgentAddr)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("agent: reach the relay at %s: %w", a.cfg.RelayAgentAddr, err)
+		h, _, err := net.SplitHostPort(a.cfg.RelayAgentAddr)
+		if err != nil {
+			return nil, fmt.Errorf("agent: relay agent address %q: %w", a.cfg.RelayAgentAddr, err)
+		}
+		host = h
+		target := &url.URL{Scheme: "https", Host: a.cfg.RelayAgentAddr}
+		proxyURL, err := proxyFor(&http.Request{URL: target, Header: http.Header{}})
+		if err != nil {
+			return nil, fmt.Errorf("agent: proxy for %s: %w", target, err)
+		}
+		nd := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+		if proxyURL == nil {
+			raw, err = nd.DialContext(ctx, "tcp", a.cfg.RelayAgentAddr)
+		} else {
+			raw, err = connectThrough(ctx, nd, proxyURL, a.cfg.RelayAgentAddr)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("agent: reach the relay at %s: %w", a.cfg.RelayAgentAddr, err)
+		}
 	}
 	tc := tls.Client(raw, &tls.Config{
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return a.cert.Load(), nil },
@@ -256,6 +276,37 @@ func (a *Agent) dialALPN(ctx context.Context, alpn string) (net.Conn, error) {
 		return nil, fmt.Errorf("agent: TLS with the relay: %w", err)
 	}
 	return tc, nil
+}
+
+// outerTLS verifies the server of a wss:// connection against the relay's
+// CA or, failing that, the system's roots: the outer TLS may be served by a
+// public certificate (--tls-cert) or end at a TLS-inspecting proxy the
+// system trusts. It carries nothing secret: the session's own TLS inside it
+// is pinned to the relay's CA.
+func outerTLS(relayCA *x509.CertPool, host string) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // verified below, against two pools
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("the relay presented no certificate")
+			}
+			inter := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				inter.AddCert(c)
+			}
+			opts := x509.VerifyOptions{DNSName: host, Intermediates: inter, Roots: relayCA}
+			_, err := cs.PeerCertificates[0].Verify(opts)
+			if err == nil {
+				return nil
+			}
+			opts.Roots = nil // the system's roots
+			if _, sysErr := cs.PeerCertificates[0].Verify(opts); sysErr != nil {
+				return fmt.Errorf("the relay's certificate is signed neither by the pinned relay CA (%w) nor by a CA the system trusts (%w)", err, sysErr)
+			}
+			return nil
+		},
+	}
 }
 
 // connectThrough opens a tunnel to addr through the HTTP proxy at proxyURL

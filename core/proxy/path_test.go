@@ -119,11 +119,11 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 	router := relay.NewRouter(relay.RouterConfig{})
 	t.Cleanup(func() { _ = router.Close() })
 	p.router = router
-	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: callers})
+	serving, err := reg.ServingCertificate([]string{"127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	serving, err := reg.ServingCertificate([]string{"127.0.0.1"})
+	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: callers, AgentCertificate: &serving})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,13 @@ func TestProxyForAnUnconnectedClusterSaysSo(t *testing.T) {
 }
 
 func TestUpgradeCrossesTheWholePath(t *testing.T) {
-	p := startPath(t, "prod")
+	startPath(t, "prod").execEcho(t)
+}
+
+// execEcho upgrades an exec request through the path (the stand-in API
+// server echoes) and checks bytes go both ways.
+func (p *path) execEcho(t *testing.T) {
+	t.Helper()
 	conn, err := tls.Dial("tcp", p.proxy.Addr(), p.tlsConfig(t))
 	if err != nil {
 		t.Fatal(err)
@@ -306,11 +312,18 @@ func (p *path) tlsConfig(t *testing.T) *tls.Config {
 
 // TestAgentThroughAnHTTPSProxy: the agent reaches the relay through an
 // egress proxy with CONNECT, sending the proxy's credentials.
-func TestAgentThroughAnHTTPSProxy(t *testing.T) {
+// egressProxy is an HTTP proxy that allows CONNECT, with credentials u:p,
+// only to targets allow accepts; it counts the tunnels it opened.
+func egressProxy(t *testing.T, allow func(target string) bool) (*url.URL, *atomic.Int32) {
+	t.Helper()
 	var connects atomic.Int32
 	egress := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodConnect || r.Header.Get("Proxy-Authorization") != "Basic dTpw" {
 			http.Error(w, "CONNECT with credentials only", http.StatusProxyAuthRequired)
+			return
+		}
+		if !allow(r.Host) {
+			http.Error(w, "egress to "+r.Host+" is not allowed", http.StatusForbidden)
 			return
 		}
 		upstream, err := net.Dial("tcp", r.Host)
@@ -332,12 +345,37 @@ func TestAgentThroughAnHTTPSProxy(t *testing.T) {
 	t.Cleanup(egress.Close)
 	proxyURL, _ := url.Parse(egress.URL)
 	proxyURL.User = url.UserPassword("u", "p")
+	return proxyURL, &connects
+}
+
+func TestAgentThroughAnHTTPSProxy(t *testing.T) {
+	proxyURL, connects := egressProxy(t, func(string) bool { return true })
 	p := startPath(t, "prod", withAgent(func(c *agent.Config) {
 		c.Proxy = func(*http.Request) (*url.URL, error) { return proxyURL, nil }
 	}))
 	if code, body := p.get(t, "/api/v1/pods"); code != 200 || body["user"] != "alice" {
 		t.Fatalf("through the egress proxy: %d %v", code, body)
 	}
+	if n := connects.Load(); n < 2 {
+		t.Fatalf("%d CONNECTs through the egress proxy, want one per session (2)", n)
+	}
+}
+
+func TestAgentOverWebSocketWhenOnlyTheRelaysHTTPSPortIsAllowed(t *testing.T) {
+	var apiHost string
+	proxyURL, connects := egressProxy(t, func(target string) bool { return target == apiHost })
+	p := startPath(t, "prod", withAgent(func(c *agent.Config) {
+		u, _ := url.Parse(c.RelayAPI)
+		apiHost = u.Host
+		c.RelayWebSocketURL = "wss://" + u.Host + relay.AgentWebSocketPath
+		c.Proxy = func(*http.Request) (*url.URL, error) { return proxyURL, nil }
+	}))
+	if code, body := p.get(t, "/api/v1/pods"); code != 200 || body["user"] != "alice" {
+		t.Fatalf("agent over WebSocket: %d %v", code, body)
+	}
+	p.execEcho(t)
+	// Two sessions, each a CONNECT to the API port: the agent endpoint
+	// (refused by this proxy) was never needed.
 	if n := connects.Load(); n < 2 {
 		t.Fatalf("%d CONNECTs through the egress proxy, want one per session (2)", n)
 	}

@@ -55,6 +55,10 @@ type ServerConfig struct {
 	Logger, Audit *slog.Logger
 	// Metrics, if not nil, counts tunnels, bytes and joins.
 	Metrics *Metrics
+	// AgentCertificate is the relay's certificate for agents (signed by
+	// the registry's CA). When set, Handler also accepts agents' sessions
+	// over WebSocket, for clusters whose egress passes only HTTP(S).
+	AgentCertificate *tls.Certificate
 }
 
 // Server is the relay's public face: the HTTP API for callers and joining
@@ -91,8 +95,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 //	POST /v1/join                      an agent trades a join token for its credential
 //	GET  /v1/clusters/{id}             a caller reads a cluster's connection details
 //	GET  /v1/clusters/{id}/tunnel      a caller's proxy opens a tunnel (Upgrade: tether-tunnel/1)
+//	GET  /v1/agents/connect            an agent's session over WebSocket (with AgentCertificate)
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+AgentWebSocketPath, s.agentWebSocket)
 	mux.HandleFunc("POST /v1/join", s.join)
 	mux.HandleFunc("GET /v1/clusters/{id}", s.clusterInfo)
 	mux.HandleFunc("GET /v1/clusters/{id}/tunnel", s.tunnel)
@@ -286,6 +292,25 @@ func newID() string {
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// AgentWebSocketPath is where agents hold sessions over WebSocket.
+const AgentWebSocketPath = "/v1/agents/connect"
+
+// agentWebSocket carries an agent's connection over WebSocket: inside it,
+// the same mutual TLS and session as on the agent endpoint.
+func (s *Server) agentWebSocket(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.AgentCertificate == nil {
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: this relay does not accept agents over WebSocket")
+		return
+	}
+	ws, err := tunnel.AcceptWebSocket(w, r)
+	if err != nil {
+		s.log.Warn("relay: agent WebSocket refused", "client", r.RemoteAddr, "error", err)
+		return
+	}
+	s.log.Debug("relay: agent connected over WebSocket", "client", r.RemoteAddr)
+	s.acceptAgent(r.Context(), tls.Server(ws, s.AgentTLSConfig(*s.cfg.AgentCertificate)))
 }
 
 // AgentTLSConfig returns the TLS configuration of the agent endpoint: TLS
