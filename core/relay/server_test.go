@@ -374,7 +374,9 @@ func TestServeAgents(t *testing.T) {
 	}
 }
 
-func TestDrainMovesAgentsAndWaitsForTunnels(t *testing.T) {
+// echoRelay is a relay with cluster prod and one agent session that echoes.
+func echoRelay(t *testing.T) (*relayHarness, *tunnel.AgentSession) {
+	t.Helper()
 	h := newRelay(t)
 	if _, err := h.reg.CreateCluster("prod"); err != nil {
 		t.Fatal(err)
@@ -384,6 +386,11 @@ func TestDrainMovesAgentsAndWaitsForTunnels(t *testing.T) {
 	if err := h.router.Add(rs); err != nil {
 		t.Fatal(err)
 	}
+	return h, as
+}
+
+func TestDrainMovesAgentsAndWaitsForTunnels(t *testing.T) {
+	h, as := echoRelay(t)
 	echo := func(c net.Conn, msg string) {
 		t.Helper()
 		if _, err := io.WriteString(c, msg); err != nil {
@@ -442,15 +449,7 @@ func TestDrainMovesAgentsAndWaitsForTunnels(t *testing.T) {
 }
 
 func TestDrainGivesUpAtItsDeadline(t *testing.T) {
-	h := newRelay(t)
-	if _, err := h.reg.CreateCluster("prod"); err != nil {
-		t.Fatal(err)
-	}
-	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
-	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(st, st) })
-	if err := h.router.Add(rs); err != nil {
-		t.Fatal(err)
-	}
+	h, _ := echoRelay(t)
 	if _, err := h.dialTunnel(t, "prod", goodToken); err != nil { // a watch that never ends
 		t.Fatal(err)
 	}

@@ -137,6 +137,22 @@ func wsPair(t *testing.T) (client, server net.Conn) {
 }
 
 // wsRawClient dials s with gorilla directly, offering protocols.
+// wsRawPair is a raw gorilla client connected to a server-side
+// WebSocketConn.
+func wsRawPair(t *testing.T) (*websocket.Conn, wsAccept) {
+	t.Helper()
+	s := newWSServer(t, false)
+	ws, _, err := wsRawClient(t, s, tunnel.WebSocketSubprotocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := s.next(t)
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	return ws, a
+}
+
 func wsRawClient(t *testing.T, s *wsServer, protocols ...string) (*websocket.Conn, *http.Response, error) {
 	t.Helper()
 	d := websocket.Dialer{Subprotocols: protocols, HandshakeTimeout: wsTimeout}
@@ -772,15 +788,7 @@ func TestWebSocketWriteDeadline(t *testing.T) {
 }
 
 func TestWebSocketTextMessageIsProtocolError(t *testing.T) {
-	s := newWSServer(t, false)
-	ws, _, err := wsRawClient(t, s, tunnel.WebSocketSubprotocol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := s.next(t)
-	if a.err != nil {
-		t.Fatal(a.err)
-	}
+	ws, a := wsRawPair(t)
 	if err := ws.WriteMessage(websocket.TextMessage, []byte("hello")); err != nil {
 		t.Fatal(err)
 	}
@@ -796,15 +804,7 @@ func TestWebSocketTextMessageIsProtocolError(t *testing.T) {
 }
 
 func TestWebSocketReadLimit(t *testing.T) {
-	s := newWSServer(t, false)
-	ws, _, err := wsRawClient(t, s, tunnel.WebSocketSubprotocol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := s.next(t)
-	if a.err != nil {
-		t.Fatal(a.err)
-	}
+	ws, a := wsRawPair(t)
 	sent := make(chan error, 1)
 	go func() {
 		if err := ws.WriteMessage(websocket.BinaryMessage, make([]byte, 1<<20)); err != nil {
@@ -835,15 +835,7 @@ func TestWebSocketReadLimit(t *testing.T) {
 }
 
 func TestWebSocketAnswersPings(t *testing.T) {
-	s := newWSServer(t, false)
-	ws, _, err := wsRawClient(t, s, tunnel.WebSocketSubprotocol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := s.next(t)
-	if a.err != nil {
-		t.Fatal(a.err)
-	}
+	ws, a := wsRawPair(t)
 	pongs := make(chan string, 1)
 	ws.SetPongHandler(func(data string) error { pongs <- data; return nil })
 
