@@ -80,6 +80,9 @@ type Config struct {
 	// through (with CONNECT), or nil for a direct connection. Nil means
 	// http.ProxyFromEnvironment: HTTPS_PROXY and NO_PROXY are honoured.
 	Proxy func(*http.Request) (*url.URL, error)
+	// DialContext makes the agent's network connections (to the relay or
+	// its HTTP proxy). Nil means a net.Dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger receives the agent's events. Nil discards.
 	Logger *slog.Logger
 }
@@ -177,7 +180,8 @@ func (a *Agent) credential(ctx context.Context) (tls.Certificate, error) {
 		return tls.Certificate{}, fmt.Errorf("agent: create CSR: %w", err)
 	}
 	body, _ := json.Marshal(relay.JoinRequest{Token: a.cfg.JoinToken, CSR: csr})
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: a.cfg.RelayCA, MinVersion: tls.VersionTLS12}}}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: a.netDial,
+		TLSClientConfig: &tls.Config{RootCAs: a.cfg.RelayCA, MinVersion: tls.VersionTLS12}}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.cfg.RelayAPI+"/v1/join", bytes.NewReader(body))
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("agent: join request: %w", err)
@@ -239,7 +243,7 @@ func (a *Agent) dialALPN(ctx context.Context, alpn string) (net.Conn, error) {
 			return nil, fmt.Errorf("agent: relay WebSocket URL %q: %w", a.cfg.RelayWebSocketURL, err)
 		}
 		host = u.Hostname()
-		d := &tunnel.WebSocketDialer{URL: a.cfg.RelayWebSocketURL, Proxy: proxyFor, TLSConfig: outerTLS(a.cfg.RelayCA, host)}
+		d := &tunnel.WebSocketDialer{URL: a.cfg.RelayWebSocketURL, Proxy: proxyFor, TLSConfig: outerTLS(a.cfg.RelayCA, host), NetDialContext: a.netDial}
 		if raw, err = d.DialContext(ctx); err != nil {
 			return nil, fmt.Errorf("agent: reach the relay at %s: %w", a.cfg.RelayWebSocketURL, err)
 		}
@@ -254,11 +258,10 @@ func (a *Agent) dialALPN(ctx context.Context, alpn string) (net.Conn, error) {
 		if err != nil {
 			return nil, fmt.Errorf("agent: proxy for %s: %w", target, err)
 		}
-		nd := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 		if proxyURL == nil {
-			raw, err = nd.DialContext(ctx, "tcp", a.cfg.RelayAgentAddr)
+			raw, err = a.netDial(ctx, "tcp", a.cfg.RelayAgentAddr)
 		} else {
-			raw, err = connectThrough(ctx, nd, proxyURL, a.cfg.RelayAgentAddr)
+			raw, err = connectThrough(ctx, a.netDial, proxyURL, a.cfg.RelayAgentAddr)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("agent: reach the relay at %s: %w", a.cfg.RelayAgentAddr, err)
@@ -276,6 +279,16 @@ func (a *Agent) dialALPN(ctx context.Context, alpn string) (net.Conn, error) {
 		return nil, fmt.Errorf("agent: TLS with the relay: %w", err)
 	}
 	return tc, nil
+}
+
+// netDial makes a network connection with Config.DialContext, or a
+// net.Dialer.
+func (a *Agent) netDial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if a.cfg.DialContext != nil {
+		return a.cfg.DialContext(ctx, network, addr)
+	}
+	nd := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	return nd.DialContext(ctx, network, addr)
 }
 
 // outerTLS verifies the server of a wss:// connection against the relay's
@@ -311,7 +324,7 @@ func outerTLS(relayCA *x509.CertPool, host string) *tls.Config {
 
 // connectThrough opens a tunnel to addr through the HTTP proxy at proxyURL
 // with CONNECT, sending its user info as Basic proxy credentials.
-func connectThrough(ctx context.Context, nd *net.Dialer, proxyURL *url.URL, addr string) (net.Conn, error) {
+func connectThrough(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), proxyURL *url.URL, addr string) (net.Conn, error) {
 	if proxyURL.Scheme != "http" && proxyURL.Scheme != "" {
 		return nil, fmt.Errorf("proxy %s: only http:// proxies are supported", proxyURL.Redacted())
 	}
@@ -319,7 +332,7 @@ func connectThrough(ctx context.Context, nd *net.Dialer, proxyURL *url.URL, addr
 	if proxyURL.Port() == "" {
 		proxyAddr = net.JoinHostPort(proxyURL.Hostname(), "80")
 	}
-	conn, err := nd.DialContext(ctx, "tcp", proxyAddr)
+	conn, err := dial(ctx, "tcp", proxyAddr)
 	if err != nil {
 		return nil, fmt.Errorf("dial proxy %s: %w", proxyURL.Redacted(), err)
 	}

@@ -2,11 +2,15 @@ package authn
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"strings"
 	"time"
 
@@ -79,6 +83,9 @@ type Config struct {
 	AllowSystemNames bool
 	// MaxTokenBytes caps a token's size. Zero means DefaultMaxTokenBytes.
 	MaxTokenBytes int
+	// DialContext connects to issuers (discovery and keys). Nil means the
+	// default transport's dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger receives issuer health changes. Nil discards.
 	Logger *slog.Logger
 }
@@ -123,7 +130,20 @@ func New(ctx context.Context, cfg Config) (*Authenticator, error) {
 	var tokens []authenticator.Token
 	for i, j := range ac.JWT {
 		var ca oidc.CAContentProvider
-		if j.Issuer.CertificateAuthority != "" {
+		var client *http.Client
+		switch {
+		case cfg.DialContext != nil:
+			// The dialer needs a client of our own, which then carries the
+			// issuer's CA too (oidc takes one or the other).
+			tc := &tls.Config{MinVersion: tls.VersionTLS12}
+			if j.Issuer.CertificateAuthority != "" {
+				tc.RootCAs = x509.NewCertPool()
+				if !tc.RootCAs.AppendCertsFromPEM([]byte(j.Issuer.CertificateAuthority)) {
+					return nil, fmt.Errorf("authn: jwt[%d] (%s): certificateAuthority holds no PEM certificate", i, j.Issuer.URL)
+				}
+			}
+			client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: cfg.DialContext, TLSClientConfig: tc}}
+		case j.Issuer.CertificateAuthority != "":
 			p, err := dynamiccertificates.NewStaticCAContent("tether-oidc", []byte(j.Issuer.CertificateAuthority))
 			if err != nil {
 				return nil, fmt.Errorf("authn: jwt[%d] (%s): certificateAuthority: %w", i, j.Issuer.URL, err)
@@ -133,6 +153,7 @@ func New(ctx context.Context, cfg Config) (*Authenticator, error) {
 		t, err := oidc.New(ctx, oidc.Options{
 			JWTAuthenticator:     j,
 			CAContentProvider:    ca,
+			Client:               client,
 			SupportedSigningAlgs: oidc.AllValidSigningAlgorithms(),
 			DisallowedIssuers:    cfg.DisallowedIssuers,
 			Compiler:             compiler,

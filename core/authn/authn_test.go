@@ -11,9 +11,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -159,6 +161,24 @@ func TestValidToken(t *testing.T) {
 	}
 	if err := impersonate.ValidateIdentity(id, false); err != nil {
 		t.Fatalf("the authenticator returned an identity impersonate refuses: %v", err)
+	}
+}
+
+func TestIssuerReachedThroughTheGivenDialer(t *testing.T) {
+	is := newIssuer(t)
+	var dials atomic.Int32
+	a := newAuthn(t, configYAML(is, "cluster-a", "oidc:"), func(c *authn.Config) {
+		c.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}
+	})
+	if _, err := a.AuthenticateToken(t.Context(), is.sign(t, is.claims("cluster-a", nil))); err != nil {
+		t.Fatal(err)
+	}
+	if dials.Load() == 0 {
+		t.Fatal("the issuer was reached without the configured dialer")
 	}
 }
 

@@ -47,6 +47,11 @@ type Config struct {
 	// Listen is the local address, which must be a loopback address.
 	// Zero means DefaultListen.
 	Listen string
+	// Listener, when set, is served instead of listening on Listen (the
+	// simulator's in-memory network).
+	Listener net.Listener
+	// DialContext connects to the relay. Nil means a net.Dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger receives the proxy's events. Nil discards.
 	Logger *slog.Logger
 }
@@ -62,7 +67,7 @@ func (c *Config) Validate() error {
 	case c.Token == nil:
 		return errors.New("proxy: Config.Token is nil: give the caller's token source")
 	}
-	if c.Listen != "" {
+	if c.Listen != "" && c.Listener == nil {
 		host, _, err := net.SplitHostPort(c.Listen)
 		ip := net.ParseIP(host)
 		if err != nil || ip == nil || !ip.IsLoopback() {
@@ -119,6 +124,10 @@ func New(ctx context.Context, cfg Config) (*Proxy, error) {
 	if err := p.makeCertificates(); err != nil {
 		return nil, err
 	}
+	if cfg.Listener != nil {
+		p.listener = cfg.Listener
+		return p, nil
+	}
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: listen on %s: %w (is another tether-proxy running? use --port)", cfg.Listen, err)
@@ -128,7 +137,17 @@ func New(ctx context.Context, cfg Config) (*Proxy, error) {
 }
 
 func (p *Proxy) relayClient() *http.Client {
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.cfg.RelayCA, MinVersion: tls.VersionTLS12}}}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: p.dial,
+		TLSClientConfig: &tls.Config{RootCAs: p.cfg.RelayCA, MinVersion: tls.VersionTLS12}}}
+}
+
+// dial connects to the relay, with Config.DialContext if set.
+func (p *Proxy) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if p.cfg.DialContext != nil {
+		return p.cfg.DialContext(ctx, network, addr)
+	}
+	d := &net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}
+	return d.DialContext(ctx, network, addr)
 }
 
 func (p *Proxy) clusterInfo(ctx context.Context) (*relay.ClusterInfo, error) {
@@ -317,11 +336,14 @@ func (p *Proxy) dialCluster(ctx context.Context, _, _ string) (net.Conn, error) 
 		return nil, fmt.Errorf("read the caller's token: %w", err)
 	}
 	host, _, _ := net.SplitHostPort(p.relayHost)
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second},
-		Config: &tls.Config{RootCAs: p.cfg.RelayCA, ServerName: host, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}}
-	raw, err := d.DialContext(ctx, "tcp", p.relayHost)
+	tcp, err := p.dial(ctx, "tcp", p.relayHost)
 	if err != nil {
 		return nil, fmt.Errorf("reach the relay at %s: %w", p.relayHost, err)
+	}
+	raw := tls.Client(tcp, &tls.Config{RootCAs: p.cfg.RelayCA, ServerName: host, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}})
+	if err := raw.HandshakeContext(ctx); err != nil {
+		_ = tcp.Close()
+		return nil, fmt.Errorf("TLS with the relay at %s: %w", p.relayHost, err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
 	defer stop()
