@@ -33,6 +33,12 @@ import (
 // DefaultListen is where the proxy listens when Config.Listen is empty.
 const DefaultListen = "127.0.0.1:47011"
 
+// WrongAgentMessage starts the error the proxy answers with when the
+// relay connected it to the agent of another cluster than the one it asked
+// for (the agent's certificate names it): a routing bug that the proxy's
+// end-to-end TLS stops. The simulator looks for it.
+const WrongAgentMessage = "reached the agent of cluster"
+
 // Config configures a Proxy.
 type Config struct {
 	// RelayURL is the relay's API, https://host:port. Required.
@@ -386,7 +392,7 @@ func (p *Proxy) verifyAgent(cs tls.ConnectionState) error {
 		return err
 	}
 	if id != p.cfg.Cluster {
-		return fmt.Errorf("reached the agent of cluster %s, not %s: refusing", id, p.cfg.Cluster)
+		return fmt.Errorf("%s %s, not %s: refusing", WrongAgentMessage, id, p.cfg.Cluster)
 	}
 	return nil
 }
