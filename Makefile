@@ -62,7 +62,7 @@ lint: $(STATICCHECK) ## gofmt, go vet and staticcheck, on every module
 
 .PHONY: unit
 unit: deps ## unit tests: everything but the packages that start clusters (the network fixture's need root)
-	go test -race -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e)  # those run in e2e
+	go test -race -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e -e /sim/internal/sim)  # those run in e2e and sim-quick
 
 .PHONY: e2e
 e2e: deps fixtures build ## the e2e suite on E2E_PROVIDER (default local: real kube-apiserver behind a firewall)
@@ -72,6 +72,16 @@ e2e: deps fixtures build ## the e2e suite on E2E_PROVIDER (default local: real k
 # A count, not a duration: Go 1.26's fuzz coordinator can fail a duration
 # -fuzztime with a spurious "context deadline exceeded" on a loaded machine
 # (go.dev/issue/75804, fixed in Go 1.27). 100000 runs take 5-10 s here.
+.PHONY: sim-quick
+sim-quick: ## the simulator's fixed seeds (regression scenarios), then its planted bug, which must be caught
+	go test -race -count=1 ./sim/internal/sim/
+	go test -count=1 -tags tether_plantedbug ./sim/internal/sim/ -args -ginkgo.focus=planted -ginkgo.v -ginkgo.no-color
+
+SIM_FLAGS ?= -duration 60s
+.PHONY: sim
+sim: ## run the simulator's suite with a fresh seed and longer runs (SIM_FLAGS, default -duration 60s)
+	go run ./sim $(SIM_FLAGS)
+
 FUZZTIME ?= 100000x
 .PHONY: fuzz
 fuzz: ## run every fuzz target briefly (FUZZTIME each, default 100000 runs)
@@ -83,7 +93,7 @@ fuzz: ## run every fuzz target briefly (FUZZTIME each, default 100000 runs)
 	done
 
 .PHONY: test
-test: lint unit fuzz e2e ## everything CI runs: lint, unit tests, fuzz targets briefly, e2e
+test: lint unit fuzz sim-quick e2e ## everything CI runs: lint, unit tests, fuzz targets briefly, e2e
 
 .PHONY: demo
 demo: deps fixtures build ## the whole path: cluster behind a firewall, relay, agent, proxy, kubectl through tether (KEEP=1 to stay up)

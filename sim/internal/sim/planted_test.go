@@ -1,0 +1,32 @@
+//go:build tether_plantedbug
+
+package sim_test
+
+import (
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tether-k8s/tether/sim/internal/sim"
+)
+
+// Built with -tags tether_plantedbug, the relay routes streams to another
+// cluster's agent and the agent does not check: the simulator must say so.
+// The proxy's end-to-end TLS still refuses the wrong agent, so no answer
+// from another cluster arrives (right-cluster holds); no-misroute fails.
+var _ = Describe("a planted routing bug", func() {
+	It("is caught by the no-misroute invariant, and stopped by the proxy", func(ctx SpecContext) {
+		r := run(ctx, "relay-kill-mid-stream", 1, sim.Options{Duration: 6 * time.Second, RecoverWithin: 2 * time.Second})
+		Expect(r.Violations).To(HaveKey("no-misroute"))
+		Expect(r.Violations).NotTo(HaveKey("right-cluster"), "a wrong cluster's answer got through the proxy")
+		var first time.Time
+		for _, o := range r.Obs {
+			if o.Misrouted && (first.IsZero() || o.End.Before(first)) {
+				first = o.End
+			}
+		}
+		GinkgoWriter.Printf("caught: %d no-misroute violations; the first %s after traffic began\n",
+			len(r.Violations["no-misroute"]), first.Sub(r.Start).Round(time.Millisecond))
+	})
+})

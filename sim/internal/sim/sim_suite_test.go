@@ -1,0 +1,70 @@
+package sim_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tether-k8s/tether/sim/internal/sim"
+)
+
+func TestSim(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "simulator")
+}
+
+// run runs a scenario and fails the spec with its violations.
+func run(ctx context.Context, name string, seed uint64, o sim.Options) *sim.Result {
+	GinkgoHelper()
+	sc := sim.ScenarioByName(name)
+	Expect(sc).NotTo(BeNil(), "scenario %s", name)
+	o.Seed = seed
+	o.Progress = GinkgoWriter
+	r, err := sim.Run(ctx, sc, o)
+	Expect(err).NotTo(HaveOccurred())
+	GinkgoWriter.Printf("%s seed %d: %d requests, %d faults, reconnect p50 %s p99 %s\n", name, seed, len(r.Obs), r.Faults(),
+		r.ReconnectPercentile(0.5), r.ReconnectPercentile(0.99))
+	return r
+}
+
+// The fixed seeds make test runs: each regression scenario, and a short
+// exploratory run. `make sim` runs longer campaigns with fresh seeds.
+var _ = Describe("scenarios hold every invariant", func() {
+	DescribeTable("scenario", func(ctx SpecContext, name string, seed uint64, d time.Duration) {
+		r := run(ctx, name, seed, sim.Options{Duration: d})
+		var lines []string
+		for inv, v := range r.Violations {
+			lines = append(lines, inv+": "+strings.Join(v, "\n  "))
+		}
+		Expect(lines).To(BeEmpty(), "replay: go run ./sim -scenario %s -seed %d", name, seed)
+		Expect(r.Obs).NotTo(BeEmpty(), "the clients did nothing")
+	},
+		Entry(nil, "relay-kill-mid-stream", uint64(1), time.Duration(0)),
+		Entry(nil, "drain-under-load", uint64(2), time.Duration(0)),
+		Entry(nil, "revoke-and-rejoin", uint64(3), time.Duration(0)),
+		Entry(nil, "slow-reader-and-flood", uint64(4), time.Duration(0)),
+		Entry(nil, "network", uint64(5), 12*time.Second),
+		Entry(nil, "explore", uint64(6), 12*time.Second),
+	)
+})
+
+var _ = Describe("the timeline", func() {
+	It("is the same for the same seed, and differs for another", func() {
+		sc := sim.ScenarioByName("explore")
+		a, b, c := sc.Timeline(42, sim.Options{}), sc.Timeline(42, sim.Options{}), sc.Timeline(43, sim.Options{})
+		Expect(a).NotTo(BeEmpty())
+		Expect(a).To(Equal(b))
+		Expect(a).NotTo(Equal(c))
+	})
+})
+
+var _ = BeforeSuite(func() {
+	if os.Getenv("TETHER_SIM_SKIP") != "" {
+		Skip("TETHER_SIM_SKIP is set")
+	}
+})

@@ -1,0 +1,490 @@
+package sim
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/tether-k8s/tether/core/agent"
+	"github.com/tether-k8s/tether/core/authn"
+	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/proxy"
+	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/fixtures/issuer"
+	"github.com/tether-k8s/tether/sim/internal/netsim"
+)
+
+// Host names on the simulated network.
+const (
+	RelayHost  = "relay.sim"
+	IssuerHost = "issuer.sim"
+	relayAPI   = 8443
+	relayAgent = 8444
+	audience   = "tether-sim"
+)
+
+func apiHost(cluster string) string              { return "api-" + cluster + ".sim" }
+func agentHost(cluster string, i int) string     { return fmt.Sprintf("agent-%s-%d.sim", cluster, i) }
+func clientHost(i int) string                    { return fmt.Sprintf("client-%d.sim", i) }
+func clusterName(i int) string                   { return fmt.Sprintf("c%04d", i) }
+func userFor(client int) string                  { return fmt.Sprintf("user-%d", client) }
+func saToken(cluster string) string              { return "sa-token-" + cluster }
+func hostDial(n *netsim.Network, h string) dialF { return n.Host(h).DialContext }
+
+type dialF = func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// WorldConfig sizes a world.
+type WorldConfig struct {
+	Seed             uint64
+	Clusters         int
+	AgentsPerCluster int
+	SessionsPerAgent int
+	Clients          int
+	// Dir holds the relay's registry file.
+	Dir string
+	// Logger receives the components' logs. Nil discards.
+	Logger *slog.Logger
+}
+
+// World is tether's real core running on a simulated network: an OIDC
+// issuer, a relay, agents in front of stand-in API servers, and clients
+// each with their own tether proxy.
+type World struct {
+	cfg      WorldConfig
+	Net      *netsim.Network
+	log      *slog.Logger
+	issuer   *issuer.Issuer
+	authnYML string
+	relayCA  *x509.CertPool
+
+	mu       sync.Mutex
+	relay    *relayProc
+	restarts []time.Time
+	revokedC map[string]bool
+	Clusters []*Cluster
+	Clients  []*Client
+	bg       sync.WaitGroup
+}
+
+// Cluster is one simulated cluster: its API server and agents.
+type Cluster struct {
+	ID     string
+	API    *APIServer
+	apiL   net.Listener
+	apiSrv *http.Server
+	store  *memStore
+	token  string
+	Agents []*agentProc
+}
+
+type agentProc struct {
+	host   string
+	cancel context.CancelFunc
+	done   chan error
+	a      *agent.Agent
+}
+
+type relayProc struct {
+	reg    *registry.Registry
+	router *relay.Router
+	srv    *relay.Server
+	api    *http.Server
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewWorld builds the world and starts every component; Close ends them.
+func NewWorld(ctx context.Context, cfg WorldConfig) (*World, error) {
+	if cfg.AgentsPerCluster == 0 {
+		cfg.AgentsPerCluster = 1
+	}
+	if cfg.SessionsPerAgent == 0 {
+		cfg.SessionsPerAgent = 2
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	w := &World{cfg: cfg, Net: netsim.New(cfg.Seed), log: log, revokedC: map[string]bool{}}
+	il, err := w.Net.Host(IssuerHost).Listen(443)
+	if err != nil {
+		return nil, err
+	}
+	if w.issuer, err = issuer.Start(il, IssuerHost); err != nil {
+		return nil, err
+	}
+	w.authnYML = w.issuer.AuthenticationConfig(audience)
+	reg, err := registry.Open(registry.Config{Path: filepath.Join(cfg.Dir, "relay.db")})
+	if err != nil {
+		return nil, err
+	}
+	w.relayCA = x509.NewCertPool()
+	w.relayCA.AddCert(reg.CACertificate())
+	for i := range cfg.Clusters {
+		c := &Cluster{ID: clusterName(i), store: &memStore{}}
+		if c.token, err = reg.CreateCluster(c.ID); err != nil {
+			return nil, err
+		}
+		w.Clusters = append(w.Clusters, c)
+	}
+	_ = reg.Close()
+	if err := w.StartRelay(ctx); err != nil {
+		return nil, err
+	}
+	for _, c := range w.Clusters {
+		c.API = &APIServer{Cluster: c.ID, Token: saToken(c.ID)}
+		if c.apiL, err = w.Net.Host(apiHost(c.ID)).Listen(6443); err != nil {
+			return nil, err
+		}
+		c.apiSrv = &http.Server{Handler: c.API.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func(c *Cluster) { _ = c.apiSrv.Serve(c.apiL) }(c)
+		for i := range cfg.AgentsPerCluster {
+			c.Agents = append(c.Agents, &agentProc{host: agentHost(c.ID, i)})
+		}
+		for i := range c.Agents {
+			if err := w.StartAgent(ctx, c, i); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for i := range cfg.Clients {
+		cl, err := w.newClient(ctx, i)
+		if err != nil {
+			return nil, fmt.Errorf("sim: client %d: %w", i, err)
+		}
+		w.Clients = append(w.Clients, cl)
+	}
+	return w, nil
+}
+
+// StartRelay starts (or restarts) the relay on its data file.
+func (w *World) StartRelay(ctx context.Context) error {
+	reg, err := registry.Open(registry.Config{Path: filepath.Join(w.cfg.Dir, "relay.db"), Logger: w.log})
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	ac, err := authn.LoadConfig([]byte(w.authnYML))
+	if err != nil {
+		cancel()
+		_ = reg.Close()
+		return err
+	}
+	au, err := authn.New(rctx, authn.Config{Authentication: ac, DialContext: hostDial(w.Net, RelayHost), Logger: w.log})
+	if err != nil {
+		cancel()
+		_ = reg.Close()
+		return err
+	}
+	router := relay.NewRouter(relay.RouterConfig{Logger: w.log})
+	serving, err := reg.ServingCertificate([]string{RelayHost})
+	if err != nil {
+		cancel()
+		_ = reg.Close()
+		return err
+	}
+	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: au, RelayID: "relay-sim",
+		Logger: w.log, AgentCertificate: &serving})
+	if err != nil {
+		cancel()
+		_ = reg.Close()
+		return err
+	}
+	apiL, err := w.Net.Host(RelayHost).Listen(relayAPI)
+	if err != nil {
+		cancel()
+		_ = reg.Close()
+		return err
+	}
+	agentL, err := w.Net.Host(RelayHost).Listen(relayAgent)
+	if err != nil {
+		cancel()
+		_ = apiL.Close()
+		_ = reg.Close()
+		return err
+	}
+	p := &relayProc{reg: reg, router: router, srv: srv, cancel: cancel,
+		api: &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second,
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{serving}, NextProtos: []string{"http/1.1"}}}}
+	p.wg.Add(2)
+	go func() { defer p.wg.Done(); _ = p.api.ServeTLS(apiL, "", "") }()
+	go func() {
+		defer p.wg.Done()
+		_ = srv.ServeAgents(rctx, tls.NewListener(agentL, srv.AgentTLSConfig(serving)))
+	}()
+	w.mu.Lock()
+	w.relay = p
+	w.mu.Unlock()
+	return nil
+}
+
+// KillRelay stops the relay as kill -9 would: every connection it holds is
+// reset, nothing drains.
+func (w *World) KillRelay() {
+	w.mu.Lock()
+	p := w.relay
+	w.relay = nil
+	w.mu.Unlock()
+	if p == nil {
+		return
+	}
+	p.cancel()
+	_ = p.api.Close()
+	w.Net.ResetHost(RelayHost)
+	_ = p.router.Close()
+	p.wg.Wait()
+	_ = p.reg.Close()
+}
+
+// DrainRelay drains the relay for at most grace, then stops it.
+func (w *World) DrainRelay(grace time.Duration) {
+	w.mu.Lock()
+	p := w.relay
+	w.mu.Unlock()
+	if p == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	p.srv.Drain(ctx)
+	cancel()
+	w.KillRelay()
+}
+
+// Relay returns the running relay's router and registry, or nils.
+func (w *World) Relay() (*relay.Router, *registry.Registry) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.relay == nil {
+		return nil, nil
+	}
+	return w.relay.router, w.relay.reg
+}
+
+// StartAgent starts agent i of cluster c.
+func (w *World) StartAgent(ctx context.Context, c *Cluster, i int) error {
+	ap := c.Agents[i]
+	dial := hostDial(w.Net, ap.host)
+	ac, err := authn.LoadConfig([]byte(w.authnYML))
+	if err != nil {
+		return err
+	}
+	actx, cancel := context.WithCancel(context.Background())
+	au, err := authn.New(actx, authn.Config{Authentication: ac, DialContext: dial, Logger: w.log})
+	if err != nil {
+		cancel()
+		return err
+	}
+	upstream, _ := url.Parse("http://" + apiHost(c.ID) + ":6443")
+	h, err := impersonate.New(impersonate.Config{Upstream: upstream, Transport: &http.Transport{DialContext: dial},
+		Credential: func(context.Context) (string, error) { return saToken(c.ID), nil }, Authenticator: au, Logger: w.log})
+	if err != nil {
+		cancel()
+		return err
+	}
+	a, err := agent.New(ctx, agent.Config{Cluster: c.ID, Name: fmt.Sprintf("agent-%d", i), RelayAPI: fmt.Sprintf("https://%s:%d", RelayHost, relayAPI),
+		RelayAgentAddr: fmt.Sprintf("%s:%d", RelayHost, relayAgent), RelayCA: w.relayCA, Store: c.store, JoinToken: c.token,
+		Handler: h, Sessions: w.cfg.SessionsPerAgent, DialContext: dial, Logger: w.log,
+		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }})
+	if err != nil {
+		cancel()
+		return err
+	}
+	ap.a, ap.cancel, ap.done = a, cancel, make(chan error, 1)
+	go func() { ap.done <- a.Run(actx) }()
+	return nil
+}
+
+func (w *World) agentRunning(c *Cluster, i int) bool { return c.Agents[i].cancel != nil }
+
+// revoked marks a cluster's credentials revoked (or rejoined).
+func (w *World) revoked(id string, on bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.revokedC[id] = on
+}
+
+// Restarts returns when the relay was restarted.
+func (w *World) Restarts() []time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]time.Time(nil), w.restarts...)
+}
+
+// floodFrom holds n upgraded connections from client c open at once, until
+// the returned function closes them.
+func (w *World) floodFrom(c *Client, n int) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := c.Upgrade(ctx)
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: 127.0.0.1:47011\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"+
+				"X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n", ExecPath)
+			stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+			defer stop()
+			_, _ = io.Copy(io.Discard, conn)
+		}()
+	}
+	w.bg.Add(1)
+	return func() { cancel(); wg.Wait(); w.bg.Done() }
+}
+
+// KillAgent stops agent i of cluster c; its connections are reset.
+func (w *World) KillAgent(c *Cluster, i int) {
+	ap := c.Agents[i]
+	if ap.cancel == nil {
+		return
+	}
+	w.Net.ResetHost(ap.host)
+	ap.cancel()
+	<-ap.done
+	ap.cancel = nil
+}
+
+// Live reports how many of c's agent sessions the relay holds.
+func (w *World) Live(c *Cluster) int {
+	r, _ := w.Relay()
+	if r == nil {
+		return 0
+	}
+	return r.Sessions(c.ID)
+}
+
+// Client is one simulated kubectl user with their own tether proxy, for one
+// cluster.
+type Client struct {
+	ID      int
+	User    string
+	Cluster *Cluster
+	HTTP    *http.Client
+	// Upgrade makes the exec connections.
+	Upgrade func(ctx context.Context) (net.Conn, error)
+	token   string
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+func (w *World) newClient(ctx context.Context, i int) (*Client, error) {
+	c := &Client{ID: i, User: userFor(i), Cluster: w.Clusters[i%len(w.Clusters)]}
+	tok, err := w.issuer.Token(c.User, []string{"sim"}, audience, 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	c.token = tok
+	host := w.Net.Host(clientHost(i))
+	l, err := host.Listen(47011)
+	if err != nil {
+		return nil, err
+	}
+	p, err := proxy.New(ctx, proxy.Config{RelayURL: fmt.Sprintf("https://%s:%d", RelayHost, relayAPI), RelayCA: w.relayCA,
+		Cluster: c.Cluster.ID, Token: func() (string, error) { return c.token, nil }, Listener: l, DialContext: host.DialContext, Logger: w.log})
+	if err != nil {
+		_ = l.Close()
+		return nil, err
+	}
+	pctx, cancel := context.WithCancel(context.Background())
+	c.cancel, c.done = cancel, make(chan error, 1)
+	go func() { c.done <- p.Serve(pctx) }()
+	rc, err := clientcmd.NewDefaultClientConfig(*p.Kubeconfig("sim"), nil).ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	local := l.Addr().String()
+	rc.Dial = func(ctx context.Context, _, _ string) (net.Conn, error) { return host.DialContext(ctx, "tcp", local) }
+	rc.Host = "https://127.0.0.1:47011"
+	tr, err := rest.TransportFor(rc)
+	if err != nil {
+		return nil, err
+	}
+	c.HTTP = &http.Client{Transport: tr}
+	tlsCfg, err := rest.TLSConfigFor(rc)
+	if err != nil {
+		return nil, err
+	}
+	c.Upgrade = func(ctx context.Context) (net.Conn, error) {
+		raw, err := host.DialContext(ctx, "tcp", local)
+		if err != nil {
+			return nil, err
+		}
+		tc := tls.Client(raw, tlsCfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = raw.Close()
+			return nil, err
+		}
+		return tc, nil
+	}
+	return c, nil
+}
+
+// Close stops every component and waits for them.
+func (w *World) Close() error {
+	var errs []error
+	for _, c := range w.Clients {
+		c.cancel()
+		<-c.done
+		c.HTTP.CloseIdleConnections()
+	}
+	for _, c := range w.Clusters {
+		for i := range c.Agents {
+			w.KillAgent(c, i)
+		}
+		if c.apiSrv != nil {
+			errs = append(errs, c.apiSrv.Close())
+		}
+	}
+	w.KillRelay()
+	if w.issuer != nil {
+		errs = append(errs, w.issuer.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// memStore keeps an agent's credential in memory (a Secret's stand-in).
+type memStore struct {
+	mu        sync.Mutex
+	cert, key []byte
+}
+
+func (m *memStore) Load(context.Context) ([]byte, []byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cert == nil {
+		return nil, nil, agent.ErrNoCredential
+	}
+	return m.cert, m.key, nil
+}
+
+func (m *memStore) Save(_ context.Context, cert, key []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cert, m.key = cert, key
+	return nil
+}
+
+func (m *memStore) String() string { return "memory" }
+
+func (m *memStore) clear() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cert, m.key = nil, nil
+}
