@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -393,7 +394,7 @@ func serial(t *testing.T, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c.SerialNumber.Text(16)
+	return hex.EncodeToString(c.SerialNumber.Bytes()) // as the registry lists it
 }
 
 func TestAgentRenewsItsCredentialAndUsesTheNewOne(t *testing.T) {

@@ -275,6 +275,9 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		},
 		FlushInterval: -1,
 		ErrorHandler:  p.forwardError,
+		// A stream cut mid-body (a relay restart, kubectl going away)
+		// is routine: the caller sees the cut; log it quietly, as slog.
+		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
 	srv := &http.Server{
 		Handler:           p.guard(rp),

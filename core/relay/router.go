@@ -261,7 +261,9 @@ func (r *Router) CloseCluster(id string) int {
 	r.mu.Lock()
 	var ss []*tunnel.RelaySession
 	if c := r.clusters[id]; c != nil {
-		ss = append(ss, c.sessions...)
+		// Unrouted at once, not when each session's watcher notices.
+		ss, c.sessions = c.sessions, nil
+		c.lastSeen = r.cfg.Now()
 	}
 	r.mu.Unlock()
 	for _, s := range ss {

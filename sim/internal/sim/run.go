@@ -200,7 +200,7 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 		}()
 	}
 	mon := w.monitorReconnects()
-	w.play(ctx, r, o.Seed, progress)
+	w.play(ctx, r, o.Seed, max(r.Timeline0End(), sc.duration(o)), progress)
 	fmt.Fprintf(progress, "  faults done at %s; checking recovery\n", r.at(time.Now()))
 	r.unrecovered = w.recovery(ctx, cmp.Or(o.RecoverWithin, ReconnectBound))
 	stopTraffic()
@@ -225,8 +225,9 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 	return r, nil
 }
 
-// play injects the timeline's faults at their times and undoes them.
-func (w *World) play(ctx context.Context, r *Result, seed uint64, progress io.Writer) {
+// play injects the timeline's faults at their times and undoes them, and
+// returns once every fault is undone and dur has passed.
+func (w *World) play(ctx context.Context, r *Result, seed uint64, dur time.Duration, progress io.Writer) {
 	var wg sync.WaitGroup
 	var relayMu sync.Mutex // relay faults do not overlap
 	var mu sync.Mutex
@@ -275,7 +276,7 @@ func (w *World) play(ctx context.Context, r *Result, seed uint64, progress io.Wr
 			mu.Unlock()
 		}()
 	}
-	end := r.Start.Add(r.Timeline0End())
+	end := r.Start.Add(dur)
 	wg.Wait()
 	if d := time.Until(end); d > 0 {
 		select {
