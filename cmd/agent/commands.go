@@ -68,7 +68,7 @@ The first start trades a join token (tether-relay cluster create) for a credenti
 	fs.StringVar(&o.transport, "relay-transport", "tcp", "how sessions reach the relay: tcp (the agent endpoint, directly or through HTTPS_PROXY with CONNECT) or websocket (the relay's HTTPS API port, wss://, for egress that passes only HTTP(S)); both carry the same mutual TLS")
 	fs.StringVar(&o.relayCA, "relay-ca", "", "PEM file of the relay's CA, pinned (tether-relay ca prints it) (required)")
 	fs.StringVar(&o.credentialDir, "credential-dir", "/var/lib/tether-agent", "where the agent keeps its key and certificate, unless --credential-secret")
-	fs.StringVar(&o.credentialSecret, "credential-secret", "", "NAMESPACE/NAME of a kubernetes.io/tls Secret that keeps the agent's credential (in-cluster); the agent's service account needs get, create and update on it")
+	fs.StringVar(&o.credentialSecret, "credential-secret", "", "NAMESPACE/NAME of a kubernetes.io/tls Secret that keeps the agent's credential (in-cluster); the agent's service account needs create on secrets, and get and update on this one")
 	fs.StringVar(&o.joinTokenFile, "join-token-file", "", "file holding the join token, used when --credential-dir has no credential (default: $TETHER_JOIN_TOKEN)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the agent's service account (default: in-cluster configuration)")
 	fs.StringVar(&o.authnConfig, "authentication-config", "", "AuthenticationConfiguration (apiserver.config.k8s.io/v1) for callers' tokens (required)")
@@ -94,9 +94,10 @@ func (o *options) run(parent context.Context) error {
 		return err
 	}
 	relayURL, err := url.Parse(o.relayURL)
-	if err != nil || relayURL.Scheme != "https" || relayURL.Hostname() == "" {
-		return fmt.Errorf("--relay %q: want https://host:port", o.relayURL)
+	if err != nil || relayURL.Scheme != "https" || relayURL.Hostname() == "" || strings.Trim(relayURL.Path, "/") != "" || relayURL.RawQuery != "" || relayURL.User != nil {
+		return fmt.Errorf("--relay %q: want https://host:port, with no path, query or user", o.relayURL)
 	}
+	o.relayURL = "https://" + relayURL.Host
 	if o.relayAgentAddr == "" {
 		o.relayAgentAddr = net.JoinHostPort(relayURL.Hostname(), "8444")
 	}

@@ -171,6 +171,24 @@ func (a *Agent) credential(ctx context.Context) (tls.Certificate, error) {
 	if a.cfg.JoinToken == "" || a.cfg.RelayAPI == "" {
 		return tls.Certificate{}, fmt.Errorf("agent: no credential in %s and no join token and relay API to get one: run `tether-relay cluster create %s` and pass the token it prints", store, a.cfg.Cluster)
 	}
+	cert, err := a.join(ctx, store)
+	if err == nil {
+		return cert, nil
+	}
+	// Replicas sharing one Secret race for the one-time token: the loser
+	// uses what the winner stored.
+	if certPEM, keyPEM, lerr := store.Load(ctx); lerr == nil {
+		if c, perr := tls.X509KeyPair(certPEM, keyPEM); perr == nil {
+			a.log.Info("agent: the join was refused, but another replica has stored a credential meanwhile; using it", "store", store.String(), "joinError", err)
+			return c, nil
+		}
+	}
+	return tls.Certificate{}, err
+}
+
+// join trades the join token for a credential with a new key and keeps it
+// in store.
+func (a *Agent) join(ctx context.Context, store CredentialStore) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("agent: generate key: %w", err)
@@ -210,7 +228,7 @@ func (a *Agent) credential(ctx context.Context) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("agent: encode key: %w", err)
 	}
-	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	cert, err := tls.X509KeyPair([]byte(jr.Certificate), keyPEM)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("agent: the relay's certificate does not match the key: %w", err)

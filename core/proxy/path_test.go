@@ -55,6 +55,7 @@ type path struct {
 	router    *relay.Router
 	agent     *agent.Agent
 	agentDir  string
+	agentCfg  agent.Config
 	// agentRan receives what the agent's Run returned.
 	agentRan chan error
 }
@@ -169,7 +170,7 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.agent = a
+	p.agent, p.agentCfg = a, acfg
 	p.agentRan = make(chan error, 1)
 	ran := make(chan error, 1)
 	go func() { err := a.Run(ctx); ran <- err; p.agentRan <- err }()
@@ -446,5 +447,32 @@ func TestAgentRenewsItsCredentialAndUsesTheNewOne(t *testing.T) {
 	}
 	if code, body := p.get(t, "/api/v1/pods"); code != 200 || body["user"] != "alice" {
 		t.Fatalf("after renewal: %d %v", code, body)
+	}
+}
+
+// racyStore says it holds no credential on its first Load, as the Secret
+// looked to a second replica that started with the first.
+type racyStore struct {
+	agent.CredentialStore
+	loads int
+}
+
+func (r *racyStore) Load(ctx context.Context) ([]byte, []byte, error) {
+	if r.loads++; r.loads == 1 {
+		return nil, nil, agent.ErrNoCredential
+	}
+	return r.CredentialStore.Load(ctx)
+}
+
+func TestAgentThatLostTheJoinRaceUsesTheWinnersCredential(t *testing.T) {
+	p := startPath(t, "prod")
+	cfg := p.agentCfg
+	cfg.CredentialDir, cfg.Store = "", &racyStore{CredentialStore: agent.FileStore{Dir: p.agentDir}}
+	if _, err := agent.New(t.Context(), cfg); err != nil {
+		t.Fatalf("a replica whose join lost the race: %v", err)
+	}
+	cfg.Store = &racyStore{CredentialStore: agent.FileStore{Dir: t.TempDir()}} // nothing stored by anyone
+	if _, err := agent.New(t.Context(), cfg); err == nil || !strings.Contains(err.Error(), "join refused") {
+		t.Fatalf("a spent token and no stored credential: %v, want the join's refusal", err)
 	}
 }
