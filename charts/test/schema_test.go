@@ -1,0 +1,118 @@
+package charts
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestWrongValuesAreRefused installs (renders) each chart with one wrong
+// value at a time over valid ones: the install must fail, and the message
+// must name the value (its path, and what is wrong with it).
+func TestWrongValuesAreRefused(t *testing.T) {
+	const schemaErr = "values don't meet the specifications of the schema"
+	tests := []struct {
+		name   string
+		chart  string
+		values string
+		// bare: only these values, not over the required ones.
+		bare bool
+		want []string
+	}{
+		{name: "agent: nothing given", chart: agentChart, bare: true,
+			want: []string{schemaErr, "missing properties 'cluster', 'authenticationConfig'", "at '/relay': missing properties 'url', 'caPEM'"}},
+		{name: "agent: cluster not a DNS label", chart: agentChart, values: "cluster: Prod_1",
+			want: []string{schemaErr, "at '/cluster'", "'Prod_1' does not match pattern"}},
+		{name: "agent: cluster too long", chart: agentChart, values: "cluster: " + strings.Repeat("a", 64),
+			want: []string{"at '/cluster'"}},
+		{name: "agent: relay URL not https", chart: agentChart, values: "relay: {url: 'http://x'}",
+			want: []string{schemaErr, "at '/relay/url'", "'http://x' does not match pattern '^https://"}},
+		{name: "agent: relay URL with a path", chart: agentChart, values: "relay: {url: 'https://relay.example.com/tether/'}",
+			want: []string{"at '/relay/url'"}},
+		{name: "agent: relay CA not PEM", chart: agentChart, values: "relay: {caPEM: relay-ca.pem}",
+			want: []string{"at '/relay/caPEM'", "BEGIN CERTIFICATE"}},
+		{name: "agent: replicas a word", chart: agentChart, values: "replicas: two",
+			want: []string{schemaErr, "at '/replicas'", "got string, want integer"}},
+		{name: "agent: no replica", chart: agentChart, values: "replicas: 0",
+			want: []string{"at '/replicas'", "minimum"}},
+		{name: "agent: unknown key", chart: agentChart, values: "replica: 2",
+			want: []string{schemaErr, "additional properties 'replica' not allowed"}},
+		{name: "agent: unknown nested key", chart: agentChart, values: "egress: {httpProxy: 'http://proxy:3128'}",
+			want: []string{"at '/egress'", "additional properties 'httpProxy' not allowed"}},
+		{name: "agent: unknown transport", chart: agentChart, values: "relay: {transport: quic}",
+			want: []string{"at '/relay/transport'", "'tcp', 'websocket'"}},
+		{name: "agent: extra key not lower case", chart: agentChart, values: "extraImpersonatedExtras: [Example.com/Team]",
+			want: []string{"at '/extraImpersonatedExtras/0'", "'Example.com/Team'"}},
+		{name: "agent: anonymous authentication", chart: agentChart, values: "authenticationConfig: {anonymous: {enabled: true}}",
+			want: []string{"at '/authenticationConfig'", "'anonymous' not allowed"}},
+		{name: "agent: http issuer", chart: agentChart, values: "authenticationConfig: {jwt: [{issuer: {url: 'http://issuer'}, claimMappings: {}}]}",
+			want: []string{"at '/authenticationConfig/jwt/0/issuer/url'", "'http://issuer'"}},
+		{name: "agent: network policy without the API server", chart: agentChart, values: "networkPolicy: {enabled: true, relay: {cidrs: [203.0.113.10/32]}}",
+			want: []string{"at '/networkPolicy/apiServer/cidrs'", "minItems"}},
+		{name: "agent: network policy without the relay", chart: agentChart, values: "networkPolicy: {enabled: true, apiServer: {cidrs: [10.0.0.1/32]}}",
+			want: []string{"networkPolicy.relay.cidrs"}},
+		{name: "agent: CIDR that is not one", chart: agentChart, values: "networkPolicy: {relay: {cidrs: [relay.example.com]}}",
+			want: []string{"at '/networkPolicy/relay/cidrs/0'", "'relay.example.com'"}},
+		{name: "agent: both join token sources", chart: agentChart, values: "joinToken: abc\nexistingJoinTokenSecret: join",
+			want: []string{"joinToken and existingJoinTokenSecret exclude each other"}},
+
+		{name: "relay: nothing given", chart: relayChart, bare: true,
+			want: []string{schemaErr, "missing properties 'hostnames', 'authenticationConfig'"}},
+		{name: "relay: etcd endpoints", chart: relayChart, values: "storage: {etcd: {endpoints: ['https://etcd-0:2379']}}",
+			want: []string{schemaErr, "at '/storage/etcd/endpoints/0'", "etcd is not supported yet"}},
+		{name: "relay: etcd endpoints as a string", chart: relayChart, values: "storage: {etcd: {endpoints: 'https://etcd-0:2379'}}",
+			want: []string{schemaErr, "at '/storage/etcd/endpoints'", "etcd is not supported yet"}},
+		{name: "relay: no hostname", chart: relayChart, values: "hostnames: []",
+			want: []string{"at '/hostnames'", "minItems"}},
+		{name: "relay: hostname with a scheme", chart: relayChart, values: "hostnames: ['https://relay.example.com']",
+			want: []string{"at '/hostnames/0'", "'https://relay.example.com'"}},
+		{name: "relay: replicas", chart: relayChart, values: "replicas: 2",
+			want: []string{"additional properties 'replicas' not allowed"}},
+		{name: "relay: storage size", chart: relayChart, values: "storage: {size: 'ten gigs'}",
+			want: []string{"at '/storage/size'", "'ten gigs'"}},
+		{name: "relay: service type", chart: relayChart, values: "service: {type: Ingress}",
+			want: []string{"at '/service/type'", "must be one of 'ClusterIP', 'NodePort', 'LoadBalancer'"}},
+		{name: "relay: grace period within the drain", chart: relayChart, values: "drainTimeoutSeconds: 60\nterminationGracePeriodSeconds: 60",
+			want: []string{"terminationGracePeriodSeconds (60) must be greater than drainTimeoutSeconds (60)"}},
+		{name: "relay: both TLS sources", chart: relayChart, values: "tls: {existingSecret: mine, certManager: {issuerRef: {name: le}}}",
+			want: []string{"tls.existingSecret and tls.certManager.issuerRef exclude each other"}},
+		{name: "relay: issuer kind without a name", chart: relayChart, values: "tls: {certManager: {issuerRef: {kind: ClusterIssuer}}}",
+			want: []string{"at '/tls/certManager/issuerRef'", "'name'"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			docs := []string{tc.values}
+			if !tc.bare {
+				docs = append([]string{required(t, tc.chart)}, docs...)
+			}
+			_, err := render(t, tc.chart, values(t, docs...))
+			if err == nil {
+				t.Fatalf("installed with %q", tc.values)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not say %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+// TestSecretsStayOutOfErrors checks a refused install does not print the
+// join token, even next to a wrong value.
+func TestSecretsStayOutOfErrors(t *testing.T) {
+	const token = "tok-2b1f9c0e7d"
+	_, err := render(t, agentChart, values(t, agentRequired(t), "joinToken: "+token+"\ncluster: Bad_Name"))
+	if err == nil {
+		t.Fatal("installed with a wrong cluster name")
+	}
+	if strings.Contains(err.Error(), token) {
+		t.Errorf("the error shows the join token: %v", err)
+	}
+}
+
+func required(t *testing.T, chart string) string {
+	if chart == agentChart {
+		return agentRequired(t)
+	}
+	return relayRequired
+}
