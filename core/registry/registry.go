@@ -23,6 +23,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/tether-k8s/tether/core/clusterid"
+	"github.com/tether-k8s/tether/core/policy"
 )
 
 // Errors the registry returns, wrapped with what failed.
@@ -102,6 +103,9 @@ type Cluster struct {
 	// Credentials are the certificates currently valid for the cluster,
 	// oldest first.
 	Credentials []CredentialInfo `json:"credentials,omitempty"`
+	// Policy says which callers the relay lets reach the cluster; the zero
+	// Policy admits no one.
+	Policy policy.Policy `json:"policy,omitzero"`
 }
 
 // CredentialInfo describes one issued certificate.
@@ -316,6 +320,31 @@ func (r *Registry) Clusters() ([]Cluster, error) {
 			return nil
 		})
 	})
+	return out, err
+}
+
+// UpdatePolicy changes a cluster's access policy with fn, validates the
+// result and stores it.
+func (r *Registry) UpdatePolicy(id string, fn func(policy.Policy) (policy.Policy, error)) (policy.Policy, error) {
+	var out policy.Policy
+	err := r.db.Update(func(tx *bolt.Tx) error {
+		c, err := getCluster(tx, id)
+		if err != nil {
+			return err
+		}
+		p, err := fn(c.Policy)
+		if err != nil {
+			return err
+		}
+		if err := p.Validate(); err != nil {
+			return fmt.Errorf("registry: cluster %s: %w", id, err)
+		}
+		c.Policy, out = p, p
+		return putJSON(tx.Bucket(bucketClusters), id, c)
+	})
+	if err == nil {
+		r.log.Info("registry: access policy changed", "cluster", id, "users", len(out.Users), "groups", len(out.Groups), "rules", len(out.Rules))
+	}
 	return out, err
 }
 

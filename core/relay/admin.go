@@ -16,6 +16,7 @@ import (
 
 	"github.com/tether-k8s/tether/core/clusterid"
 	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
 )
 
@@ -27,6 +28,16 @@ type ClusterStatus struct {
 	Credentials int `json:"credentials"`
 	// Sessions is how many agent sessions this relay holds for it now.
 	Sessions int `json:"sessions"`
+	// Grants is how many users, groups and rules its policy lists.
+	Grants int `json:"grants"`
+}
+
+// PolicyChange is the answer to grant and revoke.
+type PolicyChange struct {
+	Cluster string        `json:"cluster"`
+	Policy  policy.Policy `json:"policy"`
+	// Removed is how many entries a revoke removed.
+	Removed int `json:"removed"`
 }
 
 // CreateClusterRequest is the body of POST /v1/admin/clusters.
@@ -54,6 +65,9 @@ type AdminResult struct {
 //	POST   /v1/admin/clusters              create {"name"}; answers the join token
 //	POST   /v1/admin/clusters/{id}/rotate  revoke credentials, end sessions, new join token
 //	DELETE /v1/admin/clusters/{id}         forget the cluster, end its sessions
+//	GET    /v1/admin/clusters/{id}/policy  who may reach the cluster
+//	POST   /v1/admin/clusters/{id}/grant   add users, groups, rules {"users", "groups", "rules"}
+//	POST   /v1/admin/clusters/{id}/revoke  remove them
 //	GET    /v1/admin/ca                    the relay's CA (PEM)
 func (s *Server) AdminHandler() http.Handler {
 	reg, router := s.cfg.Registry, s.cfg.Router
@@ -66,7 +80,8 @@ func (s *Server) AdminHandler() http.Handler {
 		}
 		out := make([]ClusterStatus, 0, len(cs))
 		for _, c := range cs {
-			out = append(out, ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.Credentials), Sessions: router.Sessions(c.ID)})
+			out = append(out, ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.Credentials), Sessions: router.Sessions(c.ID),
+				Grants: len(c.Policy.Users) + len(c.Policy.Groups) + len(c.Policy.Rules)})
 		}
 		writeJSON(w, out)
 	})
@@ -105,6 +120,37 @@ func (s *Server) AdminHandler() http.Handler {
 		s.log.Info("relay: cluster deleted (admin API); its sessions ended", "cluster", id, "sessions", n)
 		writeJSON(w, AdminResult{Cluster: id, SessionsClosed: n})
 	})
+	mux.HandleFunc("GET /v1/admin/clusters/{id}/policy", func(w http.ResponseWriter, r *http.Request) {
+		c, err := reg.Cluster(r.PathValue("id"))
+		if err != nil {
+			adminError(w, err)
+			return
+		}
+		writeJSON(w, PolicyChange{Cluster: c.ID, Policy: c.Policy})
+	})
+	for _, verb := range []string{"grant", "revoke"} {
+		mux.HandleFunc("POST /v1/admin/clusters/{id}/"+verb, func(w http.ResponseWriter, r *http.Request) {
+			var req policy.Policy
+			if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+				kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, `tether: the body is a policy {"users", "groups", "rules"}: `+err.Error())
+				return
+			}
+			id, removed := r.PathValue("id"), 0
+			p, err := reg.UpdatePolicy(id, func(p policy.Policy) (policy.Policy, error) {
+				if verb == "grant" {
+					return p.Add(req), nil
+				}
+				p, removed = p.Remove(req)
+				return p, nil
+			})
+			if err != nil {
+				adminError(w, err)
+				return
+			}
+			s.log.Info("relay: access policy changed (admin API)", "cluster", id, "change", verb, "users", req.Users, "groups", req.Groups, "rules", len(req.Rules))
+			writeJSON(w, PolicyChange{Cluster: id, Policy: p, Removed: removed})
+		})
+	}
 	mux.HandleFunc("GET /v1/admin/ca", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		_, _ = w.Write(reg.CAPEM())
@@ -122,7 +168,7 @@ func adminError(w http.ResponseWriter, err error) {
 		code, reason = http.StatusNotFound, kstatus.ReasonNotFound
 	case errors.Is(err, registry.ErrClusterExists):
 		code, reason = http.StatusConflict, kstatus.ReasonAlreadyExists
-	case errors.Is(err, clusterid.ErrInvalid):
+	case errors.Is(err, clusterid.ErrInvalid), errors.Is(err, policy.ErrInvalid):
 		code, reason = http.StatusBadRequest, kstatus.ReasonBadRequest
 	}
 	kstatus.Write(w, code, reason, "tether: "+err.Error())
@@ -241,6 +287,24 @@ func (a AdminClient) Rotate(ctx context.Context, id string) (AdminResult, error)
 func (a AdminClient) Delete(ctx context.Context, id string) (AdminResult, error) {
 	var out AdminResult
 	return out, a.do(ctx, http.MethodDelete, "/v1/admin/clusters/"+url.PathEscape(id), nil, &out)
+}
+
+// Policy returns a cluster's access policy.
+func (a AdminClient) Policy(ctx context.Context, id string) (PolicyChange, error) {
+	var out PolicyChange
+	return out, a.do(ctx, http.MethodGet, "/v1/admin/clusters/"+url.PathEscape(id)+"/policy", nil, &out)
+}
+
+// Grant adds p's users, groups and rules to a cluster's policy.
+func (a AdminClient) Grant(ctx context.Context, id string, p policy.Policy) (PolicyChange, error) {
+	var out PolicyChange
+	return out, a.do(ctx, http.MethodPost, "/v1/admin/clusters/"+url.PathEscape(id)+"/grant", p, &out)
+}
+
+// Revoke removes p's users, groups and rules from a cluster's policy.
+func (a AdminClient) Revoke(ctx context.Context, id string, p policy.Policy) (PolicyChange, error) {
+	var out PolicyChange
+	return out, a.do(ctx, http.MethodPost, "/v1/admin/clusters/"+url.PathEscape(id)+"/revoke", p, &out)
 }
 
 // CA returns the relay's CA certificate (PEM).

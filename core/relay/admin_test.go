@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/relay"
 	"github.com/tether-k8s/tether/core/tunnel"
 	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
@@ -46,12 +47,27 @@ func TestAdminAPIOverItsSocket(t *testing.T) {
 		}
 	}
 
+	granted, err := a.Grant(ctx, "prod", policy.Policy{Groups: []string{"dev"}, Rules: []string{`user.username == "ci"`}})
+	if err != nil || len(granted.Policy.Groups) != 1 || len(granted.Policy.Rules) != 1 {
+		t.Fatalf("grant: %+v, %v", granted, err)
+	}
+	if _, err := a.Grant(ctx, "prod", policy.Policy{Rules: []string{`user.username`}}); err == nil || !strings.Contains(err.Error(), "not a bool") {
+		t.Fatalf("granting a rule that is not a bool: %v", err)
+	}
+	revoked, err := a.Revoke(ctx, "prod", policy.Policy{Rules: []string{`user.username == "ci"`}})
+	if err != nil || revoked.Removed != 1 || len(revoked.Policy.Rules) != 0 || len(revoked.Policy.Groups) != 1 {
+		t.Fatalf("revoke: %+v, %v", revoked, err)
+	}
+	if got, err := a.Policy(ctx, "prod"); err != nil || strings.Join(got.Policy.Groups, ",") != "dev" {
+		t.Fatalf("policy: %+v, %v", got, err)
+	}
+
 	rs, _ := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
 	if err := h.router.Add(rs); err != nil {
 		t.Fatal(err)
 	}
 	list, err := a.Clusters(ctx)
-	if err != nil || len(list) != 1 || list[0].ID != "prod" || list[0].Sessions != 1 || list[0].Credentials != 1 {
+	if err != nil || len(list) != 1 || list[0].ID != "prod" || list[0].Sessions != 1 || list[0].Credentials != 1 || list[0].Grants != 1 {
 		t.Fatalf("list: %+v, %v; want prod with 1 session and 1 credential", list, err)
 	}
 

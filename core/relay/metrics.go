@@ -16,6 +16,7 @@ const (
 	ResultUnauthorized = "unauthorized"
 	ResultBadRequest   = "bad_request"
 	ResultUnknown      = "unknown_cluster"
+	ResultForbidden    = "forbidden"
 	ResultNotConnected = "not_connected"
 	ResultTooMany      = "too_many_streams"
 	ResultFailed       = "failed"

@@ -22,6 +22,7 @@ import (
 	"github.com/tether-k8s/tether/core/clusterid"
 	"github.com/tether-k8s/tether/core/impersonate"
 	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
@@ -184,9 +185,19 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request) (id string, who 
 		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+why)
 		return "", who, false
 	}
-	if _, err := s.cfg.Registry.Cluster(id); err != nil {
+	c, err := s.cfg.Registry.Cluster(id)
+	if err != nil {
 		s.cfg.Metrics.tunnel(ResultUnknown)
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: "+err.Error())
+		return "", who, false
+	}
+	d, perr := policy.Check(c.Policy, res.Identity)
+	if !d.Allowed {
+		s.cfg.Metrics.tunnel(ResultForbidden)
+		s.log.Warn("relay: caller refused by the cluster's policy", "cluster", id, "user", res.Identity.User, "groups", len(res.Identity.Groups),
+			"client", r.RemoteAddr, "why", d.Why, "ruleErrors", perr)
+		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether: %s may not reach cluster %s: %s (an administrator grants access with: tether-relay cluster grant %s --user|--group|--rule)",
+			res.Identity.User, id, d.Why, id))
 		return "", who, false
 	}
 	return id, res.Identity, true
@@ -214,7 +225,7 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 	}
 	reqID := newID()
 	start := time.Now()
-	st, err := s.cfg.Router.Open(r.Context(), &tunnel.Open{Cluster: id, Request: reqID, Client: r.RemoteAddr})
+	st, err := s.cfg.Router.Open(r.Context(), &tunnel.Open{Cluster: id, Request: reqID, Client: r.RemoteAddr, User: who.User})
 	if err != nil {
 		s.log.Warn("relay: tunnel not opened", "cluster", id, "request", reqID, "error", err)
 		var nc *NotConnectedError

@@ -25,21 +25,44 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
 	"github.com/tether-k8s/tether/core/tunnel"
 	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
 )
 
-const goodToken = "caller-token-0123456789"
+const (
+	goodToken     = "caller-token-0123456789"
+	outsiderToken = "outsider-token-0123456789"
+)
 
 type tokenAuthn struct{}
 
 func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (impersonate.Result, error) {
-	if tok == goodToken {
-		return impersonate.Result{Identity: impersonate.Identity{User: "alice"}}, nil
+	switch tok {
+	case goodToken:
+		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}}, nil
+	case outsiderToken:
+		return impersonate.Result{Identity: impersonate.Identity{User: "mallory", Groups: []string{"contractors"}}}, nil
 	}
 	return impersonate.Result{}, errors.New("oidc: token is expired")
+}
+
+// create creates a cluster that grants group dev (alice), and returns its
+// join token.
+func (h *relayHarness) create(t *testing.T, id string) string {
+	t.Helper()
+	tok, err := h.reg.CreateCluster(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.reg.UpdatePolicy(id, func(p policy.Policy) (policy.Policy, error) {
+		return p.Add(policy.Policy{Groups: []string{"dev"}}), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }
 
 type syncBuffer struct {
@@ -100,9 +123,7 @@ func (h *relayHarness) dialTunnel(t *testing.T, cluster, token string) (net.Conn
 
 func TestTunnelSplicesToTheClustersAgent(t *testing.T) {
 	h := newRelay(t)
-	if _, err := h.reg.CreateCluster("prod"); err != nil {
-		t.Fatal(err)
-	}
+	h.create(t, "prod")
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) {
 		_, _ = io.Copy(st, st) // echo until the caller half-closes
@@ -146,7 +167,8 @@ tether_relay_tunnels_total{result="opened"} 1
 
 func TestTunnelRefusals(t *testing.T) {
 	h := newRelay(t)
-	if _, err := h.reg.CreateCluster("prod"); err != nil {
+	h.create(t, "prod")
+	if _, err := h.reg.CreateCluster("closed"); err != nil { // grants no one
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -159,6 +181,8 @@ func TestTunnelRefusals(t *testing.T) {
 		{"unknown cluster", "staging", goodToken, 404, "unknown cluster"},
 		{"cluster ID %2e%2e", "%2e%2e", goodToken, 400, "invalid cluster ID"},
 		{"cluster ID in upper case", "PROD", goodToken, 400, "invalid cluster ID"},
+		{"a caller the cluster does not grant", "prod", outsiderToken, 403, "mallory may not reach cluster prod"},
+		{"a cluster that grants no one", "closed", goodToken, 403, "grants access to no one"},
 		{"not connected", "prod", goodToken, 503, "not connected"},
 	}
 	for _, tc := range tests {
@@ -175,12 +199,25 @@ func TestTunnelRefusals(t *testing.T) {
 # HELP tether_relay_tunnels_total Callers' tunnel requests, by result.
 # TYPE tether_relay_tunnels_total counter
 tether_relay_tunnels_total{result="bad_request"} 2
+tether_relay_tunnels_total{result="forbidden"} 2
 tether_relay_tunnels_total{result="not_connected"} 1
 tether_relay_tunnels_total{result="unauthorized"} 2
 tether_relay_tunnels_total{result="unknown_cluster"} 1
 `
 		if err := testutil.GatherAndCompare(h.prom, strings.NewReader(want), "tether_relay_tunnels_total"); err != nil {
 			t.Fatal(err)
+		}
+	})
+	t.Run("cluster details refused to whom the cluster does not grant", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", h.api.URL+"/v1/clusters/prod", nil)
+		req.Header.Set("Authorization", "Bearer "+outsiderToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("status %d, want 403", resp.StatusCode)
 		}
 	})
 	t.Run("no upgrade", func(t *testing.T) {
@@ -197,9 +234,7 @@ tether_relay_tunnels_total{result="unknown_cluster"} 1
 
 func TestTunnelRefusesBytesSentBeforeThe101(t *testing.T) {
 	h := newRelay(t)
-	if _, err := h.reg.CreateCluster("prod"); err != nil {
-		t.Fatal(err)
-	}
+	h.create(t, "prod")
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
 	got := make(chan string, 1)
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { b, _ := io.ReadAll(st); got <- string(b) })
@@ -378,9 +413,7 @@ func TestServeAgents(t *testing.T) {
 func echoRelay(t *testing.T) (*relayHarness, *tunnel.AgentSession) {
 	t.Helper()
 	h := newRelay(t)
-	if _, err := h.reg.CreateCluster("prod"); err != nil {
-		t.Fatal(err)
-	}
+	h.create(t, "prod")
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(st, st) })
 	if err := h.router.Add(rs); err != nil {
