@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/tether-k8s/tether/core/clusterid"
+	"github.com/tether-k8s/tether/core/impersonate"
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/relay"
 	"github.com/tether-k8s/tether/core/tunnel"
@@ -399,10 +400,36 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.AgentSession) error {
 		IdleTimeout:       10 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if tc, ok := c.(*tls.Conn); ok {
+				if st, ok := tc.NetConn().(*tunnel.Stream); ok {
+					return context.WithValue(ctx, tunnelUserKey{}, st.Open.User)
+				}
+			}
+			return ctx
+		},
 	}
 	err := srv.Serve(l)
 	_ = srv.Close()
 	return err
+}
+
+type tunnelUserKey struct{}
+
+// AdmitTunnelUser is the impersonate.Config.Admit of an agent: it refuses a
+// request authenticated as another user than the one the relay admitted
+// when it opened the request's tunnel, so a tunnel opened for one user
+// cannot carry another's requests past the relay's access policy. A
+// request on a tunnel whose user the relay did not name is refused.
+func AdmitTunnelUser(r *http.Request, id impersonate.Identity) error {
+	user, ok := r.Context().Value(tunnelUserKey{}).(string)
+	switch {
+	case !ok || user == "":
+		return errors.New("tether: the relay did not say whom this tunnel is for; refusing (upgrade the relay)")
+	case user != id.User:
+		return fmt.Errorf("tether: this tunnel was opened for %s, and the request is %s's: open a new tunnel (tether-proxy does, per token)", user, id.User)
+	}
+	return nil
 }
 
 // Run keeps the agent's sessions open, and its credential renewed, until

@@ -90,6 +90,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Audit receives one line per forwarded request. Nil discards.
 	Audit *slog.Logger
+	// Admit, if not nil, may refuse an authenticated, impersonated caller
+	// (403, with its error as the message) before anything is forwarded:
+	// the agent uses it to keep a tunnel to the user the relay admitted.
+	// It can only narrow access, never widen it.
+	Admit func(r *http.Request, id Identity) error
 	// Observe, if not nil, is called once per request with its status
 	// code (101 for an upgrade) and whether the handler refused it.
 	Observe func(code int, refused bool)
@@ -243,6 +248,11 @@ func (h *Handler) decide(r *http.Request, reqID string) (*plan, Identity, *refus
 	id := res.Identity
 	if err := ValidateIdentity(id, h.cfg.AllowSystemNames); err != nil {
 		return nil, id, refuse(http.StatusForbidden, kstatus.ReasonForbidden, "%v", err)
+	}
+	if h.cfg.Admit != nil {
+		if err := h.cfg.Admit(r, id); err != nil {
+			return nil, id, refuse(http.StatusForbidden, kstatus.ReasonForbidden, "%v", err)
+		}
 	}
 	cred, err := h.cfg.Credential(r.Context())
 	if err != nil || cred == "" {

@@ -560,3 +560,34 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestAdmitNarrowsWhoMayUseTheConnection: the agent binds a tunnel to the
+// user the relay admitted; a request authenticated as anyone else on it is
+// refused before it reaches the API server, and Admit never widens access.
+func TestAdmitNarrowsWhoMayUseTheConnection(t *testing.T) {
+	var calls atomic.Int32
+	h := newHarness(t, func(c *impersonate.Config) {
+		c.Admit = func(_ *http.Request, id impersonate.Identity) error {
+			calls.Add(1)
+			if id.User != "tunnel-owner" {
+				return fmt.Errorf("this tunnel was opened for tunnel-owner, not %s", id.User)
+			}
+			return nil
+		}
+	})
+	resp, _, _ := h.raw(t, get("/api/v1/pods", "Authorization: Bearer "+callerToken))
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("a request by another user than the tunnel's: %d, want 403", resp.StatusCode)
+	}
+	h.up.mu.Lock()
+	n := len(h.up.requests)
+	h.up.mu.Unlock()
+	if n != 0 {
+		t.Fatal("the refused request reached the API server")
+	}
+	// A bad token is refused before Admit is asked.
+	before := calls.Load()
+	if resp, _, _ := h.raw(t, get("/api/v1/pods", "Authorization: Bearer nope")); resp.StatusCode != http.StatusUnauthorized || calls.Load() != before {
+		t.Fatalf("bad token: %d, Admit called %d times; want 401 and Admit not called", resp.StatusCode, calls.Load()-before)
+	}
+}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/tether-k8s/tether/core/agent"
 	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/proxy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
@@ -38,9 +39,14 @@ func (f authnFunc) AuthenticateToken(_ context.Context, t string) (impersonate.R
 	return f(t)
 }
 
+const bobToken = "bob-token-0123456789abcdef"
+
 var callers = authnFunc(func(t string) (impersonate.Result, error) {
-	if t == callerToken {
+	switch t {
+	case callerToken:
 		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}}, nil
+	case bobToken:
+		return impersonate.Result{Identity: impersonate.Identity{User: "bob", Groups: []string{"dev"}}}, nil
 	}
 	return impersonate.Result{}, errors.New("unknown token")
 })
@@ -58,6 +64,10 @@ type path struct {
 	agentCfg  agent.Config
 	// agentRan receives what the agent's Run returned.
 	agentRan chan error
+	// token is the caller's token the proxy presents; tests may change it.
+	token    atomic.Value
+	relayURL string
+	relayCA  *x509.CertPool
 }
 
 // pathOption adjusts the relay's registry or the agent before they start:
@@ -151,9 +161,16 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 	if _, err := reg.CreateCluster("staging"); err != nil {
 		t.Fatal(err)
 	}
+	for _, id := range []string{"prod", "staging"} {
+		if _, err := reg.UpdatePolicy(id, func(p policy.Policy) (policy.Policy, error) {
+			return p.Add(policy.Policy{Groups: []string{"dev"}}), nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	upstream, _ := url.Parse(p.apiserver.URL)
 	h, err := impersonate.New(impersonate.Config{
-		Upstream: upstream, Transport: p.apiserver.Client().Transport, Authenticator: callers,
+		Upstream: upstream, Transport: p.apiserver.Client().Transport, Authenticator: callers, Admit: agent.AdmitTunnelUser,
 		Credential: func(context.Context) (string, error) { return "agent-sa-token", nil },
 	})
 	if err != nil {
@@ -184,8 +201,10 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 	}
 
 	// The proxy for the requested cluster.
+	p.token.Store(callerToken)
+	p.relayURL, p.relayCA = api.URL, relayCA
 	p.proxy, err = proxy.New(ctx, proxy.Config{RelayURL: api.URL, RelayCA: relayCA, Cluster: cluster,
-		Token: func() (string, error) { return callerToken, nil }, Listen: "127.0.0.1:0"})
+		Token: func() (string, error) { return p.token.Load().(string), nil }, Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -474,5 +493,48 @@ func TestAgentThatLostTheJoinRaceUsesTheWinnersCredential(t *testing.T) {
 	cfg.Store = &racyStore{CredentialStore: agent.FileStore{Dir: t.TempDir()}} // nothing stored by anyone
 	if _, err := agent.New(t.Context(), cfg); err == nil || !strings.Contains(err.Error(), "join refused") {
 		t.Fatalf("a spent token and no stored credential: %v, want the join's refusal", err)
+	}
+}
+
+// TestATunnelCarriesOnlyItsOwnUsersRequests: the relay admitted alice's
+// tunnel; bob's token on it is refused by the agent, so nobody rides a
+// tunnel past the relay's access policy.
+func TestATunnelCarriesOnlyItsOwnUsersRequests(t *testing.T) {
+	p := startPath(t, "prod")
+	u, _ := url.Parse(p.relayURL)
+	raw, err := tls.Dial("tcp", u.Host, &tls.Config{RootCAs: p.relayCA, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	_ = raw.SetDeadline(time.Now().Add(10 * time.Second))
+	conn, err := relay.DialTunnel(raw, u.Host, "prod", callerToken) // admitted as alice
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentTLS := tls.Client(conn, &tls.Config{RootCAs: p.relayCA, ServerName: "prod", InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}) // the agent's name is checked by the proxy; here only the refusal matters
+	br := bufio.NewReader(agentTLS)
+	for _, tc := range []struct {
+		token string
+		code  int
+	}{{callerToken, 200}, {bobToken, 403}, {callerToken, 200}} {
+		_, _ = io.WriteString(agentTLS, "GET /api/v1/pods HTTP/1.1\r\nHost: cluster.tether\r\nAuthorization: Bearer "+tc.token+"\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Fatalf("token %s… on alice's tunnel: %d %s, want %d", tc.token[:4], resp.StatusCode, body, tc.code)
+		}
+		if tc.code == 403 && !strings.Contains(string(body), "opened for alice") {
+			t.Fatalf("refusal: %s", body)
+		}
+	}
+	// Through the proxy, a new token gets a tunnel of its own: bob gets in.
+	p.token.Store(bobToken)
+	if code, body := p.get(t, "/api/v1/pods"); code != 200 || body["user"] != "bob" {
+		t.Fatalf("bob through the proxy after alice: %d %v", code, body)
 	}
 }

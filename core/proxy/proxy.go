@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -20,6 +21,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -266,13 +268,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 				pr.Out.Header.Set("Authorization", "Bearer "+tok)
 			}
 		},
-		Transport: &http.Transport{
-			DialTLSContext:        p.dialCluster,
-			ForceAttemptHTTP2:     false,
-			MaxIdleConnsPerHost:   16,
-			IdleConnTimeout:       90 * time.Second,
-			ResponseHeaderTimeout: 0, // watches and logs -f answer late and stream
-		},
+		Transport:     &perToken{p: p},
 		FlushInterval: -1,
 		ErrorHandler:  p.forwardError,
 		// A stream cut mid-body (a relay restart, kubectl going away)
@@ -339,11 +335,57 @@ func (p *Proxy) guard(next http.Handler) http.Handler {
 
 // dialCluster opens a tunnel through the relay and speaks TLS to the agent
 // inside it, checking the agent is the cluster's.
-func (p *Proxy) dialCluster(ctx context.Context, _, _ string) (net.Conn, error) {
-	tok, err := p.cfg.Token()
-	if err != nil {
-		return nil, fmt.Errorf("read the caller's token: %w", err)
+// perToken keeps one pool of tunnels per caller token: the relay admits a
+// tunnel for the token that opened it, and the agent refuses requests of
+// anyone else on it, so a new token (a refresh, another user) gets tunnels
+// of its own. The newest few pools are kept; older ones close when idle.
+type perToken struct {
+	p     *Proxy
+	mu    sync.Mutex
+	pools []tokenPool
+}
+
+type tokenPool struct {
+	key [32]byte
+	tr  *http.Transport
+}
+
+// maxTokenPools is how many tokens' tunnels are kept.
+const maxTokenPools = 4
+
+func (t *perToken) RoundTrip(r *http.Request) (*http.Response, error) {
+	tok, _ := r.Context().Value(tokenKey{}).(string)
+	key := sha256.Sum256([]byte(tok))
+	t.mu.Lock()
+	var tr *http.Transport
+	for i, pl := range t.pools {
+		if pl.key == key {
+			tr = pl.tr
+			t.pools = append(append(t.pools[:i:i], t.pools[i+1:]...), pl) // newest last
+			break
+		}
 	}
+	if tr == nil {
+		tr = &http.Transport{
+			DialTLSContext:        func(ctx context.Context, _, _ string) (net.Conn, error) { return t.p.dialCluster(ctx, tok) },
+			ForceAttemptHTTP2:     false,
+			MaxIdleConnsPerHost:   16,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: 0, // watches and logs -f answer late and stream
+		}
+		t.pools = append(t.pools, tokenPool{key: key, tr: tr})
+		if len(t.pools) > maxTokenPools {
+			t.pools[0].tr.CloseIdleConnections()
+			t.pools = t.pools[1:]
+		}
+	}
+	t.mu.Unlock()
+	return tr.RoundTrip(r)
+}
+
+// dialCluster opens a tunnel to the cluster through the relay with tok,
+// and TLS to the agent inside it.
+func (p *Proxy) dialCluster(ctx context.Context, tok string) (net.Conn, error) {
 	host, _, _ := net.SplitHostPort(p.relayHost)
 	tcp, err := p.dial(ctx, "tcp", p.relayHost)
 	if err != nil {

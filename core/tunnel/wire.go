@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tether-k8s/tether/core/clusterid"
 )
@@ -132,6 +133,10 @@ type Open struct {
 	Request string `json:"request"`
 	// Client is the caller's address as the relay saw it.
 	Client string `json:"client"`
+	// User is the user the relay authenticated and admitted when it opened
+	// the tunnel. The agent still authenticates every request itself, and
+	// refuses one authenticated as anyone else: it narrows, never grants.
+	User string `json:"user,omitempty"`
 }
 
 // OpenReply is the agent's answer to Open. After an OK reply the stream
@@ -238,6 +243,9 @@ func (o *Open) Validate() error {
 	}
 	if o.Client == "" || !textRE.MatchString(o.Client) {
 		return invalid(FrameOpen, "client: want printable ASCII, 1 to 512 bytes")
+	}
+	if len(o.User) > 1024 || strings.ContainsAny(o.User, "\r\n\x00") || !utf8.ValidString(o.User) {
+		return invalid(FrameOpen, "user: want UTF-8 without control characters, at most 1024 bytes")
 	}
 	return nil
 }
