@@ -131,7 +131,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 	It("lets RBAC decide: a user bound to one namespace is allowed there and forbidden elsewhere", func(ctx SpecContext) {
 		mine := namespaceFor(ctx, "team-a", "edit")
 		other := namespaceFor(ctx, "team-b", "edit")
-		asUser("alice", "team-a")
+		asUser("alice", stack.GrantedGroup)
 		mustViaTether(ctx, nil, "create", "configmap", "mine", "-n", mine, "--from-literal=k=v")
 		out, err := viaTether(ctx, nil, "get", "configmaps", "-n", other)
 		Expect(err).To(HaveOccurred())
@@ -193,6 +193,27 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		GinkgoWriter.Printf("egress to the agent endpoint dropped %d packets; the agent used the API port's WebSocket\n", dropped)
 	})
 
+	It("refuses, at the relay, a valid user the cluster does not grant; a grant lets them in at once", func(ctx SpecContext) {
+		asUser("mallory", "contractors")
+		out, err := viaTether(ctx, nil, "get", "pods", "-n", ns)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("oidc:mallory may not reach cluster " + lc.Name()))
+		relayCmd := func(ctx context.Context, args ...string) {
+			GinkgoHelper()
+			b, err := ts.RelayCommand(ctx, args...).CombinedOutput()
+			Expect(err).NotTo(HaveOccurred(), "tether-relay %s:\n%s", strings.Join(args, " "), b)
+		}
+		relayCmd(ctx, "cluster", "grant", lc.Name(), "--rule", `user.username == "oidc:mallory"`)
+		DeferCleanup(func(ctx SpecContext) {
+			relayCmd(ctx, "cluster", "revoke", lc.Name(), "--rule", `user.username == "oidc:mallory"`)
+		})
+		// Admitted by the relay; the cluster's RBAC grants mallory nothing.
+		out, err = viaTether(ctx, nil, "get", "pods", "-n", ns)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring(`User "oidc:mallory" cannot list resource "pods"`))
+		Expect(out).NotTo(ContainSubstring("may not reach"))
+	})
+
 	It("manages clusters on the running relay, through its admin socket", func(ctx SpecContext) {
 		relayCmd := func(args ...string) string {
 			GinkgoHelper()
@@ -200,9 +221,9 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 			Expect(err).NotTo(HaveOccurred(), "tether-relay %s:\n%s", strings.Join(args, " "), out)
 			return string(out)
 		}
-		Expect(relayCmd("cluster", "list")).To(MatchRegexp(`(?m)^`+lc.Name()+`\s+\S+\s+[1-9]\s+2$`), "the cluster, its credential and its 2 live sessions")
+		Expect(relayCmd("cluster", "list")).To(MatchRegexp(`(?m)^`+lc.Name()+`\s+\S+\s+[1-9]\s+2\s+2$`), "the cluster, its credential, 2 grants and its 2 live sessions")
 		Expect(relayCmd("cluster", "create", "extra")).To(MatchRegexp(`tether-join\.\S+`))
-		Expect(relayCmd("cluster", "list")).To(MatchRegexp(`(?m)^extra\s+\S+\s+0\s+0$`))
+		Expect(relayCmd("cluster", "list")).To(MatchRegexp(`(?m)^extra\s+\S+\s+0\s+0\s+0$`))
 		Expect(relayCmd("cluster", "delete", "extra")).To(ContainSubstring("0 live agent session(s) ended"))
 		Expect(relayCmd("cluster", "list")).NotTo(ContainSubstring("extra"))
 	})

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/tether-k8s/tether/cmd/internal/cli"
 	"github.com/tether-k8s/tether/core/authn"
+	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
 )
@@ -88,6 +90,9 @@ type admin interface {
 	Rotate(ctx context.Context, name string) (relay.AdminResult, error)
 	Delete(ctx context.Context, name string) (relay.AdminResult, error)
 	Clusters(ctx context.Context) ([]relay.ClusterStatus, error)
+	Policy(ctx context.Context, name string) (relay.PolicyChange, error)
+	Grant(ctx context.Context, name string, p policy.Policy) (relay.PolicyChange, error)
+	Revoke(ctx context.Context, name string, p policy.Policy) (relay.PolicyChange, error)
 	CA(ctx context.Context) ([]byte, error)
 	// Live says whether this is a running relay (session counts are known).
 	Live() bool
@@ -115,11 +120,29 @@ func (f fileAdmin) Clusters(context.Context) ([]relay.ClusterStatus, error) {
 	cs, err := f.reg.Clusters()
 	out := make([]relay.ClusterStatus, 0, len(cs))
 	for _, c := range cs {
-		out = append(out, relay.ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.Credentials)})
+		out = append(out, relay.ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.Credentials),
+			Grants: len(c.Policy.Users) + len(c.Policy.Groups) + len(c.Policy.Rules)})
 	}
 	return out, err
 }
 func (f fileAdmin) CA(context.Context) ([]byte, error) { return f.reg.CAPEM(), nil }
+func (f fileAdmin) Policy(_ context.Context, name string) (relay.PolicyChange, error) {
+	c, err := f.reg.Cluster(name)
+	return relay.PolicyChange{Cluster: name, Policy: c.Policy}, err
+}
+func (f fileAdmin) Grant(_ context.Context, name string, add policy.Policy) (relay.PolicyChange, error) {
+	p, err := f.reg.UpdatePolicy(name, func(p policy.Policy) (policy.Policy, error) { return p.Add(add), nil })
+	return relay.PolicyChange{Cluster: name, Policy: p}, err
+}
+func (f fileAdmin) Revoke(_ context.Context, name string, drop policy.Policy) (relay.PolicyChange, error) {
+	n := 0
+	p, err := f.reg.UpdatePolicy(name, func(p policy.Policy) (policy.Policy, error) {
+		var q policy.Policy
+		q, n = p.Remove(drop)
+		return q, nil
+	})
+	return relay.PolicyChange{Cluster: name, Policy: p, Removed: n}, err
+}
 
 func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
 	c := &cobra.Command{Use: "cluster", Short: "Create, list, rotate and delete clusters (on the running relay, or on --data)"}
@@ -135,7 +158,8 @@ func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s\n", res.JoinToken)
-				fmt.Fprintf(cmd.ErrOrStderr(), "cluster %s created. Give the token above to its agent (--join-token-file); it is shown only once and expires in 24h.\n", args[0])
+				fmt.Fprintf(cmd.ErrOrStderr(), "cluster %s created. Give the token above to its agent (--join-token-file); it is shown only once and expires in 24h.\n"+
+					"No one may reach the cluster until you grant access: tether-relay cluster grant %s --group GROUP (or --user, --rule).\n", args[0], args[0])
 				return nil
 			})
 		},
@@ -165,33 +189,110 @@ func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
 					return err
 				}
 				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "NAME\tCREATED\tCREDENTIALS\tSESSIONS")
+				fmt.Fprintln(w, "NAME\tCREATED\tCREDENTIALS\tGRANTS\tSESSIONS")
 				for _, c := range cs {
 					sessions := "-"
 					if a.Live() {
 						sessions = fmt.Sprint(c.Sessions)
 					}
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", c.ID, c.CreatedAt.Format(time.RFC3339), c.Credentials, sessions)
+					fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\n", c.ID, c.CreatedAt.Format(time.RFC3339), c.Credentials, c.Grants, sessions)
 				}
 				return w.Flush()
 			})
 		},
-	}, &cobra.Command{
-		Use:   "delete NAME",
-		Short: "Delete a cluster: its agents' credentials stop working and its sessions end",
-		Args:  cobra.ExactArgs(1),
+	}, policyCommand("grant", "Let users, groups, or callers matching a CEL rule reach a cluster", withAdmin),
+		policyCommand("revoke", "Remove users, groups or rules from a cluster's access policy", withAdmin),
+		&cobra.Command{
+			Use:   "policy NAME",
+			Short: "Show who may reach a cluster",
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return withAdmin(func(a admin) error {
+					res, err := a.Policy(cmd.Context(), args[0])
+					if err != nil {
+						return err
+					}
+					printPolicy(cmd.OutOrStdout(), res.Policy)
+					return nil
+				})
+			},
+		}, &cobra.Command{
+			Use:   "delete NAME",
+			Short: "Delete a cluster: its agents' credentials stop working and its sessions end",
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return withAdmin(func(a admin) error {
+					res, err := a.Delete(cmd.Context(), args[0])
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.ErrOrStderr(), "cluster %s deleted%s.\n", args[0], sessionsNote(a, res))
+					return nil
+				})
+			},
+		})
+	return c
+}
+
+// policyCommand is grant or revoke: the same flags, adding or removing.
+func policyCommand(verb, short string, withAdmin func(func(admin) error) error) *cobra.Command {
+	var p policy.Policy
+	c := &cobra.Command{
+		Use:   verb + " NAME (--user USER | --group GROUP | --rule CEL)...",
+		Short: short,
+		Long: short + `.
+
+Names are the mapped user and group names your authentication configuration produces (with their
+prefixes, e.g. oidc:alice). A rule is a CEL expression over user.username, user.uid, user.groups and
+user.extra (the extras claimMappings produce), e.g. for a CI pipeline:
+  --rule 'user.extra["example.com/repository"] == ["org/app"]'
+A cluster admits a caller that any entry names; a cluster with no entry admits no one. The agent still
+authenticates every caller itself, and the cluster's RBAC decides what they may do.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if p.Empty() {
+				return fmt.Errorf("%s: name at least one --user, --group or --rule", verb)
+			}
 			return withAdmin(func(a admin) error {
-				res, err := a.Delete(cmd.Context(), args[0])
+				change := a.Grant
+				if verb == "revoke" {
+					change = a.Revoke
+				}
+				res, err := change(cmd.Context(), args[0], p)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "cluster %s deleted%s.\n", args[0], sessionsNote(a, res))
+				if verb == "revoke" && res.Removed == 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "nothing to revoke: the policy of %s names none of those\n", args[0])
+				}
+				printPolicy(cmd.OutOrStdout(), res.Policy)
+				if verb == "revoke" {
+					fmt.Fprintln(cmd.ErrOrStderr(), "New tunnels are refused from now on; a tunnel already open runs until it closes.")
+				}
 				return nil
 			})
 		},
-	})
+	}
+	c.Flags().StringArrayVar(&p.Users, "user", nil, "a mapped user name (repeatable)")
+	c.Flags().StringArrayVar(&p.Groups, "group", nil, "a mapped group name (repeatable)")
+	c.Flags().StringArrayVar(&p.Rules, "rule", nil, "a CEL expression over user (repeatable)")
 	return c
+}
+
+func printPolicy(w io.Writer, p policy.Policy) {
+	if p.Empty() {
+		fmt.Fprintln(w, "no one may reach this cluster")
+		return
+	}
+	for _, u := range p.Users {
+		fmt.Fprintf(w, "user\t%s\n", u)
+	}
+	for _, g := range p.Groups {
+		fmt.Fprintf(w, "group\t%s\n", g)
+	}
+	for _, r := range p.Rules {
+		fmt.Fprintf(w, "rule\t%s\n", r)
+	}
 }
 
 func sessionsNote(a admin, res relay.AdminResult) string {
