@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +20,12 @@ import (
 	"github.com/tether-k8s/tether/fixtures/cluster"
 	"github.com/tether-k8s/tether/fixtures/stack"
 )
+
+// readFile returns a file's content, or "" if it cannot be read.
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
 
 // viaTether runs the real kubectl on the laptop, through tether-proxy, the
 // relay and the agent, and returns its combined output and error.
@@ -212,6 +222,57 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		Expect(err).To(HaveOccurred())
 		Expect(out).To(ContainSubstring(`User "oidc:mallory" cannot list resource "pods"`))
 		Expect(out).NotTo(ContainSubstring("may not reach"))
+	})
+
+	It("links the relay's, the agent's and the API server's audit lines by one request ID, and logs no token", func(ctx SpecContext) {
+		mustViaTether(ctx, nil, "get", "configmaps", "-n", ns, "-o", "name")
+		path := "/api/v1/namespaces/" + ns + "/configmaps"
+		var reqID string
+		Eventually(func() string {
+			m := regexp.MustCompile(`msg="impersonate: request" audit=true requestID=(\S+) user=oidc:demo-user .*path=` + regexp.QuoteMeta(path) + ` `).
+				FindAllStringSubmatch(readFile(ts.LogFile("agent")), -1)
+			if len(m) == 0 {
+				return ""
+			}
+			reqID = m[len(m)-1][1]
+			return reqID
+		}).WithTimeout(10*time.Second).ShouldNot(BeEmpty(), "the agent's audit line for %s", path)
+		tunnelID, _, ok := strings.Cut(reqID, ".")
+		Expect(ok).To(BeTrue(), "request ID %q is <tunnel>.<n>", reqID)
+		Expect(readFile(ts.LogFile("relay"))).To(MatchRegexp(`msg="relay: tunnel opened" audit=true request=`+tunnelID+` cluster=`+lc.Name()+` user=oidc:demo-user`))
+
+		// The API server's own audit log names the agent's service account,
+		// impersonating the caller, with the same request ID as an extra.
+		type event struct {
+			User             struct{ Username string } `json:"user"`
+			ImpersonatedUser *struct {
+				Username string              `json:"username"`
+				Extra    map[string][]string `json:"extra"`
+			} `json:"impersonatedUser"`
+			RequestURI string `json:"requestURI"`
+		}
+		Eventually(func() error {
+			for _, line := range strings.Split(readFile(lc.AuditLog()), "\n") {
+				var e event
+				if json.Unmarshal([]byte(line), &e) != nil || e.ImpersonatedUser == nil {
+					continue
+				}
+				if slices.Contains(e.ImpersonatedUser.Extra["tether.io/request-id"], reqID) {
+					if e.User.Username != "system:serviceaccount:tether-system:tether-agent" || e.ImpersonatedUser.Username != "oidc:demo-user" ||
+						!strings.HasPrefix(e.RequestURI, path) {
+						return fmt.Errorf("audit event for %s: %+v", reqID, e)
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("no API server audit event with tether.io/request-id %s", reqID)
+		}).WithTimeout(10 * time.Second).Should(Succeed())
+
+		tok, err := os.ReadFile(ts.UserTokenFile())
+		Expect(err).NotTo(HaveOccurred())
+		for _, name := range []string{"relay", "agent", "proxy"} {
+			Expect(readFile(ts.LogFile(name))).NotTo(ContainSubstring(strings.TrimSpace(string(tok))), "the caller's token in the %s log", name)
+		}
 	})
 
 	It("manages clusters on the running relay, through its admin socket", func(ctx SpecContext) {

@@ -161,9 +161,10 @@ func (o *options) run(parent context.Context) error {
 		return err
 	}
 	handler, err := impersonate.New(impersonate.Config{
-		Observe:  metrics.Observe,
-		Admit:    agent.AdmitTunnelUser,
-		Upstream: upstream, Transport: transport, Credential: credential,
+		Observe:   metrics.Observe,
+		Admit:     agent.AdmitTunnelUser,
+		RequestID: agent.TunnelRequestID,
+		Upstream:  upstream, Transport: transport, Credential: credential,
 		Authenticator:    authn.ServiceAccountPassthrough(o.saIssuers, 0, oidcAuthn),
 		AllowSystemNames: o.allowSystemNames, Logger: log, Audit: log.With("audit", true),
 	})

@@ -403,7 +403,7 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.AgentSession) error {
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := c.(*tls.Conn); ok {
 				if st, ok := tc.NetConn().(*tunnel.Stream); ok {
-					return context.WithValue(ctx, tunnelUserKey{}, st.Open.User)
+					return context.WithValue(ctx, tunnelKey{}, &tunnelInfo{user: st.Open.User, id: st.Open.Request})
 				}
 			}
 			return ctx
@@ -414,7 +414,13 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.AgentSession) error {
 	return err
 }
 
-type tunnelUserKey struct{}
+type tunnelKey struct{}
+
+// tunnelInfo is what the relay said about a request's tunnel.
+type tunnelInfo struct {
+	user, id string
+	n        atomic.Int64
+}
 
 // AdmitTunnelUser is the impersonate.Config.Admit of an agent: it refuses a
 // request authenticated as another user than the one the relay admitted
@@ -422,14 +428,26 @@ type tunnelUserKey struct{}
 // cannot carry another's requests past the relay's access policy. A
 // request on a tunnel whose user the relay did not name is refused.
 func AdmitTunnelUser(r *http.Request, id impersonate.Identity) error {
-	user, ok := r.Context().Value(tunnelUserKey{}).(string)
+	t, _ := r.Context().Value(tunnelKey{}).(*tunnelInfo)
 	switch {
-	case !ok || user == "":
+	case t == nil || t.user == "":
 		return errors.New("tether: the relay did not say whom this tunnel is for; refusing (upgrade the relay)")
-	case user != id.User:
-		return fmt.Errorf("tether: this tunnel was opened for %s, and the request is %s's: open a new tunnel (tether-proxy does, per token)", user, id.User)
+	case t.user != id.User:
+		return fmt.Errorf("tether: this tunnel was opened for %s, and the request is %s's: open a new tunnel (tether-proxy does, per token)", t.user, id.User)
 	}
 	return nil
+}
+
+// TunnelRequestID is the impersonate.Config.RequestID of an agent: the
+// relay's ID of the request's tunnel (its audit line's "request"), a dot,
+// and the request's number on that tunnel, so the relay's, the agent's and
+// the API server's audit lines link up.
+func TunnelRequestID(r *http.Request) string {
+	t, _ := r.Context().Value(tunnelKey{}).(*tunnelInfo)
+	if t == nil || t.id == "" {
+		return ""
+	}
+	return fmt.Sprintf("%s.%d", t.id, t.n.Add(1))
 }
 
 // Run keeps the agent's sessions open, and its credential renewed, until

@@ -95,6 +95,12 @@ type Config struct {
 	// the agent uses it to keep a tunnel to the user the relay admitted.
 	// It can only narrow access, never widen it.
 	Admit func(r *http.Request, id Identity) error
+	// RequestID, if not nil, names each request for the audit lines and
+	// the tether.io/request-id extra (the agent derives it from the
+	// relay's tunnel ID, so the relay's, the agent's and the API server's
+	// audit lines link up). It must return 1 to 128 of A-Za-z0-9._-;
+	// otherwise, or when nil, a random ID is used.
+	RequestID func(r *http.Request) string
 	// Observe, if not nil, is called once per request with its status
 	// code (101 for an upgrade) and whether the handler refused it.
 	Observe func(code int, refused bool)
@@ -205,7 +211,13 @@ func refuse(code int, reason, format string, args ...any) *refusal {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	reqID := newRequestID()
+	reqID := ""
+	if h.cfg.RequestID != nil {
+		reqID = h.cfg.RequestID(r)
+	}
+	if !requestIDRE.MatchString(reqID) {
+		reqID = newRequestID()
+	}
 	log := h.log.With("requestID", reqID, "verb", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
 
 	p, who, ref := h.decide(r, reqID)
@@ -560,6 +572,8 @@ func (r *recorder) status() int {
 	}
 	return r.code
 }
+
+var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
 func newRequestID() string {
 	b := make([]byte, 16)

@@ -170,7 +170,7 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 	}
 	upstream, _ := url.Parse(p.apiserver.URL)
 	h, err := impersonate.New(impersonate.Config{
-		Upstream: upstream, Transport: p.apiserver.Client().Transport, Authenticator: callers, Admit: agent.AdmitTunnelUser,
+		Upstream: upstream, Transport: p.apiserver.Client().Transport, Authenticator: callers, Admit: agent.AdmitTunnelUser, RequestID: agent.TunnelRequestID,
 		Credential: func(context.Context) (string, error) { return "agent-sa-token", nil },
 	})
 	if err != nil {

@@ -258,6 +258,7 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.cfg.Metrics.tunnel(ResultOpened)
+	s.audit.Info("relay: tunnel opened", "request", reqID, "cluster", id, "user", who.User, "client", r.RemoteAddr)
 	in, out := splice(conn, st)
 	s.cfg.Metrics.spliced(in, out)
 	s.audit.Info("relay: tunnel", "request", reqID, "cluster", id, "user", who.User, "client", r.RemoteAddr,

@@ -298,7 +298,7 @@ func (w *World) StartAgent(ctx context.Context, c *Cluster, i int) error {
 		return err
 	}
 	upstream, _ := url.Parse("http://" + apiHost(c.ID) + ":6443")
-	h, err := impersonate.New(impersonate.Config{Upstream: upstream, Transport: &http.Transport{DialContext: dial}, Admit: agent.AdmitTunnelUser,
+	h, err := impersonate.New(impersonate.Config{Upstream: upstream, Transport: &http.Transport{DialContext: dial}, Admit: agent.AdmitTunnelUser, RequestID: agent.TunnelRequestID,
 		Credential: func(context.Context) (string, error) { return saToken(c.ID), nil }, Authenticator: au, Logger: w.log})
 	if err != nil {
 		cancel()
