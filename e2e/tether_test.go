@@ -229,7 +229,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		path := "/api/v1/namespaces/" + ns + "/configmaps"
 		var reqID string
 		Eventually(func() string {
-			m := regexp.MustCompile(`msg="impersonate: request" audit=true requestID=(\S+) user=oidc:demo-user .*path=` + regexp.QuoteMeta(path) + ` `).
+			m := regexp.MustCompile(`msg="impersonate: request" audit=true requestID=(\S+) user=oidc:demo-user .*path=`+regexp.QuoteMeta(path)+` `).
 				FindAllStringSubmatch(readFile(ts.LogFile("agent")), -1)
 			if len(m) == 0 {
 				return ""
@@ -239,7 +239,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		}).WithTimeout(10*time.Second).ShouldNot(BeEmpty(), "the agent's audit line for %s", path)
 		tunnelID, _, ok := strings.Cut(reqID, ".")
 		Expect(ok).To(BeTrue(), "request ID %q is <tunnel>.<n>", reqID)
-		Expect(readFile(ts.LogFile("relay"))).To(MatchRegexp(`msg="relay: tunnel opened" audit=true request=`+tunnelID+` cluster=`+lc.Name()+` user=oidc:demo-user`))
+		Expect(readFile(ts.LogFile("relay"))).To(MatchRegexp(`msg="relay: tunnel opened" audit=true request=` + tunnelID + ` cluster=` + lc.Name() + ` user=oidc:demo-user`))
 
 		// The API server's own audit log names the agent's service account,
 		// impersonating the caller, with the same request ID as an extra.
