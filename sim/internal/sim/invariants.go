@@ -22,6 +22,9 @@ const (
 	// goroutineSlack is how many goroutines may outlive a run (the
 	// runtime's and the test framework's own come and go).
 	goroutineSlack = 25
+	// heapSlack is how much more heap may be in use after a run than
+	// before it.
+	heapSlack = 64 << 20
 )
 
 // Invariant is one property checked on a run's record afterwards.
@@ -152,12 +155,17 @@ func checkReconnect(r *Result) []string {
 // checkRecovers: once every fault is undone, every client gets through.
 func checkRecovers(r *Result) []string { return r.unrecovered }
 
-// checkLeak: the run's goroutines are gone once the world is closed.
+// checkLeak: the run's goroutines are gone once the world is closed, and
+// its heap with them (within heapSlack: caches and pools stay).
 func checkLeak(r *Result) []string {
+	var out []string
 	if r.GoroutinesAfter > r.GoroutinesBefore+goroutineSlack {
-		return []string{fmt.Sprintf("%d goroutines before the run, %d after it ended:\n%s", r.GoroutinesBefore, r.GoroutinesAfter, r.leakDump)}
+		out = append(out, fmt.Sprintf("%d goroutines before the run, %d after it ended:\n%s", r.GoroutinesBefore, r.GoroutinesAfter, r.leakDump))
 	}
-	return nil
+	if r.HeapAfter > r.HeapBefore+heapSlack {
+		out = append(out, fmt.Sprintf("heap in use %d MiB before the run, %d MiB after the world was closed", r.HeapBefore>>20, r.HeapAfter>>20))
+	}
+	return out
 }
 
 // percentile returns the p-th percentile (0 to 1) of ds.

@@ -72,6 +72,7 @@ type Result struct {
 	Violations                        map[string][]string
 	Held                              []string
 	GoroutinesBefore, GoroutinesAfter int
+	HeapBefore, HeapAfter             uint64
 
 	clientCluster []string
 	unrecovered   []string
@@ -166,7 +167,7 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 		return nil, fmt.Errorf("sim: work directory: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	r := &Result{Scenario: sc.Name, Seed: o.Seed, Violations: map[string][]string{}, GoroutinesBefore: runtime.NumGoroutine()}
+	r := &Result{Scenario: sc.Name, Seed: o.Seed, Violations: map[string][]string{}, GoroutinesBefore: runtime.NumGoroutine(), HeapBefore: heapInUse()}
 	r.Timeline = sc.Timeline(o.Seed, o)
 	for _, e := range r.Timeline {
 		if _, ok := Faults[e.Fault]; !ok {
@@ -215,6 +216,7 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 		fmt.Fprintf(progress, "  closing the world: %v\n", err)
 	}
 	r.GoroutinesAfter, r.leakDump = settle(r.GoroutinesBefore + goroutineSlack)
+	r.HeapAfter = heapInUse()
 	for _, inv := range Invariants {
 		if v := inv.Check(r); len(v) > 0 {
 			r.Violations[inv.Name] = v
@@ -427,6 +429,14 @@ func settle(want int) (int, string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// heapInUse returns the heap in use after a collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
 }
 
 // FaultNames lists the faults, sorted.

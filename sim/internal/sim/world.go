@@ -388,6 +388,7 @@ type Client struct {
 	HTTP    *http.Client
 	// Upgrade makes the exec connections.
 	Upgrade func(ctx context.Context) (net.Conn, error)
+	tokenMu sync.Mutex
 	token   string
 	cancel  context.CancelFunc
 	done    chan error
@@ -395,18 +396,16 @@ type Client struct {
 
 func (w *World) newClient(ctx context.Context, i int) (*Client, error) {
 	c := &Client{ID: i, User: userFor(i), Cluster: w.Clusters[i%len(w.Clusters)]}
-	tok, err := w.issuer.Token(c.User, []string{"sim"}, audience, 24*time.Hour)
-	if err != nil {
+	if err := w.mintToken(c, 0); err != nil {
 		return nil, err
 	}
-	c.token = tok
 	host := w.Net.Host(clientHost(i))
 	l, err := host.Listen(47011)
 	if err != nil {
 		return nil, err
 	}
 	p, err := proxy.New(ctx, proxy.Config{RelayURL: fmt.Sprintf("https://%s:%d", RelayHost, relayAPI), RelayCA: w.relayCA,
-		Cluster: c.Cluster.ID, Token: func() (string, error) { return c.token, nil }, Listener: l, DialContext: host.DialContext, Logger: w.log})
+		Cluster: c.Cluster.ID, Token: func() (string, error) { c.tokenMu.Lock(); defer c.tokenMu.Unlock(); return c.token, nil }, Listener: l, DialContext: host.DialContext, Logger: w.log})
 	if err != nil {
 		_ = l.Close()
 		return nil, err
@@ -443,6 +442,19 @@ func (w *World) newClient(ctx context.Context, i int) (*Client, error) {
 		return tc, nil
 	}
 	return c, nil
+}
+
+// mintToken gives c a token from the issuer, minted with its clock off by
+// skew.
+func (w *World) mintToken(c *Client, skew time.Duration) error {
+	tok, err := w.issuer.TokenAt(time.Now().Add(skew), c.User, []string{"sim"}, audience, 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	c.tokenMu.Lock()
+	c.token = tok
+	c.tokenMu.Unlock()
+	return nil
 }
 
 // Close stops every component and waits for them.
