@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 	"github.com/spf13/pflag"
 )
 
@@ -42,13 +43,20 @@ func (l *LogFlags) Logger(w io.Writer) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.Level)
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
 	switch l.Format {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		log = slog.New(slog.NewTextHandler(w, opts))
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		log = slog.New(slog.NewJSONHandler(w, opts))
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", l.Format)
 	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", l.Format)
+	// The Kubernetes libraries (the OIDC authenticator, client-go) log
+	// through klog: send it to the same handler, so every line has the
+	// chosen format.
+	klog.SetSlogLogger(log.With("component", "k8s"))
+	return log, nil
 }
 
 // SignalContext returns a context cancelled with parent or by SIGINT or
