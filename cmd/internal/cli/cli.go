@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/klog/v2"
 	"github.com/spf13/pflag"
+	"k8s.io/klog/v2"
 )
 
 // Version is tether's version, set at build time with
