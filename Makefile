@@ -93,7 +93,7 @@ images: ## build the tether-relay, tether-agent and tether-proxy images (images/
 .PHONY: sim-quick
 sim-quick: ## the simulator's fixed seeds (regression scenarios), then its planted bug, which must be caught
 	go test -race -count=1 ./sim/internal/sim/
-	go test -count=1 -tags tether_plantedbug ./sim/internal/sim/ -args -ginkgo.focus=planted -ginkgo.v -ginkgo.no-color
+	go test -v -count=1 -tags tether_plantedbug ./sim/internal/sim/ -args -ginkgo.focus=planted -ginkgo.v -ginkgo.no-color
 
 SIM_FLAGS ?= -duration 60s
 .PHONY: sim
