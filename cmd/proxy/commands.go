@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	osexec "os/exec"
+	"path/filepath"
 	"strconv"
 
 	"github.com/spf13/cobra"
@@ -52,7 +54,101 @@ the proxy, not another program or a web page on your machine.
 	fs.StringVar(&o.context, "kube-context", "", "name of the context to write (default: tether-CLUSTER)")
 	o.token.Add(fs)
 	o.logs.Add(fs)
+	c.AddCommand(newExecCommand())
 	return c
+}
+
+// newExecCommand is `tether-proxy exec`: run one command (a CI step) with a
+// kubeconfig that reaches the cluster through a proxy of its own, then
+// clean up.
+func newExecCommand() *cobra.Command {
+	o := &options{}
+	c := &cobra.Command{
+		Use:   "exec --relay URL --cluster NAME -- COMMAND [ARGS...]",
+		Short: "Run a command (e.g. kubectl apply) with a temporary kubeconfig that reaches the cluster, then clean up",
+		Long: `tether-proxy exec starts a proxy on a free loopback port, writes a kubeconfig for it to a private
+temporary directory, runs COMMAND with KUBECONFIG pointing at it, and removes everything when the
+command ends. Its exit code is the command's.
+
+In a GitHub Actions job with "permissions: id-token: write", the job's own OIDC token is used
+(no secret stored in the CI system); in GitLab CI, declare an id_tokens entry and pass
+--token-from env:NAME (or name it TETHER_TOKEN).
+
+  tether-proxy exec --relay https://relay.example.com:8443 --relay-ca relay-ca.pem --cluster prod -- kubectl apply -f app.yaml`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return o.exec(cmd.Context(), args) },
+	}
+	fs := c.Flags()
+	fs.StringVar(&o.relayURL, "relay", "", "the relay's API, https://host:port (required)")
+	fs.StringVar(&o.relayCA, "relay-ca", "", "PEM file of the CA that signed the relay's certificate (default: the system's roots)")
+	fs.StringVar(&o.cluster, "cluster", "", "the cluster to reach (required)")
+	o.token.Add(fs)
+	o.logs.Add(fs)
+	return c
+}
+
+// exitError carries a command's exit code out of RunE.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("the command exited with %d", e.code) }
+
+// ExitCode implements cli.ExitCoder.
+func (e exitError) ExitCode() int { return e.code }
+
+func (o *options) exec(parent context.Context, args []string) error {
+	log, err := o.logs.Logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	if o.relayURL == "" || o.cluster == "" {
+		return errors.New("--relay and --cluster are required")
+	}
+	var relayCA *x509.CertPool
+	if o.relayCA != "" {
+		if relayCA, err = cli.ReadCAFile("--relay-ca", o.relayCA); err != nil {
+			return err
+		}
+	}
+	token, err := o.token.Source()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := cli.SignalContext(parent)
+	defer cancel()
+	p, err := proxy.New(ctx, proxy.Config{RelayURL: o.relayURL, RelayCA: relayCA, Cluster: o.cluster, Token: token,
+		Listen: "127.0.0.1:0", Logger: log})
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "tether-exec-")
+	if err != nil {
+		return fmt.Errorf("temporary directory: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*p.Kubeconfig("tether-" + o.cluster), kubeconfig); err != nil {
+		return fmt.Errorf("write the kubeconfig: %w", err)
+	}
+	if err := os.Chmod(kubeconfig, 0o600); err != nil {
+		return err
+	}
+	pctx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(pctx) }()
+	defer func() { stop(); <-served }()
+
+	cmd := osexec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	err = cmd.Run()
+	var ee *osexec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return exitError{code: ee.ExitCode()}
+	case err != nil:
+		return fmt.Errorf("run %s: %w", args[0], err)
+	}
+	return nil
 }
 
 func (o *options) run(parent context.Context) error {

@@ -18,6 +18,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
+
+	"github.com/tether-k8s/tether/core/proxy"
 )
 
 // Version is tether's version, set at build time with
@@ -68,12 +70,23 @@ func SignalContext(parent context.Context) (context.Context, context.CancelFunc)
 	return signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 }
 
+// ExitCoder is an error that carries the process's exit code (a command
+// run by `tether-proxy exec` failed): Execute exits with it, silently.
+type ExitCoder interface {
+	error
+	ExitCode() int
+}
+
 // Execute runs root and exits 1 with "NAME: error" on failure.
 func Execute(root *cobra.Command) {
 	root.Version = Version
 	root.SilenceUsage = true
 	root.SilenceErrors = true
 	if err := root.Execute(); err != nil {
+		var ec ExitCoder
+		if errors.As(err, &ec) {
+			os.Exit(ec.ExitCode())
+		}
 		fmt.Fprintf(os.Stderr, "%s: %v\n", root.Name(), err)
 		os.Exit(1)
 	}
@@ -99,21 +112,48 @@ func ReadCAFile(flag, path string) (*x509.CertPool, error) {
 type TokenFlags struct {
 	File    string
 	Command string
+	// From is "", "github-actions" or "env:NAME".
+	From     string
+	Audience string
 }
 
 // Add registers the flags on fs.
 func (t *TokenFlags) Add(fs *pflag.FlagSet) {
 	fs.StringVar(&t.File, "token-file", "", "file holding the caller's token, re-read when it changes (default: $TETHER_TOKEN)")
 	fs.StringVar(&t.Command, "token-command", "", "command that prints the caller's token, run when the token is needed (cached 1 minute)")
+	fs.StringVar(&t.From, "token-from", "", "github-actions: the job's OIDC token (needs `permissions: id-token: write`; the default inside such a job when no other token is given); env:NAME: the variable NAME (e.g. a GitLab CI id_tokens entry)")
+	fs.StringVar(&t.Audience, "token-audience", "tether", "with --token-from github-actions: the audience to request, as the relay's and agent's authentication configuration expect")
 }
 
 // Source returns a function giving the current token: from the file (read
 // on every call, so a rotated token is picked up), the command, or the
 // TETHER_TOKEN environment variable.
 func (t *TokenFlags) Source() (func() (string, error), error) {
+	given := 0
+	for _, v := range []string{t.File, t.Command, t.From} {
+		if v != "" {
+			given++
+		}
+	}
+	if given == 0 && strings.TrimSpace(os.Getenv("TETHER_TOKEN")) == "" && proxy.InGitHubActions() {
+		t.From = "github-actions" // a CI job needs no stored secret
+	}
 	switch {
-	case t.File != "" && t.Command != "":
-		return nil, errors.New("--token-file and --token-command exclude each other")
+	case given > 1:
+		return nil, errors.New("--token-file, --token-command and --token-from exclude each other")
+	case t.From == "github-actions":
+		return proxy.GitHubActionsToken(t.Audience, nil), nil
+	case strings.HasPrefix(t.From, "env:"):
+		name := strings.TrimPrefix(t.From, "env:")
+		return func() (string, error) {
+			tok := strings.TrimSpace(os.Getenv(name))
+			if tok == "" {
+				return "", fmt.Errorf("--token-from env:%s: the variable is empty or not set", name)
+			}
+			return tok, nil
+		}, nil
+	case t.From != "":
+		return nil, fmt.Errorf("--token-from %q: want github-actions or env:NAME", t.From)
 	case t.File != "":
 		path := t.File
 		return func() (string, error) {
@@ -132,7 +172,7 @@ func (t *TokenFlags) Source() (func() (string, error), error) {
 	}
 	tok := strings.TrimSpace(os.Getenv("TETHER_TOKEN"))
 	if tok == "" {
-		return nil, errors.New("no token: pass --token-file or --token-command, or set TETHER_TOKEN")
+		return nil, errors.New("no token: pass --token-file, --token-command or --token-from, or set TETHER_TOKEN")
 	}
 	return func() (string, error) { return tok, nil }, nil
 }
