@@ -65,7 +65,7 @@ unit: deps ## unit tests: everything but the packages that start clusters (the n
 	go test -race -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e -e /sim/internal/sim)  # those run in e2e and sim-quick
 
 .PHONY: e2e
-e2e: deps fixtures build ## the e2e suite on E2E_PROVIDER (default local: real kube-apiserver behind a firewall)
+e2e: deps fixtures build ## the e2e suite on E2E_PROVIDER: local (default; real kube-apiserver behind a firewall) or kind (the charts in a kind cluster; needs Docker, else runs local)
 	go test -count=1 -v -timeout $(E2E_TIMEOUT) ./fixtures/cluster/...
 	E2E_PROVIDER=$(E2E_PROVIDER) go test -count=1 -v -timeout $(E2E_TIMEOUT) ./e2e/... -args -ginkgo.v -ginkgo.no-color
 

@@ -28,22 +28,47 @@ var (
 	ts *stack.Stack
 )
 
+// providerName is the provider the suite runs on: local.Name or kindName.
+var providerName string
+
 func TestE2E(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "tether e2e")
+	name, note, err := chooseProvider(os.Getenv("E2E_PROVIDER"), dockerAnswers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if note != "" {
+		fmt.Println(note)
+	}
+	providerName = name
+	// Specs labelled kind run on the kind provider, the others on the local
+	// one (they use its network namespaces and kwok's pods).
+	suiteConfig, reporterConfig := GinkgoConfiguration()
+	filter := "!" + kindLabel
+	if providerName == kindName {
+		filter = kindLabel
+	}
+	if suiteConfig.LabelFilter != "" {
+		filter = "(" + suiteConfig.LabelFilter + ") && " + filter
+	}
+	suiteConfig.LabelFilter = filter
+	RunSpecs(t, "tether e2e ("+providerName+" provider)", suiteConfig, reporterConfig)
 }
 
 var _ = BeforeSuite(func(ctx SpecContext) {
-	switch p := os.Getenv("E2E_PROVIDER"); p {
-	case "", local.Name:
-	default:
-		Fail(fmt.Sprintf("E2E_PROVIDER=%q: only %q is available so far (kind arrives with the Helm charts)", p, local.Name))
+	if providerName == kindName {
+		setupKind(ctx)
+		return
 	}
+	// The local provider's set-up gets the 5 minutes it always had.
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	Expect(providerName).To(Equal(local.Name))
 	Expect(netns.Check()).To(Succeed(), "the local provider puts the cluster behind a real firewall in network namespaces; it will not run without one")
 
 	provider = local.NewProvider()
 	provider.WithName("e2e").WithOpts(local.WithLogger(slog.New(slog.NewTextHandler(GinkgoWriter, nil)), GinkgoWriter))
-	_, err := provider.Create(ctx)
+	_, err := provider.Create(lctx)
 	Expect(err).NotTo(HaveOccurred(), "create the local cluster")
 	DeferCleanup(func(ctx context.Context) {
 		if anyFailed {
@@ -57,9 +82,9 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	lc = provider.Cluster()
 	client, err = klient.New(provider.KubernetesRestConfig())
 	Expect(err).NotTo(HaveOccurred())
-	Expect(provider.WaitForControlPlane(ctx, client)).To(Succeed())
+	Expect(provider.WaitForControlPlane(lctx, client)).To(Succeed())
 
-	ts, err = stack.Start(ctx, stack.Config{Cluster: lc, Logger: slog.New(slog.NewTextHandler(GinkgoWriter, nil))})
+	ts, err = stack.Start(lctx, stack.Config{Cluster: lc, Logger: slog.New(slog.NewTextHandler(GinkgoWriter, nil))})
 	Expect(err).NotTo(HaveOccurred(), "start tether around the cluster")
 	DeferCleanup(func() {
 		if anyFailed {
@@ -69,7 +94,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 		}
 		Expect(ts.Stop()).To(Succeed(), "stop tether")
 	})
-}, NodeTimeout(5*time.Minute))
+}, NodeTimeout(20*time.Minute)) // kind: create the cluster, build and load the images, install the charts
 
 // anyFailed records that a spec failed, so that the cluster's logs are kept.
 var anyFailed bool
