@@ -90,6 +90,18 @@ images: ## build the tether-relay, tether-agent and tether-proxy images (images/
 	    -t $(IMAGE_REPO)/tether-$$b:$(IMAGE_TAG) . ; \
 	done
 
+.PHONY: bench-check
+bench-check: $(STATICCHECK) ## the benchmark harness's own tests (bench/, direct and tether only, ~30 s)
+	cd bench && go vet ./... && $(STATICCHECK) ./... && go test -count=1 ./...
+
+.PHONY: bench-quick
+bench-quick: ## every benchmark workload for a few seconds, against every peer (builds the peers: minutes the first time)
+	cd bench && go run . -quick -out $(CURDIR)/.cache/bench-quick.md
+
+.PHONY: bench
+bench: ## the full benchmarks against the peers, with tether's A/B variants; writes docs/benchmarks.md (~30 min)
+	cd bench && go run . -ab -out $(CURDIR)/docs/benchmarks.md
+
 .PHONY: sim-quick
 sim-quick: ## the simulator's fixed seeds (regression scenarios), then its planted bug, which must be caught
 	go test -race -count=1 ./sim/internal/sim/
@@ -111,7 +123,7 @@ fuzz: ## run every fuzz target briefly (FUZZTIME each, default 100000 runs)
 	done
 
 .PHONY: test
-test: lint unit fuzz sim-quick charts e2e ## everything CI runs: lint, unit tests, fuzz targets briefly, the simulator's seeds, chart tests, e2e
+test: lint unit fuzz sim-quick charts bench-check e2e ## everything CI runs: lint, unit tests, fuzz targets briefly, the simulator's seeds, chart tests, e2e
 
 .PHONY: demo
 demo: deps fixtures build ## the whole path: cluster behind a firewall, relay, agent, proxy, kubectl through tether (KEEP=1 to stay up)

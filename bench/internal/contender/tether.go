@@ -1,0 +1,210 @@
+package contender
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/tether-k8s/tether/bench/internal/node"
+)
+
+// Tether is tether's full path: tether-proxy at the caller (TLS from the
+// caller, with the kubeconfig's client certificate), the relay (TLS from the
+// proxy, mutual TLS and yamux from the agent), the agent in the cluster (TLS
+// end to end with the proxy inside the stream, then core/impersonate).
+type Tether struct {
+	// YamuxWindow, when not zero, sets yamux's stream window on the relay
+	// and the agent (an A/B of tunnel.DefaultYamuxConfig's window; the
+	// harness then assembles the session ends from core/tunnel).
+	YamuxWindow uint32
+	// IdleTunnels, when not zero, runs a harness-assembled tether-proxy
+	// (see poolProxyRole) that keeps this many idle tunnels instead of
+	// core/proxy's 16: an A/B of that pool size.
+	IdleTunnels int
+	// Coalesce joins each yamux frame's header and body into one write on
+	// both ends of the agent's sessions (see coalesceConn): an A/B of
+	// yamux's two writes per frame.
+	Coalesce bool
+	// Label replaces "tether" as the name.
+	Label string
+}
+
+// Name implements Contender.
+func (t Tether) Name() string {
+	if t.Label != "" {
+		return t.Label
+	}
+	return "tether"
+}
+
+// Version implements Contender.
+func (Tether) Version() string { return "this tree" }
+
+// Describe implements Contender.
+func (t Tether) Describe() string {
+	d := "tether-proxy (caller) → relay → agent (cluster) → core/impersonate; TLS caller→proxy (client certificate), " +
+		"TLS proxy→relay, mutual TLS 1.3 + yamux relay↔agent, TLS 1.3 proxy↔agent inside the stream; 2 sessions per agent"
+	if t.YamuxWindow != 0 {
+		d += fmt.Sprintf("; **A/B**: yamux stream window %s on both ends (harness-assembled session ends from core/tunnel)", Bytes(int64(t.YamuxWindow)))
+	}
+	if t.Coalesce {
+		d += "; **A/B**: each yamux frame's header and body written to TLS in one write instead of two (harness-assembled session ends)"
+	}
+	if t.Coalesce {
+		d += "; **A/B**: each yamux frame's header and body written to TLS in one write instead of two (harness-assembled session ends)"
+	}
+	if t.IdleTunnels != 0 {
+		d += fmt.Sprintf("; **A/B**: the proxy keeps %d idle tunnels instead of 16 (a harness-assembled proxy with core/proxy's request path)", t.IdleTunnels)
+	}
+	return d
+}
+
+// ClusterID is the cluster every tether agent in the benchmark serves.
+const ClusterID = "bench"
+
+// Start implements Contender.
+func (t Tether) Start(ctx context.Context, env *Env) (_ *Instance, err error) {
+	dir := filepath.Join(env.Dir, t.Name())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("tether: %w", err)
+	}
+	inst := &Instance{}
+	defer func() {
+		if err != nil {
+			_ = inst.Close()
+		}
+	}()
+	topo := env.Topo
+	relayProc, err := inst.start(ctx, env, dir, node.Spec{Name: "relay", Place: node.Relay, Role: "tether-relay",
+		Args: tetherRelayArgs{Dir: dir, Bind: topo.Bind(node.Relay), Names: topo.RelayNames(), Clusters: []string{ClusterID}, YamuxWindow: t.YamuxWindow, Coalesce: t.Coalesce}})
+	if err != nil {
+		return nil, err
+	}
+	inst.Relay = relayProc
+	var rr tetherRelayReady
+	if err := json.Unmarshal(relayProc.Ready, &rr); err != nil {
+		return nil, fmt.Errorf("tether: relay's ready line: %w", err)
+	}
+	fromCluster := topo.Reach(node.Cluster, node.Relay)
+	agentAddr, err := env.RelayFromCluster(rr.AgentPort)
+	if err != nil {
+		return nil, err
+	}
+	agentDir := filepath.Join(dir, "agent")
+	if err := os.MkdirAll(agentDir, 0o700); err != nil {
+		return nil, fmt.Errorf("tether: %w", err)
+	}
+	if _, err := inst.start(ctx, env, dir, node.Spec{Name: "agent", Place: node.Cluster, Role: "tether-agent", Args: tetherAgentArgs{
+		Dir: agentDir, Cluster: ClusterID, CA: rr.CA, Token: rr.Tokens[0], YamuxWindow: t.YamuxWindow, Coalesce: t.Coalesce,
+		RelayAPI:       (&url.URL{Scheme: "https", Host: net.JoinHostPort(fromCluster, strconv.Itoa(rr.APIPort))}).String(),
+		RelayAgentAddr: agentAddr,
+		Target:         "http://" + env.TargetAddr(node.Cluster),
+	}}); err != nil {
+		return nil, err
+	}
+	// Both of the agent's sessions up before any traffic.
+	if err := waitSessions(relayProc, 2, 30*time.Second); err != nil {
+		return nil, err
+	}
+	fromCaller := topo.Reach(node.Caller, node.Relay)
+	pargs := tetherProxyArgs{
+		RelayURL: (&url.URL{Scheme: "https", Host: net.JoinHostPort(fromCaller, strconv.Itoa(rr.APIPort))}).String(),
+		CA:       rr.CA, Cluster: ClusterID,
+	}
+	spec := node.Spec{Name: "proxy", Place: node.Caller, Role: "tether-proxy", Args: pargs}
+	if t.IdleTunnels != 0 {
+		spec.Role, spec.Args = "tether-proxy-pool", poolProxyArgs{tetherProxyArgs: pargs, IdleTunnels: t.IdleTunnels}
+	}
+	proxyProc, err := inst.start(ctx, env, dir, spec)
+	if err != nil {
+		return nil, err
+	}
+	var pr tetherProxyReady
+	if err := json.Unmarshal(proxyProc.Ready, &pr); err != nil {
+		return nil, fmt.Errorf("tether: proxy's ready line: %w", err)
+	}
+	tlsCfg, err := kubeconfigTLS(pr)
+	if err != nil {
+		return nil, err
+	}
+	inst.Dial = func(ctx context.Context) (net.Conn, error) {
+		raw, err := topo.Dial(ctx, node.Caller, pr.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("tether: dial the proxy: %w", err)
+		}
+		c := tls.Client(raw, tlsCfg)
+		if err := c.HandshakeContext(ctx); err != nil {
+			_ = raw.Close()
+			return nil, fmt.Errorf("tether: TLS to the proxy: %w", err)
+		}
+		return c, nil
+	}
+	return inst, nil
+}
+
+// kubeconfigTLS is the client side of the proxy's kubeconfig.
+func kubeconfigTLS(pr tetherProxyReady) (*tls.Config, error) {
+	cert, err := tls.X509KeyPair([]byte(pr.ClientCert), []byte(pr.Key))
+	if err != nil {
+		return nil, fmt.Errorf("tether: the proxy's client certificate: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(pr.CA)) {
+		return nil, errors.New("tether: the proxy's CA is unusable")
+	}
+	host, _, _ := net.SplitHostPort(pr.Addr)
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: host,
+		NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// RelayStats is what tether's relay reports.
+type RelayStats struct {
+	// Tunnels is how many tunnels callers opened so far.
+	Tunnels int64 `json:"tunnels"`
+	// Sessions is how many agent sessions are live.
+	Sessions int `json:"sessions"`
+	// Connected is how many clusters have at least one live session.
+	Connected int `json:"connected"`
+	// Goroutines is the relay's goroutine count.
+	Goroutines int `json:"goroutines"`
+}
+
+// waitSessions waits until tether's relay holds n agent sessions.
+func waitSessions(relayProc *node.Proc, n int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		var st RelayStats
+		if err := relayProc.Stats(&st); err != nil {
+			return err
+		}
+		if st.Sessions >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("tether: %d agent sessions after %s, want %d", st.Sessions, limit, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Bytes formats a byte count with a binary unit.
+func Bytes(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d B", n)
+}
