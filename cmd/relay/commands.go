@@ -238,7 +238,7 @@ func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
 func policyCommand(verb, short string, withAdmin func(func(admin) error) error) *cobra.Command {
 	var p policy.Policy
 	c := &cobra.Command{
-		Use:   verb + " NAME (--user USER | --group GROUP | --rule CEL)...",
+		Use:   verb + " NAME (--user USER | --group GROUP | --rule CEL | --audience AUD)...",
 		Short: short,
 		Long: short + `.
 
@@ -246,12 +246,14 @@ Names are the mapped user and group names your authentication configuration prod
 prefixes, e.g. oidc:alice). A rule is a CEL expression over user.username, user.uid, user.groups and
 user.extra (the extras claimMappings produce), e.g. for a CI pipeline:
   --rule 'user.extra["example.com/repository"] == ["org/app"]'
-A cluster admits a caller that any entry names; a cluster with no entry admits no one. The agent still
+A cluster admits a caller that any entry names; a cluster with no entry admits no one. An --audience is a
+requirement, not a grant: once a cluster lists audiences, a caller's token must be for one of them (give
+each cluster's agent its own audience, and a token meant for another cluster is refused). The agent still
 authenticates every caller itself, and the cluster's RBAC decides what they may do.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if p.Empty() {
-				return fmt.Errorf("%s: name at least one --user, --group or --rule", verb)
+			if p.Empty() && len(p.Audiences) == 0 {
+				return fmt.Errorf("%s: name at least one --user, --group, --rule or --audience", verb)
 			}
 			return withAdmin(func(a admin) error {
 				change := a.Grant
@@ -276,10 +278,14 @@ authenticates every caller itself, and the cluster's RBAC decides what they may 
 	c.Flags().StringArrayVar(&p.Users, "user", nil, "a mapped user name (repeatable)")
 	c.Flags().StringArrayVar(&p.Groups, "group", nil, "a mapped group name (repeatable)")
 	c.Flags().StringArrayVar(&p.Rules, "rule", nil, "a CEL expression over user (repeatable)")
+	c.Flags().StringArrayVar(&p.Audiences, "audience", nil, "an audience the caller's token must name (a requirement, repeatable)")
 	return c
 }
 
 func printPolicy(w io.Writer, p policy.Policy) {
+	for _, a := range p.Audiences {
+		fmt.Fprintf(w, "audience\t%s (required)\n", a)
+	}
 	if p.Empty() {
 		fmt.Fprintln(w, "no one may reach this cluster")
 		return

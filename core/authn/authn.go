@@ -223,13 +223,31 @@ func (a *Authenticator) AuthenticateToken(ctx context.Context, token string) (im
 	if err := impersonate.ValidateIdentity(id, a.cfg.AllowSystemNames); err != nil {
 		return impersonate.Result{}, fmt.Errorf("authn: %w", err)
 	}
-	return impersonate.Result{Identity: id}, nil
+	return impersonate.Result{Identity: id, Audiences: claims.Audience}, nil
 }
 
 // tokenClaims are the claims read for the extras and the error messages.
 type tokenClaims struct {
-	Issuer  string `json:"iss"`
-	Subject string `json:"sub"`
+	Issuer   string    `json:"iss"`
+	Subject  string    `json:"sub"`
+	Audience audiences `json:"aud"`
+}
+
+// audiences is an aud claim: a string or an array of strings.
+type audiences []string
+
+func (a *audiences) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*a = audiences{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return fmt.Errorf("aud is neither a string nor an array of strings")
+	}
+	*a = many
+	return nil
 }
 
 // precheck refuses oversized and malformed tokens before any parsing, and

@@ -32,7 +32,7 @@ type issuer struct {
 	caPEM string
 }
 
-func newIssuer(t *testing.T) *issuer {
+func newIssuer(t testing.TB) *issuer {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -54,12 +54,12 @@ func newIssuer(t *testing.T) *issuer {
 	return is
 }
 
-func (is *issuer) sign(t *testing.T, claims map[string]any) string {
+func (is *issuer) sign(t testing.TB, claims map[string]any) string {
 	t.Helper()
 	return signWith(t, jose.SigningKey{Algorithm: jose.ES256, Key: is.key}, "k1", claims)
 }
 
-func signWith(t *testing.T, key jose.SigningKey, kid string, claims map[string]any) string {
+func signWith(t testing.TB, key jose.SigningKey, kid string, claims map[string]any) string {
 	t.Helper()
 	signer, err := jose.NewSigner(key, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid))
 	if err != nil {
@@ -121,7 +121,7 @@ func indent(s, pre string) string {
 	return strings.Join(lines, "\n")
 }
 
-func newAuthn(t *testing.T, yaml string, mutate ...func(*authn.Config)) *authn.Authenticator {
+func newAuthn(t testing.TB, yaml string, mutate ...func(*authn.Config)) *authn.Authenticator {
 	t.Helper()
 	ac, err := authn.LoadConfig([]byte(yaml))
 	if err != nil {
@@ -161,6 +161,13 @@ func TestValidToken(t *testing.T) {
 	}
 	if err := impersonate.ValidateIdentity(id, false); err != nil {
 		t.Fatalf("the authenticator returned an identity impersonate refuses: %v", err)
+	}
+	if strings.Join(res.Audiences, ",") != "cluster-a" {
+		t.Fatalf("audiences %q, want the token's aud", res.Audiences)
+	}
+	res, err = a.AuthenticateToken(t.Context(), is.sign(t, is.claims([]string{"cluster-z", "cluster-a"}, nil)))
+	if err != nil || strings.Join(res.Audiences, ",") != "cluster-z,cluster-a" {
+		t.Fatalf("aud array: audiences %q, %v", res.Audiences, err)
 	}
 }
 

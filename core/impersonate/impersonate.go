@@ -38,6 +38,9 @@ type Result struct {
 	// Passthrough means the token is a service-account token of this
 	// cluster: it is forwarded as it is and no one is impersonated.
 	Passthrough bool
+	// Audiences is the verified token's aud claim (OpenID tokens only),
+	// for a policy that binds a cluster to its own audience.
+	Audiences []string
 }
 
 // Authenticator validates a caller's bearer token. Its errors are shown to

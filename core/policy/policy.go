@@ -29,9 +29,15 @@ type Policy struct {
 	// rule must evaluate to a bool; an error counts as false.
 	// Example: 'user.extra["example.com/repository"][0] == "org/app"'.
 	Rules []string `json:"rules,omitempty"`
+	// Audiences, when not empty, is a requirement rather than a grant: the
+	// caller's token must name one of them in its aud claim, whatever else
+	// admits the caller. Give each cluster's agent an audience of its own
+	// and list it here, and a token meant for another cluster is refused at
+	// the relay as well as at the agent.
+	Audiences []string `json:"audiences,omitempty"`
 }
 
-// Empty reports whether the policy admits no one.
+// Empty reports whether the policy admits no one (audiences only restrict).
 func (p Policy) Empty() bool { return len(p.Users)+len(p.Groups)+len(p.Rules) == 0 }
 
 // maxRuleLen bounds a rule's source, and maxEntries a policy's entries.
@@ -43,13 +49,13 @@ const (
 // Validate reports the first problem with p: an empty or over-long entry,
 // too many entries, or a rule that does not compile to a bool.
 func (p Policy) Validate() error {
-	if n := len(p.Users) + len(p.Groups) + len(p.Rules); n > maxEntries {
+	if n := len(p.Users) + len(p.Groups) + len(p.Rules) + len(p.Audiences); n > maxEntries {
 		return fmt.Errorf("%w: %d entries, at most %d", ErrInvalid, n, maxEntries)
 	}
-	for _, list := range [][]string{p.Users, p.Groups} {
+	for _, list := range [][]string{p.Users, p.Groups, p.Audiences} {
 		for _, s := range list {
 			if strings.TrimSpace(s) == "" || strings.ContainsAny(s, "\r\n\x00") || len(s) > 512 {
-				return fmt.Errorf("%w: user or group %q: want a name without control characters, at most 512 bytes", ErrInvalid, s)
+				return fmt.Errorf("%w: user, group or audience %q: want a name without control characters, at most 512 bytes", ErrInvalid, s)
 			}
 		}
 	}
@@ -81,7 +87,8 @@ func (p Policy) Add(q Policy) Policy {
 		}
 		return to
 	}
-	return Policy{Users: add(slices.Clone(p.Users), q.Users), Groups: add(slices.Clone(p.Groups), q.Groups), Rules: add(slices.Clone(p.Rules), q.Rules)}
+	return Policy{Users: add(slices.Clone(p.Users), q.Users), Groups: add(slices.Clone(p.Groups), q.Groups), Rules: add(slices.Clone(p.Rules), q.Rules),
+		Audiences: add(slices.Clone(p.Audiences), q.Audiences)}
 }
 
 // Remove returns p without q's entries, and how many it removed.
@@ -98,7 +105,7 @@ func (p Policy) Remove(q Policy) (Policy, int) {
 		}
 		return out
 	}
-	return Policy{Users: del(p.Users, q.Users), Groups: del(p.Groups, q.Groups), Rules: del(p.Rules, q.Rules)}, n
+	return Policy{Users: del(p.Users, q.Users), Groups: del(p.Groups, q.Groups), Rules: del(p.Rules, q.Rules), Audiences: del(p.Audiences, q.Audiences)}, n
 }
 
 // Decision is the outcome of Check.
@@ -151,6 +158,22 @@ func Check(p Policy, id impersonate.Identity) (Decision, error) {
 		why = "the cluster grants access to no one yet"
 	}
 	return Decision{Why: why}, errors.Join(errs...)
+}
+
+// CheckAudience refuses a token whose audiences (its verified aud claim)
+// name none of p.Audiences; it admits any token when p.Audiences is empty.
+// Check decides who the caller is allowed to be; this, which token they
+// may use for this cluster. A caller must pass both.
+func CheckAudience(p Policy, audiences []string) error {
+	if len(p.Audiences) == 0 {
+		return nil
+	}
+	for _, a := range audiences {
+		if slices.Contains(p.Audiences, a) {
+			return nil
+		}
+	}
+	return fmt.Errorf("the token is for audience %v, not %v: get a token for this cluster's audience", audiences, p.Audiences)
 }
 
 var (

@@ -70,3 +70,35 @@ func TestAddRemove(t *testing.T) {
 		t.Fatalf("Remove: %+v, %d (and p must be unchanged: %+v)", q, n, p)
 	}
 }
+
+func TestCheckAudience(t *testing.T) {
+	open := policy.Policy{Groups: []string{"g"}}
+	if err := policy.CheckAudience(open, nil); err != nil {
+		t.Fatalf("a policy without audiences refused a token: %v", err)
+	}
+	strict := open.Add(policy.Policy{Audiences: []string{"tether:prod"}})
+	for _, tc := range []struct {
+		auds []string
+		ok   bool
+	}{
+		{[]string{"tether:prod"}, true},
+		{[]string{"tether:staging", "tether:prod"}, true},
+		{[]string{"tether:staging"}, false},
+		{[]string{"tether:prod "}, false},
+		{[]string{"TETHER:PROD"}, false},
+		{nil, false},
+	} {
+		if err := policy.CheckAudience(strict, tc.auds); (err == nil) != tc.ok {
+			t.Errorf("audiences %q: %v, want admitted %v", tc.auds, err, tc.ok)
+		}
+	}
+	if (policy.Policy{Audiences: []string{"tether:prod"}}).Empty() == false {
+		t.Error("a policy of audiences only admits someone")
+	}
+	if p, n := strict.Remove(policy.Policy{Audiences: []string{"tether:prod"}}); n != 1 || len(p.Audiences) != 0 {
+		t.Errorf("remove audience: %+v, %d", p, n)
+	}
+	if err := (policy.Policy{Audiences: []string{" "}}).Validate(); err == nil {
+		t.Error("a blank audience validated")
+	}
+}

@@ -132,7 +132,7 @@ func (s *Server) AdminHandler() http.Handler {
 		mux.HandleFunc("POST /v1/admin/clusters/{id}/"+verb, func(w http.ResponseWriter, r *http.Request) {
 			var req policy.Policy
 			if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
-				kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, `tether: the body is a policy {"users", "groups", "rules"}: `+err.Error())
+				kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, `tether: the body is a policy {"users", "groups", "rules", "audiences"}: `+err.Error())
 				return
 			}
 			id, removed := r.PathValue("id"), 0
@@ -147,7 +147,7 @@ func (s *Server) AdminHandler() http.Handler {
 				adminError(w, err)
 				return
 			}
-			s.log.Info("relay: access policy changed (admin API)", "cluster", id, "change", verb, "users", req.Users, "groups", req.Groups, "rules", len(req.Rules))
+			s.log.Info("relay: access policy changed (admin API)", "cluster", id, "change", verb, "users", req.Users, "groups", req.Groups, "rules", len(req.Rules), "audiences", req.Audiences)
 			writeJSON(w, PolicyChange{Cluster: id, Policy: p, Removed: removed})
 		})
 	}

@@ -191,6 +191,12 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request) (id string, who 
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: "+err.Error())
 		return "", who, false
 	}
+	if err := policy.CheckAudience(c.Policy, res.Audiences); err != nil {
+		s.cfg.Metrics.tunnel(ResultForbidden)
+		s.log.Warn("relay: caller refused: token for another audience", "cluster", id, "user", res.Identity.User, "client", r.RemoteAddr, "why", err)
+		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether: cluster %s refuses this token: %v", id, err))
+		return "", who, false
+	}
 	d, perr := policy.Check(c.Policy, res.Identity)
 	if !d.Allowed {
 		s.cfg.Metrics.tunnel(ResultForbidden)

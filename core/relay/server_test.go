@@ -35,6 +35,8 @@ import (
 const (
 	goodToken     = "caller-token-0123456789"
 	outsiderToken = "outsider-token-0123456789"
+	// audToken is alice's token for audience tether:strict only.
+	audToken = "aud-token-0123456789"
 )
 
 type tokenAuthn struct{}
@@ -42,7 +44,9 @@ type tokenAuthn struct{}
 func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (impersonate.Result, error) {
 	switch tok {
 	case goodToken:
-		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}}, nil
+		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
+	case audToken:
+		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether:strict"}}, nil
 	case outsiderToken:
 		return impersonate.Result{Identity: impersonate.Identity{User: "mallory", Groups: []string{"contractors"}}}, nil
 	}
@@ -171,6 +175,13 @@ func TestTunnelRefusals(t *testing.T) {
 	if _, err := h.reg.CreateCluster("closed"); err != nil { // grants no one
 		t.Fatal(err)
 	}
+	// strict grants group dev, but only with a token for its own audience.
+	h.create(t, "strict")
+	if _, err := h.reg.UpdatePolicy("strict", func(p policy.Policy) (policy.Policy, error) {
+		return p.Add(policy.Policy{Audiences: []string{"tether:strict"}}), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name, cluster, token string
 		code                 int
@@ -183,6 +194,8 @@ func TestTunnelRefusals(t *testing.T) {
 		{"cluster ID in upper case", "PROD", goodToken, 400, "invalid cluster ID"},
 		{"a caller the cluster does not grant", "prod", outsiderToken, 403, "mallory may not reach cluster prod"},
 		{"a cluster that grants no one", "closed", goodToken, 403, "grants access to no one"},
+		{"a granted caller with a token for another cluster's audience", "strict", goodToken, 403, "token is for audience [tether], not [tether:strict]"},
+		{"a token for the audience of the cluster: admitted", "strict", audToken, 503, "not connected"},
 		{"not connected", "prod", goodToken, 503, "not connected"},
 	}
 	for _, tc := range tests {
@@ -199,8 +212,8 @@ func TestTunnelRefusals(t *testing.T) {
 # HELP tether_relay_tunnels_total Callers' tunnel requests, by result.
 # TYPE tether_relay_tunnels_total counter
 tether_relay_tunnels_total{result="bad_request"} 2
-tether_relay_tunnels_total{result="forbidden"} 2
-tether_relay_tunnels_total{result="not_connected"} 1
+tether_relay_tunnels_total{result="forbidden"} 3
+tether_relay_tunnels_total{result="not_connected"} 2
 tether_relay_tunnels_total{result="unauthorized"} 2
 tether_relay_tunnels_total{result="unknown_cluster"} 1
 `
