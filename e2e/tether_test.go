@@ -5,11 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -275,54 +273,6 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		for _, name := range []string{"relay", "agent", "proxy"} {
 			Expect(readFile(ts.LogFile(name))).NotTo(ContainSubstring(strings.TrimSpace(string(tok))), "the caller's token in the %s log", name)
 		}
-	})
-
-	It("lets a GitHub Actions job deploy with its own OIDC token, through tether-proxy exec, only where it is granted", func(ctx SpecContext) {
-		const repo, env = "org/app", "prod"
-		user := "oidc:repo:" + repo + ":environment:" + env
-		ciNS := randomName("ci")
-		kubectl(ctx, nil, "create", "namespace", ciNS)
-		DeferCleanup(func(ctx SpecContext) { kubectl(ctx, nil, "delete", "namespace", ciNS, "--wait=false") })
-		kubectl(ctx, nil, "create", "rolebinding", "deployer", "-n", ciNS, "--clusterrole=edit", "--user="+user)
-		job, err := ts.StartGitHubActions(repo, env)
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(job.Stop)
-		step := func(env []string, args ...string) (string, error) {
-			out, err := ts.ProxyExec(ctx, env, append([]string{ts.KubectlPath()}, args...)...).CombinedOutput()
-			return string(out), err
-		}
-
-		// The relay admits no pipeline until one is granted.
-		out, err := step(job.Env, "create", "configmap", "release", "-n", ciNS)
-		Expect(err).To(HaveOccurred())
-		Expect(out).To(ContainSubstring(user + " may not reach cluster"))
-
-		rule := `user.username.startsWith("oidc:repo:` + repo + `:")`
-		grant := func(ctx context.Context, verb string) {
-			GinkgoHelper()
-			b, err := ts.RelayCommand(ctx, "cluster", verb, lc.Name(), "--rule", rule).CombinedOutput()
-			Expect(err).NotTo(HaveOccurred(), "%s", b)
-		}
-		grant(ctx, "grant")
-		DeferCleanup(func(ctx SpecContext) { grant(ctx, "revoke") })
-		out, err = step(job.Env, "create", "configmap", "release", "-n", ciNS)
-		Expect(err).NotTo(HaveOccurred(), "%s", out)
-		Expect(kubectl(ctx, nil, "get", "configmap", "release", "-n", ciNS, "-o", "name")).To(ContainSubstring("configmap/release"))
-		// Its RBAC is one namespace; the command's exit code is the step's.
-		out, err = step(job.Env, "get", "configmaps", "-n", ns)
-		Expect(err).To(HaveOccurred())
-		Expect(out).To(ContainSubstring(`User "` + user + `" cannot list resource "configmaps"`))
-		var ee *exec.ExitError
-		Expect(errors.As(err, &ee)).To(BeTrue())
-		Expect(ee.ExitCode()).To(Equal(1), "kubectl's own exit code")
-
-		// Another repository's job is not granted.
-		other, err := ts.StartGitHubActions("org/other", env)
-		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(other.Stop)
-		out, err = step(other.Env, "get", "configmaps", "-n", ciNS)
-		Expect(err).To(HaveOccurred())
-		Expect(out).To(ContainSubstring("oidc:repo:org/other:environment:prod may not reach cluster"))
 	})
 
 	It("manages clusters on the running relay, through its admin socket", func(ctx SpecContext) {

@@ -1,0 +1,288 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/fixtures/cluster"
+	"github.com/tether-k8s/tether/fixtures/issuer"
+	"github.com/tether-k8s/tether/fixtures/stack"
+)
+
+// withToken makes the proxy present tok until the spec ends.
+func withToken(tok string) {
+	GinkgoHelper()
+	old, err := os.ReadFile(ts.UserTokenFile())
+	Expect(err).NotTo(HaveOccurred())
+	Expect(os.WriteFile(ts.UserTokenFile(), []byte(tok), 0o600)).To(Succeed())
+	DeferCleanup(func() { Expect(os.WriteFile(ts.UserTokenFile(), old, 0o600)).To(Succeed()) })
+}
+
+// auditExtra returns the extras of the API server's latest audit event
+// that impersonated user, or nil.
+func auditExtra(user string) map[string][]string {
+	var found map[string][]string
+	for _, line := range strings.Split(readFile(lc.AuditLog()), "\n") {
+		var e struct {
+			ImpersonatedUser *struct {
+				Username string              `json:"username"`
+				Extra    map[string][]string `json:"extra"`
+			} `json:"impersonatedUser"`
+		}
+		if json.Unmarshal([]byte(line), &e) == nil && e.ImpersonatedUser != nil && e.ImpersonatedUser.Username == user {
+			found = e.ImpersonatedUser.Extra
+		}
+	}
+	return found
+}
+
+// badTokens are tokens tether must refuse, each with what the refusal
+// says; other-cluster is accepted by the relay's authentication (a relay
+// serves several clusters) and refused by the cluster's policy there, and by
+// the agent's authentication.
+func badTokens(ctx context.Context) map[string]struct{ token, relaySays, agentSays string } {
+	GinkgoHelper()
+	is := ts.Issuer()
+	expired, err := is.TokenAt(time.Now().Add(-2*time.Hour), "demo-user", []string{stack.DemoGroup}, stack.Audience, time.Hour)
+	Expect(err).NotTo(HaveOccurred())
+	wrongAud, err := is.Token("demo-user", []string{stack.DemoGroup}, "kubernetes", time.Hour)
+	Expect(err).NotTo(HaveOccurred())
+	otherCluster, err := is.Token("demo-user", []string{stack.DemoGroup}, stack.OtherClusterAudience, time.Hour)
+	Expect(err).NotTo(HaveOccurred())
+	// An issuer no one configured, with the same claims.
+	l, err := lc.Host(cluster.HostRelay).Listen("tcp", "0.0.0.0:0")
+	Expect(err).NotTo(HaveOccurred())
+	rogue, err := issuer.Start(l, "198.18.0.1")
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(rogue.Close)
+	wrongIssuer, err := rogue.Token("demo-user", []string{stack.DemoGroup}, stack.Audience, time.Hour)
+	Expect(err).NotTo(HaveOccurred())
+	return map[string]struct{ token, relaySays, agentSays string }{
+		"expired":        {expired, "token is expired", "token is expired"},
+		"wrong audience": {wrongAud, "audience", "audience"},
+		"wrong issuer":   {wrongIssuer, "issuer is not configured", "issuer is not configured"},
+		"other cluster":  {otherCluster, "refuses this token: the token is for audience [" + stack.OtherClusterAudience + "], not [" + stack.Audience + "]", "audience"},
+	}
+}
+
+// agentTunnel opens one tunnel through the relay with token (which the
+// relay admits), and TLS to the agent inside it, verified against the
+// relay's cluster CA, as tether-proxy does; the client it returns sends
+// every request over that one tunnel, whatever Authorization it carries:
+// what a tampered proxy could do.
+func agentTunnel(ctx context.Context, token string) *http.Client {
+	GinkgoHelper()
+	u, err := url.Parse(ts.RelayURL(lc.Host(cluster.HostLaptop)))
+	Expect(err).NotTo(HaveOccurred())
+	caPEM, err := os.ReadFile(ts.RelayCAFile())
+	Expect(err).NotTo(HaveOccurred())
+	roots := x509.NewCertPool()
+	Expect(roots.AppendCertsFromPEM(caPEM)).To(BeTrue())
+	tcp, err := lc.Host(cluster.HostLaptop).DialContext(ctx, "tcp", u.Host)
+	Expect(err).NotTo(HaveOccurred())
+	toRelay := tls.Client(tcp, &tls.Config{RootCAs: roots, ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}})
+	Expect(toRelay.HandshakeContext(ctx)).To(Succeed())
+	conn, err := relay.DialTunnel(toRelay, u.Host, lc.Name(), token)
+	Expect(err).NotTo(HaveOccurred(), "the relay admits the tunnel's own token")
+	toAgent := tls.Client(conn, &tls.Config{NextProtos: []string{"http/1.1"}, InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+			return err
+		}})
+	Expect(toAgent.HandshakeContext(ctx)).To(Succeed())
+	used := false
+	tr := &http.Transport{MaxConnsPerHost: 1, DialTLSContext: func(context.Context, string, string) (net.Conn, error) {
+		if used {
+			return nil, errors.New("the agent closed the tunnel; the spec allows one")
+		}
+		used = true
+		return toAgent, nil
+	}}
+	DeferCleanup(func() { tr.CloseIdleConnections(); _ = toAgent.Close() })
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+var _ = Describe("identity: tokens, CI jobs and access", Ordered, func() {
+	BeforeAll(func(ctx SpecContext) {
+		Expect(ts).NotTo(BeNil(), "the stack did not start")
+	})
+
+	It("refuses an expired, wrong-audience, wrong-issuer or other-cluster token at the relay, saying why", func(ctx SpecContext) {
+		for name, bad := range badTokens(ctx) {
+			By(name)
+			Expect(os.WriteFile(ts.UserTokenFile(), []byte(bad.token), 0o600)).To(Succeed())
+			out, err := viaTether(ctx, nil, "get", "nodes", "-o", "name")
+			Expect(err).To(HaveOccurred(), "%s token: kubectl succeeded:\n%s", name, out)
+			Expect(out).To(ContainSubstring(bad.relaySays), "%s token", name)
+			Expect(out).To(ContainSubstring("tether: "), "%s token: the relay's refusal reaches kubectl", name)
+		}
+		good, err := ts.UserToken("demo-user", []string{stack.DemoGroup})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(os.WriteFile(ts.UserTokenFile(), []byte(good), 0o600)).To(Succeed())
+		Expect(readFile(ts.LogFile("relay"))).To(ContainSubstring("relay: caller refused"))
+	})
+
+	It("refuses the same tokens at the agent on its own, inside a tunnel the relay admitted, and another user's token there", func(ctx SpecContext) {
+		good, err := ts.UserToken("demo-user", []string{stack.DemoGroup})
+		Expect(err).NotTo(HaveOccurred())
+		c := agentTunnel(ctx, good)
+		get := func(token string, header ...string) (int, string) {
+			GinkgoHelper()
+			req, err := http.NewRequestWithContext(ctx, "GET", "https://agent/api/v1/nodes", nil)
+			Expect(err).NotTo(HaveOccurred())
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			for i := 0; i+1 < len(header); i += 2 {
+				req.Header.Set(header[i], header[i+1])
+			}
+			resp, err := c.Do(req)
+			Expect(err).NotTo(HaveOccurred())
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(body)
+		}
+		// The control: the tunnel's own token is served (RBAC lets the
+		// demo group read nodes).
+		code, body := get(good)
+		Expect(code).To(Equal(http.StatusOK), "%s", body)
+
+		for name, bad := range badTokens(ctx) {
+			code, body := get(bad.token)
+			Expect(code).To(Equal(http.StatusUnauthorized), "%s token at the agent: %s", name, body)
+			Expect(body).To(ContainSubstring(bad.agentSays), "%s token at the agent", name)
+			Expect(body).To(ContainSubstring(`"kind":"Status"`))
+		}
+		code, body = get("")
+		Expect(code).To(Equal(http.StatusUnauthorized), "no token: %s", body)
+		// A valid token the relay would admit, but not the one this tunnel
+		// was opened with.
+		other, err := ts.UserToken("eve", []string{stack.GrantedGroup})
+		Expect(err).NotTo(HaveOccurred())
+		code, body = get(other)
+		Expect(code).To(Equal(http.StatusForbidden), "another user's token: %s", body)
+		Expect(body).To(ContainSubstring("this tunnel was opened for oidc:demo-user"))
+		code, body = get(good, "Impersonate-User", "system:admin")
+		Expect(code).To(Equal(http.StatusForbidden), "Impersonate-User: %s", body)
+		Expect(auditExtra("system:admin")).To(BeNil(), "no request reached the API server as system:admin")
+	})
+
+	ciStep := func(ctx context.Context, env, flags []string, args ...string) (string, error) {
+		out, err := ts.ProxyExec(ctx, env, flags, append([]string{ts.KubectlPath()}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	grant := func(ctx context.Context, verb, rule string) {
+		GinkgoHelper()
+		b, err := ts.RelayCommand(ctx, "cluster", verb, lc.Name(), "--rule", rule).CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "%s", b)
+	}
+
+	It("maps a GitHub Actions job to one user per repository with its claims as extras, and lets it deploy only where granted", func(ctx SpecContext) {
+		const repo, env = "org/app", "prod"
+		user := "github:" + repo
+		ciNS := randomName("ci")
+		kubectl(ctx, nil, "create", "namespace", ciNS)
+		DeferCleanup(func(ctx SpecContext) { kubectl(ctx, nil, "delete", "namespace", ciNS, "--wait=false") })
+		kubectl(ctx, nil, "create", "rolebinding", "deployer", "-n", ciNS, "--clusterrole=edit", "--user="+user)
+		job, err := ts.StartGitHubActions(repo, env)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(job.Stop)
+
+		// The relay admits no pipeline until one is granted.
+		out, err := ciStep(ctx, job.Env, nil, "create", "configmap", "release", "-n", ciNS)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring(user + " may not reach cluster"))
+
+		rule := `user.extra["tether.io/ci-repository"] == ["` + repo + `"] && user.extra["tether.io/ci-environment"] == ["` + env + `"]`
+		grant(ctx, "grant", rule)
+		DeferCleanup(func(ctx SpecContext) { grant(ctx, "revoke", rule) })
+		out, err = ciStep(ctx, job.Env, nil, "create", "configmap", "release", "-n", ciNS)
+		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		Expect(kubectl(ctx, nil, "get", "configmap", "release", "-n", ciNS, "-o", "name")).To(ContainSubstring("configmap/release"))
+		// The API server's audit log carries the job's claims.
+		Eventually(func() map[string][]string { return auditExtra(user) }).WithTimeout(10 * time.Second).Should(And(
+			HaveKeyWithValue("tether.io/ci-run-url", []string{"https://github.com/" + repo + "/actions/runs/4242"}),
+			HaveKeyWithValue("tether.io/ci-workflow-ref", []string{repo + "/.github/workflows/deploy.yml@refs/heads/main"}),
+			HaveKeyWithValue("tether.io/ci-environment", []string{env})))
+
+		// Its RBAC is one namespace; the command's exit code is the step's.
+		out, err = ciStep(ctx, job.Env, nil, "get", "configmaps", "-n", "default")
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring(`User "` + user + `" cannot list resource "configmaps"`))
+		var ee *exec.ExitError
+		Expect(errors.As(err, &ee)).To(BeTrue())
+		Expect(ee.ExitCode()).To(Equal(1), "kubectl's own exit code")
+
+		// Another repository's job, and the same repository's job for
+		// another environment, are not granted.
+		other, err := ts.StartGitHubActions("org/other", env)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(other.Stop)
+		out, err = ciStep(ctx, other.Env, nil, "get", "configmaps", "-n", ciNS)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("github:org/other may not reach cluster"))
+		staging, err := ts.StartGitHubActions(repo, "staging")
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(staging.Stop)
+		out, err = ciStep(ctx, staging.Env, nil, "get", "configmaps", "-n", ciNS)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring(user + " may not reach cluster"))
+	})
+
+	It("lets a GitLab CI job deploy with its id_token (--token-from env:NAME), only where granted", func(ctx SpecContext) {
+		const project = "org/team/app"
+		user := "gitlab:" + project
+		ciNS := randomName("ci")
+		kubectl(ctx, nil, "create", "namespace", ciNS)
+		DeferCleanup(func(ctx SpecContext) { kubectl(ctx, nil, "delete", "namespace", ciNS, "--wait=false") })
+		kubectl(ctx, nil, "create", "rolebinding", "deployer", "-n", ciNS, "--clusterrole=edit", "--user="+user)
+		jobEnv := func(environment string) []string {
+			GinkgoHelper()
+			tok, err := ts.GitLabJobToken(project, environment, stack.Audience)
+			Expect(err).NotTo(HaveOccurred())
+			// What a job with `id_tokens: {TETHER_ID_TOKEN: {aud: tether}}` has.
+			return []string{"GITLAB_CI=true", "CI=true", "TETHER_ID_TOKEN=" + tok}
+		}
+		flags := []string{"--token-from", "env:TETHER_ID_TOKEN"}
+
+		rule := `user.username == "` + user + `" && user.extra["tether.io/ci-environment"] == ["production"]`
+		grant(ctx, "grant", rule)
+		DeferCleanup(func(ctx SpecContext) { grant(ctx, "revoke", rule) })
+		out, err := ciStep(ctx, jobEnv("production"), flags, "create", "configmap", "release", "-n", ciNS)
+		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		Expect(kubectl(ctx, nil, "get", "configmap", "release", "-n", ciNS, "-o", "name")).To(ContainSubstring("configmap/release"))
+		_, gitlab := ts.CIIssuers()
+		Eventually(func() map[string][]string { return auditExtra(user) }).WithTimeout(10 * time.Second).Should(
+			HaveKeyWithValue("tether.io/ci-run-url", []string{gitlab.URL + "/" + project + "/-/pipelines/9001"}))
+
+		out, err = ciStep(ctx, jobEnv("production"), flags, "get", "secrets", "-n", "default")
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring(`User "` + user + `" cannot list resource "secrets"`))
+		out, err = ciStep(ctx, jobEnv("review"), flags, "get", "configmaps", "-n", ciNS)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring(user + " may not reach cluster"))
+		// A job of a project outside the organisation is refused by the
+		// recipe's claim validation rule, at the relay.
+		tok, err := gitlab.Mint(time.Now(), map[string]any{"sub": "project_path:evil/app:ref_type:branch:ref:main", "project_path": "evil/app",
+			"namespace_path": "evil", "ref": "main", "pipeline_id": "1", "environment": "production"}, stack.Audience, time.Minute)
+		Expect(err).NotTo(HaveOccurred())
+		out, err = ciStep(ctx, []string{"TETHER_ID_TOKEN=" + tok}, flags, "get", "configmaps", "-n", ciNS)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("only projects of the org group may use this cluster"))
+	})
+})
