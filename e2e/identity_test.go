@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -284,5 +285,57 @@ var _ = Describe("identity: tokens, CI jobs and access", Ordered, func() {
 		out, err = ciStep(ctx, []string{"TETHER_ID_TOKEN=" + tok}, flags, "get", "configmaps", "-n", ciNS)
 		Expect(err).To(HaveOccurred())
 		Expect(out).To(ContainSubstring("only projects of the org group may use this cluster"))
+	})
+
+	It("service-account-token mode: the caller's token opens the tunnel, a service-account token of the cluster acts, unimpersonated", func(ctx SpecContext) {
+		ns := randomName("sa")
+		kubectl(ctx, nil, "create", "namespace", ns)
+		DeferCleanup(func(ctx SpecContext) { kubectl(ctx, nil, "delete", "namespace", ns, "--wait=false") })
+		kubectl(ctx, nil, "create", "serviceaccount", "robot", "-n", ns)
+		kubectl(ctx, nil, "create", "rolebinding", "robot", "-n", ns, "--clusterrole=edit", "--serviceaccount="+ns+":robot")
+		saToken := strings.TrimSpace(kubectl(ctx, nil, "create", "token", "robot", "-n", ns, "--duration=1h"))
+		saFile := filepath.Join(GinkgoT().TempDir(), "robot.token")
+		Expect(os.WriteFile(saFile, []byte(saToken), 0o600)).To(Succeed())
+		p, err := ts.StartProxy(ctx, "sa-proxy", lc.Name(), 47131, ts.UserTokenFile(), "--cluster-token-file", saFile)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func() error { return ts.StopProcess(p.Name) })
+		run := func(args ...string) (string, error) {
+			out, err := p.Kubectl(ctx, args...).CombinedOutput()
+			return string(out), err
+		}
+		robot := "system:serviceaccount:" + ns + ":robot"
+		out, err := run("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		Expect(out).To(Equal(robot))
+		out, err = run("create", "configmap", "made-by-robot", "-n", ns)
+		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		out, err = run("get", "configmaps", "-n", "default")
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring(`User "` + robot + `" cannot list resource "configmaps"`))
+		// The API server saw the service account itself, not the agent
+		// impersonating someone.
+		Eventually(func() bool {
+			for _, line := range strings.Split(readFile(lc.AuditLog()), "\n") {
+				var e struct {
+					User             struct{ Username string } `json:"user"`
+					ImpersonatedUser *struct{}                 `json:"impersonatedUser"`
+					RequestURI       string                    `json:"requestURI"`
+				}
+				if json.Unmarshal([]byte(line), &e) == nil && e.User.Username == robot && e.ImpersonatedUser == nil &&
+					strings.HasPrefix(e.RequestURI, "/api/v1/namespaces/"+ns+"/configmaps") {
+					return true
+				}
+			}
+			return false
+		}).WithTimeout(10 * time.Second).Should(BeTrue())
+
+		// The relay still decides who may open the tunnel: with an expired
+		// caller token the service-account token gets nowhere.
+		expired, err := ts.Issuer().TokenAt(time.Now().Add(-2*time.Hour), "demo-user", []string{stack.DemoGroup}, stack.Audience, time.Hour)
+		Expect(err).NotTo(HaveOccurred())
+		withToken(expired)
+		out, err = run("get", "configmaps", "-n", ns)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("token is expired"))
 	})
 })

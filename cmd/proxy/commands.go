@@ -116,7 +116,7 @@ func (o *options) exec(parent context.Context, args []string) error {
 	ctx, cancel := cli.SignalContext(parent)
 	defer cancel()
 	p, err := proxy.New(ctx, proxy.Config{RelayURL: o.relayURL, RelayCA: relayCA, Cluster: o.cluster, Token: token,
-		Listen: "127.0.0.1:0", Logger: log})
+		ClusterToken: o.token.ClusterSource(), Listen: "127.0.0.1:0", Logger: log})
 	if err != nil {
 		return err
 	}
@@ -178,7 +178,7 @@ func (o *options) run(parent context.Context) error {
 	ctx, cancel := cli.SignalContext(parent)
 	defer cancel()
 	p, err := proxy.New(ctx, proxy.Config{RelayURL: o.relayURL, RelayCA: relayCA, Cluster: o.cluster, Token: token,
-		Listen: "127.0.0.1:" + strconv.Itoa(o.port), Logger: log})
+		ClusterToken: o.token.ClusterSource(), Listen: "127.0.0.1:" + strconv.Itoa(o.port), Logger: log})
 	if err != nil {
 		return err
 	}

@@ -52,6 +52,12 @@ type Config struct {
 	// Token returns the caller's token; it is called for every new
 	// connection, so a refreshed token is picked up. Required.
 	Token func() (string, error)
+	// ClusterToken, when set, returns a service-account token of the
+	// cluster (service-account-token mode): requests carry it to the agent,
+	// which passes it to the API server as it is and impersonates no one,
+	// while Token still opens the tunnels at the relay. Nil means requests
+	// carry Token.
+	ClusterToken func() (string, error)
 	// Listen is the local address, which must be a loopback address.
 	// Zero means DefaultListen.
 	Listen string
@@ -264,8 +270,8 @@ func (p *Proxy) Serve(ctx context.Context) error {
 			pr.SetURL(&url.URL{Scheme: "https", Host: "cluster.tether"})
 			pr.Out.Header.Del("Authorization")
 			pr.Out.Header.Del("Proxy-Authorization")
-			if tok, ok := pr.In.Context().Value(tokenKey{}).(string); ok {
-				pr.Out.Header.Set("Authorization", "Bearer "+tok)
+			if t, ok := pr.In.Context().Value(tokenKey{}).(tokens); ok {
+				pr.Out.Header.Set("Authorization", "Bearer "+t.agent)
 			}
 		},
 		Transport:     &perToken{p: p},
@@ -300,6 +306,10 @@ func (p *Proxy) Serve(ctx context.Context) error {
 
 type tokenKey struct{}
 
+// tokens are a request's: relay opens its tunnel, agent authenticates it
+// (the same token, except in service-account-token mode).
+type tokens struct{ relay, agent string }
+
 // guard refuses what must never reach the cluster, and reads the token.
 func (p *Proxy) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -329,7 +339,15 @@ func (p *Proxy) guard(next http.Handler) http.Handler {
 			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, fmt.Sprintf("tether-proxy: cannot read your token: %v", err))
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenKey{}, tok)))
+		t := tokens{relay: tok, agent: tok}
+		if p.cfg.ClusterToken != nil {
+			if t.agent, err = p.cfg.ClusterToken(); err != nil || t.agent == "" {
+				p.log.Error("proxy: no cluster token", "error", err)
+				kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, fmt.Sprintf("tether-proxy: cannot read the cluster's service-account token: %v", err))
+				return
+			}
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenKey{}, t)))
 	})
 }
 
@@ -354,8 +372,11 @@ type tokenPool struct {
 const maxTokenPools = 4
 
 func (t *perToken) RoundTrip(r *http.Request) (*http.Response, error) {
-	tok, _ := r.Context().Value(tokenKey{}).(string)
-	key := sha256.Sum256([]byte(tok))
+	toks, _ := r.Context().Value(tokenKey{}).(tokens)
+	tok := toks.relay
+	// A tunnel is keyed by both tokens: the relay admitted the one, the
+	// agent authenticates the other.
+	key := sha256.Sum256([]byte(toks.relay + "\x00" + toks.agent))
 	t.mu.Lock()
 	var tr *http.Transport
 	for i, pl := range t.pools {

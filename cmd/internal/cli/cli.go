@@ -115,6 +115,10 @@ type TokenFlags struct {
 	// From is "", "github-actions" or "env:NAME".
 	From     string
 	Audience string
+	// ClusterFile holds a Kubernetes service-account token of the cluster,
+	// sent to the agent instead of the caller's token (which still opens
+	// the tunnel at the relay).
+	ClusterFile string
 }
 
 // Add registers the flags on fs.
@@ -123,6 +127,32 @@ func (t *TokenFlags) Add(fs *pflag.FlagSet) {
 	fs.StringVar(&t.Command, "token-command", "", "command that prints the caller's token, run when the token is needed (cached 1 minute)")
 	fs.StringVar(&t.From, "token-from", "", "github-actions: the job's OIDC token (needs `permissions: id-token: write`; the default inside such a job when no other token is given); env:NAME: the variable NAME (e.g. a GitLab CI id_tokens entry)")
 	fs.StringVar(&t.Audience, "token-audience", "tether", "with --token-from github-actions: the audience to request, as the relay's and agent's authentication configuration expect")
+	fs.StringVar(&t.ClusterFile, "cluster-token-file", "", "service-account-token mode: file holding a service-account token of the cluster (re-read when it changes); the agent passes it to the API server as it is, and your own token still opens the tunnel at the relay")
+}
+
+// ClusterSource returns the --cluster-token-file token's source, or nil
+// when the flag is not given.
+func (t *TokenFlags) ClusterSource() func() (string, error) {
+	if t.ClusterFile == "" {
+		return nil
+	}
+	return fileToken("--cluster-token-file", t.ClusterFile)
+}
+
+// fileToken reads the token in path on every call, so a rotated token is
+// picked up.
+func fileToken(flag, path string) func() (string, error) {
+	return func() (string, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", flag, err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return "", fmt.Errorf("%s %s is empty", flag, path)
+		}
+		return tok, nil
+	}
 }
 
 // Source returns a function giving the current token: from the file (read
@@ -155,18 +185,7 @@ func (t *TokenFlags) Source() (func() (string, error), error) {
 	case t.From != "":
 		return nil, fmt.Errorf("--token-from %q: want github-actions or env:NAME", t.From)
 	case t.File != "":
-		path := t.File
-		return func() (string, error) {
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return "", fmt.Errorf("--token-file: %w", err)
-			}
-			tok := strings.TrimSpace(string(b))
-			if tok == "" {
-				return "", fmt.Errorf("--token-file %s is empty", path)
-			}
-			return tok, nil
-		}, nil
+		return fileToken("--token-file", t.File), nil
 	case t.Command != "":
 		return commandToken(t.Command), nil
 	}
