@@ -338,4 +338,37 @@ var _ = Describe("identity: tokens, CI jobs and access", Ordered, func() {
 		Expect(err).To(HaveOccurred())
 		Expect(out).To(ContainSubstring("token is expired"))
 	})
+
+	It("serves the admin API remotely only to the relay's admin group, and audits it", func(ctx SpecContext) {
+		lap := lc.Host(cluster.HostLaptop)
+		dir := GinkgoT().TempDir()
+		relayCmd := func(ctx context.Context, subject, group string, args ...string) (string, error) {
+			tok, err := ts.UserToken(subject, []string{group})
+			Expect(err).NotTo(HaveOccurred())
+			file := filepath.Join(dir, subject+".token")
+			Expect(os.WriteFile(file, []byte(tok), 0o600)).To(Succeed())
+			out, err := lap.Command(ctx, filepath.Join(ts.BinDir(), "tether-relay"), append([]string{"--relay", ts.RelayURL(lap),
+				"--relay-ca", ts.RelayCAFile(), "--token-file", file}, args...)...).CombinedOutput()
+			return string(out), err
+		}
+		out, err := relayCmd(ctx, "root", stack.AdminGroup, "cluster", "list")
+		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		Expect(out).To(ContainSubstring(lc.Name()))
+		out, err = relayCmd(ctx, "root", stack.AdminGroup, "cluster", "grant", lc.Name(), "--user", "oidc:carol")
+		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		DeferCleanup(func(ctx SpecContext) {
+			out, err := relayCmd(ctx, "root", stack.AdminGroup, "cluster", "revoke", lc.Name(), "--user", "oidc:carol")
+			Expect(err).NotTo(HaveOccurred(), "%s", out)
+		})
+		Expect(out).To(ContainSubstring("user\toidc:carol"))
+
+		out, err = relayCmd(ctx, "mallory", stack.DemoGroup, "cluster", "grant", lc.Name(), "--user", "oidc:mallory")
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("oidc:mallory is not in an admin group of this relay"))
+		out, err = relayCmd(ctx, "mallory", stack.DemoGroup, "cluster", "policy", lc.Name())
+		Expect(err).To(HaveOccurred(), "%s", out)
+		Expect(readFile(ts.LogFile("relay"))).To(And(
+			MatchRegexp(`msg="relay: admin request" audit=true user=oidc:root .*method=POST path=/v1/admin/clusters/`+lc.Name()+`/grant status=200`),
+			MatchRegexp(`msg="relay: admin request" audit=true user=oidc:mallory .*status=403`)))
+	})
 })

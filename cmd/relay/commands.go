@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -44,6 +45,14 @@ they open --data directly.`,
 	}
 	root.PersistentFlags().StringVar(&data, "data", "tether-relay.db", "the relay's state: clusters, hashed join tokens, its CA (a bbolt file, mode 0600)")
 	root.PersistentFlags().StringVar(&socket, "admin-socket", "", "the running relay's admin socket (mode 0600), which the cluster commands use (default: --data with .sock appended)")
+	var remote struct {
+		url, ca string
+		token   cli.TokenFlags
+	}
+	root.PersistentFlags().StringVar(&remote.url, "relay", "", "run the cluster commands against this relay's public API (https://host:port) instead of the local socket; the relay must run with --admin-group and your token be a member's")
+	root.PersistentFlags().StringVar(&remote.ca, "relay-ca", "", "with --relay: PEM of the CA that signed the relay's certificate (default: system roots)")
+	root.PersistentFlags().StringVar(&remote.token.File, "token-file", "", "with --relay: file holding your token (default: $TETHER_TOKEN)")
+	root.PersistentFlags().StringVar(&remote.token.Command, "token-command", "", "with --relay: command that prints your token")
 	socketPath := func() string {
 		if socket != "" {
 			return socket
@@ -53,6 +62,22 @@ they open --data directly.`,
 	// withAdmin runs fn against the running relay, or against the data
 	// file when no relay serves the socket.
 	withAdmin := func(fn func(admin) error) error {
+		if remote.url != "" {
+			u, err := url.Parse(remote.url)
+			if err != nil || u.Scheme != "https" || u.Host == "" {
+				return fmt.Errorf("--relay %q: want https://host[:port]", remote.url)
+			}
+			a := relay.AdminClient{URL: remote.url}
+			if remote.ca != "" {
+				if a.RootCAs, err = cli.ReadCAFile("--relay-ca", remote.ca); err != nil {
+					return err
+				}
+			}
+			if a.Token, err = remote.token.Source(); err != nil {
+				return err
+			}
+			return fn(liveAdmin{a})
+		}
 		live := liveAdmin{relay.AdminClient{Socket: socketPath()}}
 		err := fn(live)
 		if !errors.Is(err, relay.ErrNoRelay) {
@@ -315,6 +340,7 @@ type serveOptions struct {
 	authnConfig                       string
 	relayID                           string
 	drainTimeout                      time.Duration
+	adminGroups                       []string
 	logs                              cli.LogFlags
 }
 
@@ -336,6 +362,7 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	fs.StringVar(&o.authnConfig, "authentication-config", "", "AuthenticationConfiguration (apiserver.config.k8s.io/v1) saying which tokens callers may present (required)")
 	fs.StringVar(&o.relayID, "relay-id", "", "this replica's name in logs (default: host name)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM or Ctrl-C, how long to keep serving open tunnels while agents move their sessions (keep it under the pod's terminationGracePeriodSeconds); a second signal stops at once")
+	fs.StringArrayVar(&o.adminGroups, "admin-group", nil, "serve the admin API (the cluster commands) on the public API too, to callers in this mapped group (e.g. oidc:platform-admins; repeatable). Default: only on the local admin socket")
 	o.logs.Add(fs)
 	return c
 }
@@ -396,7 +423,7 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 		return err
 	}
 	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: authenticator, RelayID: o.relayID,
-		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving})
+		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving, AdminGroups: o.adminGroups})
 	if err != nil {
 		return err
 	}

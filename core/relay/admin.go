@@ -3,6 +3,8 @@ package relay
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -206,10 +209,19 @@ func ListenAdmin(path string) (net.Listener, error) {
 // ErrNoRelay is returned by AdminClient when no relay serves the socket.
 var ErrNoRelay = errors.New("no relay is serving the admin socket")
 
-// AdminClient calls a running relay's admin API over its Unix socket.
+// AdminClient calls a running relay's admin API: over its Unix socket, or
+// over its public API when URL is set (the relay started with
+// --admin-group, and Token a member's).
 type AdminClient struct {
 	// Socket is the path of the relay's admin socket.
 	Socket string
+	// URL, when not empty, is the relay's public API (https://host:port),
+	// used instead of Socket.
+	URL string
+	// RootCAs verifies the relay at URL. Nil means the system's roots.
+	RootCAs *x509.CertPool
+	// Token returns the caller's token for URL.
+	Token func() (string, error)
 }
 
 func (a AdminClient) do(ctx context.Context, method, path string, body, out any) error {
@@ -220,6 +232,9 @@ func (a AdminClient) do(ctx context.Context, method, path string, body, out any)
 			return err
 		}
 		rd = bytes.NewReader(b)
+	}
+	if a.URL != "" {
+		return a.doRemote(ctx, method, path, rd, out)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://relay"+path, rd)
 	if err != nil {
@@ -243,6 +258,35 @@ func (a AdminClient) do(ctx context.Context, method, path string, body, out any)
 		}
 		return fmt.Errorf("relay admin API at %s: %w", a.Socket, err)
 	}
+	return decodeAdmin(resp, out)
+}
+
+// doRemote calls the admin API at a.URL with a.Token.
+func (a AdminClient) doRemote(ctx context.Context, method, path string, body io.Reader, out any) error {
+	if a.Token == nil {
+		return errors.New("relay admin API: no token to call " + a.URL + " with")
+	}
+	tok, err := a.Token()
+	if err != nil {
+		return fmt.Errorf("relay admin API: read your token: %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(a.URL, "/")+path, body)
+	if err != nil {
+		return fmt.Errorf("relay admin API: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: a.RootCAs, MinVersion: tls.VersionTLS12}}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("relay admin API at %s: %w", a.URL, err)
+	}
+	return decodeAdmin(resp, out)
+}
+
+// decodeAdmin reads an admin API answer into out (a *[]byte takes it raw),
+// or the Status it refused with.
+func decodeAdmin(resp *http.Response, out any) error {
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -120,4 +121,67 @@ func stale(t *testing.T, path string) string {
 	l.(interface{ SetUnlinkOnClose(bool) }).SetUnlinkOnClose(false)
 	_ = l.Close()
 	return path
+}
+
+func TestRemoteAdminAPIOnlyForTheAdminGroup(t *testing.T) {
+	get := func(h *relayHarness, token string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, h.api.URL+"/v1/admin/clusters", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	off := newRelay(t)
+	if code, body := get(off, adminToken); code != http.StatusNotFound || !strings.Contains(body, "--admin-group") {
+		t.Fatalf("admin API without --admin-group: %d %s, want 404 saying how to turn it on", code, body)
+	}
+
+	h := newRelay(t, func(c *relay.ServerConfig) { c.AdminGroups = []string{"relay-admins"} })
+	h.create(t, "prod")
+	for _, tc := range []struct {
+		name, token string
+		code        int
+		says        string
+	}{
+		{"no token", "", 401, "bearer token is required"},
+		{"a token the relay refuses", "stale", 401, "token is expired"},
+		{"a valid caller outside the admin group", goodToken, 403, "alice is not in an admin group of this relay"},
+		{"the admin group", adminToken, 200, `"id":"prod"`},
+	} {
+		if code, body := get(h, tc.token); code != tc.code || !strings.Contains(body, tc.says) {
+			t.Errorf("%s: %d %s, want %d saying %q", tc.name, code, body, tc.code, tc.says)
+		}
+	}
+
+	ctx := t.Context()
+	for _, tc := range []struct {
+		token string
+		ok    bool
+	}{{adminToken, true}, {goodToken, false}} {
+		a := relay.AdminClient{URL: h.api.URL, Token: func() (string, error) { return tc.token, nil }}
+		_, err := a.Grant(ctx, "prod", policy.Policy{Users: []string{"bob"}})
+		if (err == nil) != tc.ok {
+			t.Errorf("grant with %s's token: %v", tc.token[:5], err)
+		}
+	}
+	p, err := relay.AdminClient{URL: h.api.URL, Token: func() (string, error) { return adminToken, nil }}.Policy(ctx, "prod")
+	if err != nil || len(p.Policy.Users) != 1 || p.Policy.Users[0] != "bob" {
+		t.Fatalf("policy after the admin's grant: %+v, %v", p, err)
+	}
+	audit := h.audit.String()
+	if !strings.Contains(audit, `"msg":"relay: admin request"`) || !strings.Contains(audit, `"user":"root"`) || !strings.Contains(audit, `"user":"alice"`) {
+		t.Errorf("the admin requests are not in the audit log:\n%s", audit)
+	}
+	for _, tok := range []string{adminToken, goodToken} {
+		if strings.Contains(audit, tok) {
+			t.Fatal("a token in the audit log")
+		}
+	}
 }

@@ -60,6 +60,11 @@ type ServerConfig struct {
 	// the registry's CA). When set, Handler also accepts agents' sessions
 	// over WebSocket, for clusters whose egress passes only HTTP(S).
 	AgentCertificate *tls.Certificate
+	// AdminGroups, when not empty, serves the admin API (see AdminHandler)
+	// on the public API too, under /v1/admin/, to callers whose token the
+	// relay authenticates and whose mapped groups include one of these.
+	// Empty (the default) serves it only on the local admin socket.
+	AdminGroups []string
 }
 
 // Server is the relay's public face: the HTTP API for callers and joining
@@ -103,6 +108,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/join", s.join)
 	mux.HandleFunc("GET /v1/clusters/{id}", s.clusterInfo)
 	mux.HandleFunc("GET /v1/clusters/{id}/tunnel", s.tunnel)
+	mux.Handle("/v1/admin/", s.remoteAdmin())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: no such relay endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -167,12 +173,8 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request) (id string, who 
 		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: "+err.Error())
 		return "", who, false
 	}
-	auth := r.Header.Values("Authorization")
-	token, found := "", false
-	if len(auth) == 1 {
-		token, found = strings.CutPrefix(auth[0], "Bearer ")
-	}
-	if !found || token == "" {
+	token, found := bearer(r)
+	if !found {
 		s.cfg.Metrics.tunnel(ResultUnauthorized)
 		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: a bearer token is required to reach a cluster")
 		return "", who, false
@@ -207,6 +209,16 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request) (id string, who 
 		return "", who, false
 	}
 	return id, res.Identity, true
+}
+
+// bearer returns the request's one bearer token.
+func bearer(r *http.Request) (string, bool) {
+	auth := r.Header.Values("Authorization")
+	if len(auth) != 1 {
+		return "", false
+	}
+	token, found := strings.CutPrefix(auth[0], "Bearer ")
+	return token, found && token != ""
 }
 
 func (s *Server) clusterInfo(w http.ResponseWriter, r *http.Request) {

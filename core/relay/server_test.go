@@ -37,6 +37,8 @@ const (
 	outsiderToken = "outsider-token-0123456789"
 	// audToken is alice's token for audience tether:strict only.
 	audToken = "aud-token-0123456789"
+	// adminToken is root's, in group relay-admins.
+	adminToken = "admin-token-0123456789"
 )
 
 type tokenAuthn struct{}
@@ -45,6 +47,8 @@ func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (impersonate.
 	switch tok {
 	case goodToken:
 		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
+	case adminToken:
+		return impersonate.Result{Identity: impersonate.Identity{User: "root", Groups: []string{"ops", "relay-admins"}}}, nil
 	case audToken:
 		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether:strict"}}, nil
 	case outsiderToken:
@@ -90,7 +94,7 @@ type relayHarness struct {
 	audit  *syncBuffer
 }
 
-func newRelay(t *testing.T) *relayHarness {
+func newRelay(t *testing.T, opts ...func(*relay.ServerConfig)) *relayHarness {
 	t.Helper()
 	reg, err := registry.Open(registry.Config{Path: filepath.Join(t.TempDir(), "reg.db")})
 	if err != nil {
@@ -104,8 +108,12 @@ func newRelay(t *testing.T) *relayHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.srv, err = relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: tokenAuthn{},
-		Audit: slog.New(slog.NewJSONHandler(h.audit, nil)), Metrics: metrics})
+	cfg := relay.ServerConfig{Registry: reg, Router: router, Authenticator: tokenAuthn{},
+		Audit: slog.New(slog.NewJSONHandler(h.audit, nil)), Metrics: metrics}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	h.srv, err = relay.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

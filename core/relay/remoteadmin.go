@@ -1,0 +1,63 @@
+package relay
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tether-k8s/tether/core/kstatus"
+)
+
+// remoteAdmin serves AdminHandler on the public API to members of
+// ServerConfig.AdminGroups, authenticated as callers are, and audits every
+// request with the caller's name.
+func (s *Server) remoteAdmin() http.Handler {
+	admin := s.AdminHandler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(s.cfg.AdminGroups) == 0 {
+			kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound,
+				"tether: the remote admin API is off on this relay: use its local admin socket, or start it with --admin-group GROUP")
+			return
+		}
+		begin := time.Now()
+		token, ok := bearer(r)
+		if !ok {
+			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: a bearer token is required for the admin API")
+			s.audit.Warn("relay: admin request", "user", "", "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "status", http.StatusUnauthorized)
+			return
+		}
+		res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
+		if err != nil {
+			why := strings.ReplaceAll(err.Error(), token, "<token>")
+			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+why)
+			s.audit.Warn("relay: admin request", "user", "", "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path,
+				"status", http.StatusUnauthorized, "why", why)
+			return
+		}
+		user := res.Identity.User
+		if !slices.ContainsFunc(res.Identity.Groups, func(g string) bool { return slices.Contains(s.cfg.AdminGroups, g) }) {
+			kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf(
+				"tether: %s is not in an admin group of this relay (%s); an administrator can run the command on the relay's host instead",
+				user, strings.Join(s.cfg.AdminGroups, ", ")))
+			s.audit.Warn("relay: admin request", "user", user, "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "status", http.StatusForbidden)
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		admin.ServeHTTP(sw, r)
+		s.audit.Info("relay: admin request", "user", user, "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path,
+			"status", sw.status, "duration", time.Since(begin).Round(time.Millisecond))
+	})
+}
+
+// statusWriter records the status a handler answered with.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
