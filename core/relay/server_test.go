@@ -35,13 +35,15 @@ import (
 const (
 	goodToken     = "caller-token-0123456789"
 	outsiderToken = "outsider-token-0123456789"
+	// refreshedToken is another valid token of alice's (a refresh).
+	refreshedToken = "caller-token-refreshed-0123456789"
 )
 
 type tokenAuthn struct{}
 
 func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (impersonate.Result, error) {
 	switch tok {
-	case goodToken:
+	case goodToken, refreshedToken:
 		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}}, nil
 	case outsiderToken:
 		return impersonate.Result{Identity: impersonate.Identity{User: "mallory", Groups: []string{"contractors"}}}, nil
@@ -88,6 +90,12 @@ type relayHarness struct {
 
 func newRelay(t *testing.T) *relayHarness {
 	t.Helper()
+	return newRelayWith(t, func(*relay.ServerConfig) {})
+}
+
+// newRelayWith is newRelay with the server's configuration adjusted by set.
+func newRelayWith(t *testing.T, set func(*relay.ServerConfig)) *relayHarness {
+	t.Helper()
 	reg, err := registry.Open(registry.Config{Path: filepath.Join(t.TempDir(), "reg.db")})
 	if err != nil {
 		t.Fatal(err)
@@ -100,11 +108,14 @@ func newRelay(t *testing.T) *relayHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.srv, err = relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: tokenAuthn{},
-		Audit: slog.New(slog.NewJSONHandler(h.audit, nil)), Metrics: metrics})
+	cfg := relay.ServerConfig{Registry: reg, Router: router, Authenticator: tokenAuthn{},
+		Audit: slog.New(slog.NewJSONHandler(h.audit, nil)), Metrics: metrics}
+	set(&cfg)
+	h.srv, err = relay.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = h.srv.Close() })
 	h.api = httptest.NewServer(h.srv.Handler())
 	t.Cleanup(h.api.Close)
 	return h
