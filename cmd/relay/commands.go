@@ -309,6 +309,7 @@ type serveOptions struct {
 	authnConfig                       string
 	relayID                           string
 	drainTimeout                      time.Duration
+	clusterEndpoint                   bool
 	logs                              cli.LogFlags
 }
 
@@ -330,6 +331,7 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	fs.StringVar(&o.authnConfig, "authentication-config", "", "AuthenticationConfiguration (apiserver.config.k8s.io/v1) saying which tokens callers may present (required)")
 	fs.StringVar(&o.relayID, "relay-id", "", "this replica's name in logs (default: host name)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM or Ctrl-C, how long to keep serving open tunnels while agents move their sessions (keep it under the pod's terminationGracePeriodSeconds); a second signal stops at once")
+	fs.BoolVar(&o.clusterEndpoint, "cluster-endpoint", true, "serve each cluster's HTTPS endpoint, https://RELAY/v1/clusters/ID/k8s, for kubeconfigs written by tether-proxy kubeconfig (no local process); the relay then terminates the caller's TLS and sees those requests in clear (tether-proxy's own mode keeps TLS end to end to the agent). false: callers need tether-proxy")
 	o.logs.Add(fs)
 	return c
 }
@@ -389,11 +391,16 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	if err != nil {
 		return err
 	}
+	var endpoint *relay.ClusterEndpointConfig
+	if o.clusterEndpoint {
+		endpoint = &relay.ClusterEndpointConfig{}
+	}
 	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: authenticator, RelayID: o.relayID,
-		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving})
+		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving, ClusterEndpoint: endpoint})
 	if err != nil {
 		return err
 	}
+	defer srv.Close()
 	apiCert := serving
 	if o.tlsCert != "" {
 		if apiCert, err = tls.LoadX509KeyPair(o.tlsCert, o.tlsKey); err != nil {
@@ -463,7 +470,8 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 			}
 		}()
 	}
-	log.Info("relay: serving", "api", o.listen, "agents", o.agentListen, "adminSocket", adminSocket, "hostnames", strings.Join(o.hostnames, ","))
+	log.Info("relay: serving", "api", o.listen, "agents", o.agentListen, "adminSocket", adminSocket, "hostnames", strings.Join(o.hostnames, ","),
+		"clusterEndpoint", o.clusterEndpoint)
 	var first error
 	select {
 	case <-signalled.Done():
