@@ -163,8 +163,8 @@ var _ = Describe("kubectl through the relay's cluster endpoint, with no local pr
 		path := "/api/v1/namespaces/" + ns + "/configmaps"
 		var reqID string
 		Eventually(func() string {
-			m := regexp.MustCompile(`msg="relay: cluster request" audit=true request=(\S+) cluster=` + regexp.QuoteMeta(lc.Name()) +
-				` user=oidc:demo-user \S+ verb=GET path=` + regexp.QuoteMeta(path) + ` status=200 `).FindAllStringSubmatch(readFile(ts.LogFile("relay")), -1)
+			m := regexp.MustCompile(`msg="relay: cluster request" audit=true request=(\S+) cluster=`+regexp.QuoteMeta(lc.Name())+
+				` user=oidc:demo-user \S+ verb=GET path=`+regexp.QuoteMeta(path)+` status=200 `).FindAllStringSubmatch(readFile(ts.LogFile("relay")), -1)
 			if len(m) == 0 {
 				return ""
 			}
