@@ -195,9 +195,17 @@ func (e *clusterEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	reqID, _ := c.requestID.Load().(string)
 	e.s.cfg.Metrics.spliced(bytesIn, bytesOut)
-	e.s.audit.Info("relay: cluster request", "request", reqID, "cluster", id, "user", who.User, "client", r.RemoteAddr,
-		"verb", r.Method, "path", path, "status", rec.status(), "bytesIn", bytesIn, "bytesOut", bytesOut,
-		"durationMs", time.Since(start).Milliseconds())
+	status := rec.status()
+	if rec.code == 0 && c.err != nil {
+		status = 0 // no response: the caller went away
+	}
+	attrs := []any{"request", reqID, "cluster", id, "user", who.User, "client", r.RemoteAddr,
+		"verb", r.Method, "path", path, "status", status, "bytesIn", bytesIn, "bytesOut", bytesOut,
+		"durationMs", time.Since(start).Milliseconds()}
+	if c.err != nil {
+		attrs = append(attrs, "error", c.err.Error())
+	}
+	e.s.audit.Info("relay: cluster request", attrs...)
 }
 
 // pool returns the (cluster, token) pool, making it if needed, and forgets
@@ -232,6 +240,8 @@ func (e *clusterEndpoint) pool(cluster, token string) *agentPool {
 				oldest, at = k, q.used
 			}
 		}
+		// Its connections in use end with their requests, then idle out
+		// after IdleTimeout.
 		e.pools[oldest].tr.CloseIdleConnections()
 		delete(e.pools, oldest)
 	}
