@@ -21,6 +21,34 @@ import (
 	"github.com/tether-k8s/tether/fixtures/stack"
 )
 
+// impersonatedInAuditLog returns nil if the API server's audit log has the
+// event with tether.io/request-id reqID, made by the agent's service
+// account impersonating user, for a URI under path.
+func impersonatedInAuditLog(reqID, user, path string) error {
+	type event struct {
+		User             struct{ Username string } `json:"user"`
+		ImpersonatedUser *struct {
+			Username string              `json:"username"`
+			Extra    map[string][]string `json:"extra"`
+		} `json:"impersonatedUser"`
+		RequestURI string `json:"requestURI"`
+	}
+	for _, line := range strings.Split(readFile(lc.AuditLog()), "\n") {
+		var e event
+		if json.Unmarshal([]byte(line), &e) != nil || e.ImpersonatedUser == nil {
+			continue
+		}
+		if slices.Contains(e.ImpersonatedUser.Extra["tether.io/request-id"], reqID) {
+			if e.User.Username != "system:serviceaccount:tether-system:tether-agent" || e.ImpersonatedUser.Username != user ||
+				!strings.HasPrefix(e.RequestURI, path) {
+				return fmt.Errorf("audit event for %s: %+v", reqID, e)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("no API server audit event with tether.io/request-id %s", reqID)
+}
+
 // readFile returns a file's content, or "" if it cannot be read.
 func readFile(path string) string {
 	b, _ := os.ReadFile(path)
@@ -243,30 +271,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 
 		// The API server's own audit log names the agent's service account,
 		// impersonating the caller, with the same request ID as an extra.
-		type event struct {
-			User             struct{ Username string } `json:"user"`
-			ImpersonatedUser *struct {
-				Username string              `json:"username"`
-				Extra    map[string][]string `json:"extra"`
-			} `json:"impersonatedUser"`
-			RequestURI string `json:"requestURI"`
-		}
-		Eventually(func() error {
-			for _, line := range strings.Split(readFile(lc.AuditLog()), "\n") {
-				var e event
-				if json.Unmarshal([]byte(line), &e) != nil || e.ImpersonatedUser == nil {
-					continue
-				}
-				if slices.Contains(e.ImpersonatedUser.Extra["tether.io/request-id"], reqID) {
-					if e.User.Username != "system:serviceaccount:tether-system:tether-agent" || e.ImpersonatedUser.Username != "oidc:demo-user" ||
-						!strings.HasPrefix(e.RequestURI, path) {
-						return fmt.Errorf("audit event for %s: %+v", reqID, e)
-					}
-					return nil
-				}
-			}
-			return fmt.Errorf("no API server audit event with tether.io/request-id %s", reqID)
-		}).WithTimeout(10 * time.Second).Should(Succeed())
+		Eventually(func() error { return impersonatedInAuditLog(reqID, "oidc:demo-user", path) }).WithTimeout(10 * time.Second).Should(Succeed())
 
 		tok, err := os.ReadFile(ts.UserTokenFile())
 		Expect(err).NotTo(HaveOccurred())

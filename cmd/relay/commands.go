@@ -341,6 +341,7 @@ type serveOptions struct {
 	relayID                           string
 	drainTimeout                      time.Duration
 	adminGroups                       []string
+	clusterEndpoint                   bool
 	logs                              cli.LogFlags
 }
 
@@ -363,6 +364,7 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	fs.StringVar(&o.relayID, "relay-id", "", "this replica's name in logs (default: host name)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM or Ctrl-C, how long to keep serving open tunnels while agents move their sessions (keep it under the pod's terminationGracePeriodSeconds); a second signal stops at once")
 	fs.StringArrayVar(&o.adminGroups, "admin-group", nil, "serve the admin API (the cluster commands) on the public API too, to callers in this mapped group (e.g. oidc:platform-admins; repeatable). Default: only on the local admin socket")
+	fs.BoolVar(&o.clusterEndpoint, "cluster-endpoint", true, "serve each cluster's HTTPS endpoint, https://RELAY/v1/clusters/ID/k8s, for kubeconfigs written by tether-proxy kubeconfig (no local process); the relay then terminates the caller's TLS and sees those requests in clear (tether-proxy's own mode keeps TLS end to end to the agent). false: callers need tether-proxy")
 	o.logs.Add(fs)
 	return c
 }
@@ -422,11 +424,17 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	if err != nil {
 		return err
 	}
+	var endpoint *relay.ClusterEndpointConfig
+	if o.clusterEndpoint {
+		endpoint = &relay.ClusterEndpointConfig{}
+	}
 	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: authenticator, RelayID: o.relayID,
-		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving, AdminGroups: o.adminGroups})
+		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving, AdminGroups: o.adminGroups,
+		ClusterEndpoint: endpoint})
 	if err != nil {
 		return err
 	}
+	defer srv.Close()
 	apiCert := serving
 	if o.tlsCert != "" {
 		if apiCert, err = tls.LoadX509KeyPair(o.tlsCert, o.tlsKey); err != nil {
@@ -496,7 +504,8 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 			}
 		}()
 	}
-	log.Info("relay: serving", "api", o.listen, "agents", o.agentListen, "adminSocket", adminSocket, "hostnames", strings.Join(o.hostnames, ","))
+	log.Info("relay: serving", "api", o.listen, "agents", o.agentListen, "adminSocket", adminSocket, "hostnames", strings.Join(o.hostnames, ","),
+		"clusterEndpoint", o.clusterEndpoint)
 	var first error
 	select {
 	case <-signalled.Done():

@@ -39,7 +39,7 @@ const DefaultListen = "127.0.0.1:47011"
 // relay connected it to the agent of another cluster than the one it asked
 // for (the agent's certificate names it): a routing bug that the proxy's
 // end-to-end TLS stops. The simulator looks for it.
-const WrongAgentMessage = "reached the agent of cluster"
+const WrongAgentMessage = registry.WrongAgentMessage
 
 // Config configures a Proxy.
 type Config struct {
@@ -424,14 +424,9 @@ func (p *Proxy) dialCluster(ctx context.Context, tok string) (net.Conn, error) {
 		_ = raw.Close()
 		return nil, err
 	}
-	agent := tls.Client(conn, &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		NextProtos: []string{"http/1.1"},
-		// The agent's certificate is its cluster credential: verified below
-		// against the cluster CA and the requested cluster, not a host name.
-		InsecureSkipVerify: true,
-		VerifyConnection:   p.verifyAgent,
-	})
+	// The agent's certificate is its cluster credential: verified against
+	// the cluster CA and the requested cluster, not a host name.
+	agent := tls.Client(conn, registry.AgentClientTLS(p.clusterCA, p.cfg.Cluster))
 	if err := agent.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
 		return nil, fmt.Errorf("TLS to the cluster's agent: %w", err)
@@ -440,27 +435,9 @@ func (p *Proxy) dialCluster(ctx context.Context, tok string) (net.Conn, error) {
 }
 
 // verifyAgent accepts only a certificate that chains to the relay's cluster
-// CA and names the requested cluster.
+// CA and names the requested cluster (registry.VerifyAgent).
 func (p *Proxy) verifyAgent(cs tls.ConnectionState) error {
-	if len(cs.PeerCertificates) == 0 {
-		return errors.New("the agent presented no certificate")
-	}
-	leaf := cs.PeerCertificates[0]
-	inter := x509.NewCertPool()
-	for _, c := range cs.PeerCertificates[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: p.clusterCA, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return fmt.Errorf("the agent's certificate is not from the relay's cluster CA: %w", err)
-	}
-	id, err := registry.ClusterIDFromCert(leaf)
-	if err != nil {
-		return err
-	}
-	if id != p.cfg.Cluster {
-		return fmt.Errorf("%s %s, not %s: refusing", WrongAgentMessage, id, p.cfg.Cluster)
-	}
-	return nil
+	return registry.VerifyAgent(p.clusterCA, p.cfg.Cluster, cs.PeerCertificates)
 }
 
 // forwardError answers kubectl when the cluster could not be reached.

@@ -20,12 +20,16 @@ const (
 	ResultNotConnected = "not_connected"
 	ResultTooMany      = "too_many_streams"
 	ResultFailed       = "failed"
+	// ResultForwarded is a cluster endpoint request that reached the
+	// agent (whatever the agent or the API server answered).
+	ResultForwarded = "forwarded"
 )
 
 // Metrics are the relay's Prometheus metrics. Labels are bounded: no
 // cluster, caller or address labels.
 type Metrics struct {
 	tunnels  *prometheus.CounterVec
+	requests *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
 	joins    *prometheus.CounterVec
 	renewals *prometheus.CounterVec
@@ -39,6 +43,8 @@ func NewMetrics(reg prometheus.Registerer, router *Router) (*Metrics, error) {
 	m := &Metrics{
 		tunnels: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "tunnels_total", Help: "Callers' tunnel requests, by result."}, []string{"result"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "cluster_requests_total", Help: "Requests to the clusters' HTTPS endpoint (no tether-proxy), by result."}, []string{"result"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "tunnel_bytes_total", Help: "Bytes spliced through tunnels, by direction (in: caller to agent)."}, []string{"direction"}),
 		joins: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
@@ -50,7 +56,7 @@ func NewMetrics(reg prometheus.Registerer, router *Router) (*Metrics, error) {
 		clusters: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "connected_clusters", Help: "Clusters with at least one agent session now."}, func() float64 { _, c := router.counts(); return float64(c) }),
 	}
-	for _, c := range []prometheus.Collector{m.tunnels, m.bytes, m.joins, m.renewals, m.sessions, m.clusters} {
+	for _, c := range []prometheus.Collector{m.tunnels, m.requests, m.bytes, m.joins, m.renewals, m.sessions, m.clusters} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -61,6 +67,12 @@ func NewMetrics(reg prometheus.Registerer, router *Router) (*Metrics, error) {
 func (m *Metrics) tunnel(result string) {
 	if m != nil {
 		m.tunnels.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *Metrics) clusterRequest(result string) {
+	if m != nil {
+		m.requests.WithLabelValues(result).Inc()
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -65,6 +66,11 @@ type ServerConfig struct {
 	// relay authenticates and whose mapped groups include one of these.
 	// Empty (the default) serves it only on the local admin socket.
 	AdminGroups []string
+	// ClusterEndpoint, if not nil, serves each cluster's HTTPS endpoint,
+	// /v1/clusters/{id}/k8s/..., where kubectl talks to the relay without
+	// a local tether-proxy: the relay terminates the caller's TLS and sees
+	// the requests in clear. Nil switches the endpoint off.
+	ClusterEndpoint *ClusterEndpointConfig
 }
 
 // Server is the relay's public face: the HTTP API for callers and joining
@@ -75,6 +81,7 @@ type Server struct {
 	audit    *slog.Logger
 	conns    sync.WaitGroup
 	draining atomic.Bool
+	endpoint *clusterEndpoint // nil when ServerConfig.ClusterEndpoint is
 }
 
 // NewServer validates cfg and returns a Server.
@@ -85,6 +92,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.RelayID == "" {
 		cfg.RelayID = "relay"
 	}
+	if cfg.ClusterEndpoint != nil {
+		if err := cfg.ClusterEndpoint.Validate(); err != nil {
+			return nil, err
+		}
+	}
 	discard := slog.New(slog.DiscardHandler)
 	s := &Server{cfg: cfg, log: discard, audit: discard}
 	if cfg.Logger != nil {
@@ -93,7 +105,26 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Audit != nil {
 		s.audit = cfg.Audit
 	}
+	if cfg.ClusterEndpoint != nil {
+		s.endpoint = newClusterEndpoint(s, *cfg.ClusterEndpoint)
+	}
 	return s, nil
+}
+
+// Close closes the cluster endpoint's idle connections to agents. The
+// connections in use end with their requests, or when the router closes
+// the sessions under them.
+func (s *Server) Close() error {
+	if s.endpoint != nil {
+		s.endpoint.closeIdle()
+	}
+	return nil
+}
+
+func slogLogger(log *slog.Logger) *stdlog.Logger {
+	// A stream cut mid-body (kubectl going away, an agent restarting) is
+	// routine: logged quietly.
+	return slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 }
 
 // Handler returns the HTTP API:
@@ -101,6 +132,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 //	POST /v1/join                      an agent trades a join token for its credential
 //	GET  /v1/clusters/{id}             a caller reads a cluster's connection details
 //	GET  /v1/clusters/{id}/tunnel      a caller's proxy opens a tunnel (Upgrade: tether-tunnel/1)
+//	*    /v1/clusters/{id}/k8s/...     kubectl's requests to the cluster, forwarded to its agent (with ClusterEndpoint)
 //	GET  /v1/agents/connect            an agent's session over WebSocket (with AgentCertificate)
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -109,6 +141,14 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/clusters/{id}", s.clusterInfo)
 	mux.HandleFunc("GET /v1/clusters/{id}/tunnel", s.tunnel)
 	mux.Handle("/v1/admin/", s.remoteAdmin())
+	if s.endpoint != nil {
+		mux.Handle("/v1/clusters/{id}/k8s/", s.endpoint)
+	} else {
+		mux.HandleFunc("/v1/clusters/{id}/k8s/", func(w http.ResponseWriter, _ *http.Request) {
+			kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound,
+				"tether: this relay's cluster endpoint is switched off (tether-relay serve --cluster-endpoint=false): reach the cluster with tether-proxy")
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: no such relay endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -164,51 +204,53 @@ type ClusterInfo struct {
 	CA string `json:"ca"`
 }
 
-// caller authenticates the request's bearer token and checks the cluster ID
-// in the path. It writes the refusal itself and returns ok=false.
-func (s *Server) caller(w http.ResponseWriter, r *http.Request) (id string, who impersonate.Identity, ok bool) {
+// caller authenticates the request's bearer token, checks the cluster ID
+// in the path and the cluster's access policy, and returns the cluster, the
+// caller and the token. It writes the refusal itself, counts it with count
+// (a result label) and returns ok=false.
+func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(result string)) (id string, who impersonate.Identity, token string, ok bool) {
 	id = r.PathValue("id")
 	if err := clusterid.Validate(id); err != nil {
-		s.cfg.Metrics.tunnel(ResultBadRequest)
+		count(ResultBadRequest)
 		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: "+err.Error())
-		return "", who, false
+		return "", who, "", false
 	}
 	token, found := bearer(r)
 	if !found {
-		s.cfg.Metrics.tunnel(ResultUnauthorized)
+		count(ResultUnauthorized)
 		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: a bearer token is required to reach a cluster")
-		return "", who, false
+		return "", who, "", false
 	}
 	res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
 	if err != nil {
-		s.cfg.Metrics.tunnel(ResultUnauthorized)
+		count(ResultUnauthorized)
 		why := strings.ReplaceAll(err.Error(), token, "<token>")
 		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "why", why)
 		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+why)
-		return "", who, false
+		return "", who, "", false
 	}
 	c, err := s.cfg.Registry.Cluster(id)
 	if err != nil {
-		s.cfg.Metrics.tunnel(ResultUnknown)
+		count(ResultUnknown)
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: "+err.Error())
-		return "", who, false
+		return "", who, "", false
 	}
 	if err := policy.CheckAudience(c.Policy, res.Audiences); err != nil {
-		s.cfg.Metrics.tunnel(ResultForbidden)
+		count(ResultForbidden)
 		s.log.Warn("relay: caller refused: token for another audience", "cluster", id, "user", res.Identity.User, "client", r.RemoteAddr, "why", err)
 		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether: cluster %s refuses this token: %v", id, err))
-		return "", who, false
+		return "", who, "", false
 	}
 	d, perr := policy.Check(c.Policy, res.Identity)
 	if !d.Allowed {
-		s.cfg.Metrics.tunnel(ResultForbidden)
+		count(ResultForbidden)
 		s.log.Warn("relay: caller refused by the cluster's policy", "cluster", id, "user", res.Identity.User, "groups", len(res.Identity.Groups),
 			"client", r.RemoteAddr, "why", d.Why, "ruleErrors", perr)
 		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether: %s may not reach cluster %s: %s (an administrator grants access with: tether-relay cluster grant %s --user|--group|--rule)",
 			res.Identity.User, id, d.Why, id))
-		return "", who, false
+		return "", who, "", false
 	}
-	return id, res.Identity, true
+	return id, res.Identity, token, true
 }
 
 // bearer returns the request's one bearer token.
@@ -222,7 +264,7 @@ func bearer(r *http.Request) (string, bool) {
 }
 
 func (s *Server) clusterInfo(w http.ResponseWriter, r *http.Request) {
-	id, _, ok := s.caller(w, r)
+	id, _, _, ok := s.caller(w, r, s.cfg.Metrics.tunnel)
 	if !ok {
 		return
 	}
@@ -237,7 +279,7 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusUpgradeRequired, kstatus.ReasonBadRequest, "tether: this endpoint needs Connection: Upgrade and Upgrade: "+TunnelProtocol)
 		return
 	}
-	id, who, ok := s.caller(w, r)
+	id, who, _, ok := s.caller(w, r, s.cfg.Metrics.tunnel)
 	if !ok {
 		return
 	}
@@ -479,7 +521,11 @@ func (s *Server) Drain(ctx context.Context) {
 	s.log.Info("relay: draining", "sessionsToldToMove", reached, "openTunnels", s.cfg.Router.Streams(), "grace", grace.Round(time.Millisecond))
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	// Idle pooled connections of the cluster endpoint hold streams: close
+	// them, and those that fall idle while draining.
+	_ = s.Close()
 	for s.cfg.Router.Streams() > 0 {
+		_ = s.Close()
 		select {
 		case <-ctx.Done():
 			s.log.Warn("relay: drain timed out; ending the tunnels still open", "openTunnels", s.cfg.Router.Streams())

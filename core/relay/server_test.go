@@ -39,13 +39,15 @@ const (
 	audToken = "aud-token-0123456789"
 	// adminToken is root's, in group relay-admins.
 	adminToken = "admin-token-0123456789"
+	// refreshedToken is another valid token of alice's (a refresh).
+	refreshedToken = "caller-token-refreshed-0123456789"
 )
 
 type tokenAuthn struct{}
 
 func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (impersonate.Result, error) {
 	switch tok {
-	case goodToken:
+	case goodToken, refreshedToken:
 		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
 	case adminToken:
 		return impersonate.Result{Identity: impersonate.Identity{User: "root", Groups: []string{"ops", "relay-admins"}}}, nil
@@ -96,6 +98,16 @@ type relayHarness struct {
 
 func newRelay(t *testing.T, opts ...func(*relay.ServerConfig)) *relayHarness {
 	t.Helper()
+	return newRelayWith(t, func(c *relay.ServerConfig) {
+		for _, o := range opts {
+			o(c)
+		}
+	})
+}
+
+// newRelayWith is newRelay with the server's configuration adjusted by set.
+func newRelayWith(t *testing.T, set func(*relay.ServerConfig)) *relayHarness {
+	t.Helper()
 	reg, err := registry.Open(registry.Config{Path: filepath.Join(t.TempDir(), "reg.db")})
 	if err != nil {
 		t.Fatal(err)
@@ -110,13 +122,12 @@ func newRelay(t *testing.T, opts ...func(*relay.ServerConfig)) *relayHarness {
 	}
 	cfg := relay.ServerConfig{Registry: reg, Router: router, Authenticator: tokenAuthn{},
 		Audit: slog.New(slog.NewJSONHandler(h.audit, nil)), Metrics: metrics}
-	for _, o := range opts {
-		o(&cfg)
-	}
+	set(&cfg)
 	h.srv, err = relay.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = h.srv.Close() })
 	h.api = httptest.NewServer(h.srv.Handler())
 	t.Cleanup(h.api.Close)
 	return h

@@ -1,0 +1,193 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/tether-k8s/tether/fixtures/cluster"
+	"github.com/tether-k8s/tether/fixtures/netns"
+	"github.com/tether-k8s/tether/fixtures/stack"
+)
+
+// The no-local-process mode: `tether-proxy kubeconfig` writes a context
+// whose server is the relay's endpoint for the cluster and whose user runs
+// `tether-proxy token`; kubectl talks to the relay, which forwards each
+// request to the agent. No tether-proxy runs while these specs do.
+var _ = Describe("kubectl through the relay's cluster endpoint, with no local process", Ordered, func() {
+	var (
+		dir, kubeconfig, tokenFile, ctxName, ns, pod string
+	)
+	lap := func() *netns.Host { return lc.Host(cluster.HostLaptop) }
+	// viaRelay runs the real kubectl on the laptop with the written
+	// kubeconfig.
+	viaRelay := func(ctx context.Context, stdin io.Reader, args ...string) (string, error) {
+		cmd := lc.KubectlOn(ctx, lap(), kubeconfig, append([]string{"--context", ctxName}, args...)...)
+		cmd.Stdin = stdin
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	mustViaRelay := func(ctx context.Context, stdin io.Reader, args ...string) string {
+		GinkgoHelper()
+		out, err := viaRelay(ctx, stdin, args...)
+		Expect(err).NotTo(HaveOccurred(), "kubectl %s (through the relay's cluster endpoint):\n%s", strings.Join(args, " "), out)
+		return out
+	}
+	// writeKubeconfig runs tether-proxy kubeconfig on the laptop for a
+	// token file and context name.
+	writeKubeconfig := func(ctx context.Context, token, context string) string {
+		GinkgoHelper()
+		cmd := exec.CommandContext(ctx, filepath.Join(ts.BinDir(), "tether-proxy"), "kubeconfig", "--relay", ts.RelayURL(lap()),
+			"--relay-ca", ts.RelayCAFile(), "--cluster", lc.Name(), "--kubeconfig", kubeconfig, "--context", context, "--token-file", token)
+		cmd.Env = append(os.Environ(), "TETHER_TOKEN=")
+		out, err := cmd.CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "tether-proxy kubeconfig:\n%s", out)
+		return string(out)
+	}
+	userToken := func(name, subject string, groups ...string) string {
+		GinkgoHelper()
+		tok, err := ts.UserToken(subject, groups)
+		Expect(err).NotTo(HaveOccurred())
+		path := filepath.Join(dir, name)
+		Expect(os.WriteFile(path, []byte(tok), 0o600)).To(Succeed())
+		return path
+	}
+
+	BeforeAll(func(ctx SpecContext) {
+		Expect(ts.StopProxy()).To(Succeed(), "stop the stack's tether-proxy")
+		DeferCleanup(func(ctx SpecContext) { Expect(ts.RestartProxy(ctx)).To(Succeed(), "restart the stack's tether-proxy") })
+		var err error
+		dir, err = os.MkdirTemp(lc.WorkDir(), "kubeconfig-")
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func() { _ = os.RemoveAll(dir) })
+		kubeconfig = filepath.Join(dir, "config")
+		ctxName = "tether-" + lc.Name()
+		tokenFile = userToken("demo.token", "demo-user", stack.DemoGroup)
+		out := writeKubeconfig(ctx, tokenFile, ctxName)
+		GinkgoWriter.Print(out)
+		Expect(out).To(ContainSubstring("added context " + ctxName + " in " + kubeconfig))
+
+		ns = namespaceFor(ctx, stack.DemoGroup, "admin")
+		mustViaRelay(ctx, strings.NewReader(deploymentYAML), "apply", "-n", ns, "-f", "-")
+		mustViaRelay(ctx, nil, "rollout", "status", "-n", ns, "deployment/web", "--timeout=90s")
+		pods := strings.Fields(mustViaRelay(ctx, nil, "get", "pods", "-n", ns, "-l", "app=web", "-o", "name"))
+		Expect(pods).NotTo(BeEmpty())
+		pod = strings.TrimPrefix(pods[0], "pod/")
+	})
+
+	It("wrote a context whose server is the relay and whose user is tether-proxy token, and no tether-proxy runs", func(ctx SpecContext) {
+		kc, err := clientcmd.LoadFromFile(kubeconfig)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(kc.Clusters[ctxName].Server).To(Equal(ts.RelayURL(lap()) + "/v1/clusters/" + lc.Name() + "/k8s"))
+		Expect(kc.Clusters[ctxName].CertificateAuthorityData).To(Equal([]byte(readFile(ts.RelayCAFile()))))
+		exe := kc.AuthInfos[ctxName].Exec
+		Expect(exe).NotTo(BeNil())
+		Expect(exe.Command).To(Equal(filepath.Join(ts.BinDir(), "tether-proxy")))
+		Expect(exe.Args).To(Equal([]string{"token", "--relay", ts.RelayURL(lap()), "--cluster", lc.Name(), "--token-file=" + tokenFile}))
+		Expect(kc.AuthInfos[ctxName].Token).To(BeEmpty(), "the token is not stored in the kubeconfig")
+		Expect(cluster.ProbeTCP(ctx, lap(), fmt.Sprintf("127.0.0.1:%d", stack.ProxyPort), time.Second)).NotTo(Succeed(),
+			"the stack's tether-proxy still listens on the laptop")
+	})
+
+	It("cannot reach the API server directly, so everything below went through the relay", func(ctx SpecContext) {
+		cmd := lc.KubectlOn(ctx, lap(), lc.Kubeconfig(), "--server", "https://"+lc.APIServerAddr().String(), "--request-timeout=3s", "get", "--raw", "/version")
+		out, err := cmd.CombinedOutput()
+		Expect(err).To(HaveOccurred(), "direct access from the laptop: %s", out)
+	})
+
+	It("gets and lists, as the caller", func(ctx SpecContext) {
+		Expect(mustViaRelay(ctx, nil, "get", "nodes")).To(ContainSubstring("kwok-node-0"))
+		Expect(mustViaRelay(ctx, nil, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")).To(Equal("oidc:demo-user"))
+		Expect(mustViaRelay(ctx, nil, "get", "pods", "-n", ns, "-o", "name")).To(ContainSubstring("pod/" + pod))
+	})
+
+	It("delivers a watch event", func(ctx SpecContext) {
+		r := streamFrom(lc.KubectlOn(ctx, lap(), kubeconfig, "--context", ctxName, "get", "configmaps", "-n", ns, "-w", "-o", "name"))
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("kube-root-ca.crt"))
+		name := randomName("event")
+		kubectl(ctx, nil, "create", "configmap", name, "-n", ns)
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("configmap/" + name))
+	})
+
+	It("execs with stdin", func(ctx SpecContext) {
+		payload := randomName("payload")
+		out := mustViaRelay(ctx, strings.NewReader(payload+"\nline two\nline three\n"), "exec", "-i", "-n", ns, pod, "--", "head", "-n", "2")
+		Expect(out).To(Equal(payload + "\nline two\n"))
+	})
+
+	It("port-forwards 10 MB intact", func(ctx SpecContext) {
+		portForward10MB(ctx, lap(), kubeconfig, ns, pod, "--context", ctxName)
+	})
+
+	It("follows logs (logs -f)", func(ctx SpecContext) {
+		before, after := randomName("before"), randomName("after")
+		Expect(lc.AppendPodLog(before)).To(Succeed())
+		r := streamFrom(lc.KubectlOn(ctx, lap(), kubeconfig, "--context", ctxName, "logs", "-f", "-n", ns, pod))
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring(before))
+		Expect(lc.AppendPodLog(after)).To(Succeed())
+		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring(after))
+	})
+
+	It("refuses kubectl --as at the relay", func(ctx SpecContext) {
+		out, err := viaRelay(ctx, nil, "--as=system:admin", "get", "secrets", "-A")
+		Expect(err).To(HaveOccurred())
+		// The relay's words (the agent says "sets the identity").
+		Expect(out).To(ContainSubstring("the Impersonate-User header is not accepted: tether sets your identity from your token"))
+		Expect(readFile(ts.LogFile("relay"))).To(ContainSubstring("relay: cluster request with an impersonation header refused"))
+	})
+
+	It("refuses, at the relay, a valid user the cluster does not grant", func(ctx SpecContext) {
+		other := ctxName + "-mallory"
+		writeKubeconfig(ctx, userToken("mallory.token", "mallory", "contractors"), other)
+		cmd := lc.KubectlOn(ctx, lap(), kubeconfig, "--context", other, "get", "pods", "-n", ns)
+		out, err := cmd.CombinedOutput()
+		Expect(err).To(HaveOccurred())
+		Expect(string(out)).To(ContainSubstring("Forbidden"))
+		Expect(string(out)).To(ContainSubstring("oidc:mallory may not reach cluster " + lc.Name()))
+	})
+
+	It("links the relay's audit line to the API server's, which shows the impersonated caller, and logs no token", func(ctx SpecContext) {
+		mustViaRelay(ctx, nil, "get", "configmaps", "-n", ns, "-o", "name")
+		path := "/api/v1/namespaces/" + ns + "/configmaps"
+		var reqID string
+		Eventually(func() string {
+			m := regexp.MustCompile(`msg="relay: cluster request" audit=true request=(\S+) cluster=`+regexp.QuoteMeta(lc.Name())+
+				` user=oidc:demo-user \S+ verb=GET path=`+regexp.QuoteMeta(path)+` status=200 `).FindAllStringSubmatch(readFile(ts.LogFile("relay")), -1)
+			if len(m) == 0 {
+				return ""
+			}
+			reqID = m[len(m)-1][1]
+			return reqID
+		}).WithTimeout(10*time.Second).ShouldNot(BeEmpty(), "the relay's audit line for %s", path)
+
+		// The relay's request ID is the agent's: the API server's audit
+		// event carries it, made by the agent impersonating the caller.
+		Eventually(func() error { return impersonatedInAuditLog(reqID, "oidc:demo-user", path) }).WithTimeout(10 * time.Second).Should(Succeed())
+
+		// Connections to the agent are pooled per token: kubectl's requests
+		// (discovery, then the call) share streams.
+		ids := regexp.MustCompile(`msg="relay: cluster request" audit=true request=(\w+)\.\d+ `).FindAllStringSubmatch(readFile(ts.LogFile("relay")), -1)
+		streams := map[string]bool{}
+		for _, m := range ids {
+			streams[m[1]] = true
+		}
+		GinkgoWriter.Printf("the relay forwarded %d requests on %d streams to the agent\n", len(ids), len(streams))
+		Expect(len(streams)).To(BeNumerically("<", len(ids)))
+
+		tok := strings.TrimSpace(readFile(tokenFile))
+		Expect(tok).NotTo(BeEmpty())
+		for _, name := range []string{"relay", "agent"} {
+			Expect(readFile(ts.LogFile(name))).NotTo(ContainSubstring(tok), "the caller's token in the %s log", name)
+		}
+	})
+})
