@@ -23,6 +23,7 @@ import (
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	authenticationcel "k8s.io/apiserver/pkg/authentication/cel"
 	tokenunion "k8s.io/apiserver/pkg/authentication/token/union"
+	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 	"k8s.io/apiserver/plugin/pkg/authenticator/token/oidc"
 
 	"github.com/tether-k8s/tether/core/impersonate"
@@ -85,12 +86,6 @@ type Config struct {
 	// DialContext connects to issuers (discovery and keys). Nil means the
 	// default transport's dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
-	// KeySetRefresh is the least time between two fetches of one issuer
-	// document (its keys, its discovery document): a token signed with an
-	// unknown key makes the authenticator fetch the keys again, at most
-	// this often, however many such tokens arrive. Zero means
-	// DefaultKeySetRefresh.
-	KeySetRefresh time.Duration
 	// Logger receives issuer health changes. Nil discards.
 	Logger *slog.Logger
 }
@@ -123,12 +118,6 @@ func New(ctx context.Context, cfg Config) (*Authenticator, error) {
 	if cfg.MaxTokenBytes == 0 {
 		cfg.MaxTokenBytes = DefaultMaxTokenBytes
 	}
-	if cfg.KeySetRefresh < 0 {
-		return nil, fmt.Errorf("authn: Config.KeySetRefresh %s is negative", cfg.KeySetRefresh)
-	}
-	if cfg.KeySetRefresh == 0 {
-		cfg.KeySetRefresh = DefaultKeySetRefresh
-	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -140,20 +129,30 @@ func New(ctx context.Context, cfg Config) (*Authenticator, error) {
 	a := &Authenticator{cfg: cfg, log: log}
 	var tokens []authenticator.Token
 	for i, j := range ac.JWT {
-		// A client of our own (oidc then takes the issuer's CA from it):
-		// the dialer, and the limit on refetching the issuer's keys.
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if j.Issuer.CertificateAuthority != "" {
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM([]byte(j.Issuer.CertificateAuthority)) {
-				return nil, fmt.Errorf("authn: jwt[%d] (%s): certificateAuthority holds no PEM certificate", i, j.Issuer.URL)
+		var ca oidc.CAContentProvider
+		var client *http.Client
+		switch {
+		case cfg.DialContext != nil:
+			// The dialer needs a client of our own, which then carries the
+			// issuer's CA too (oidc takes one or the other).
+			tc := &tls.Config{MinVersion: tls.VersionTLS12}
+			if j.Issuer.CertificateAuthority != "" {
+				tc.RootCAs = x509.NewCertPool()
+				if !tc.RootCAs.AppendCertsFromPEM([]byte(j.Issuer.CertificateAuthority)) {
+					return nil, fmt.Errorf("authn: jwt[%d] (%s): certificateAuthority holds no PEM certificate", i, j.Issuer.URL)
+				}
 			}
+			client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: cfg.DialContext, TLSClientConfig: tc}}
+		case j.Issuer.CertificateAuthority != "":
+			p, err := dynamiccertificates.NewStaticCAContent("tether-oidc", []byte(j.Issuer.CertificateAuthority))
+			if err != nil {
+				return nil, fmt.Errorf("authn: jwt[%d] (%s): certificateAuthority: %w", i, j.Issuer.URL, err)
+			}
+			ca = p
 		}
-		tr := &http.Transport{Proxy: http.ProxyFromEnvironment, DialContext: cfg.DialContext, TLSClientConfig: tc,
-			TLSHandshakeTimeout: 10 * time.Second, IdleConnTimeout: 90 * time.Second}
-		client := &http.Client{Timeout: 30 * time.Second, Transport: &refreshLimiter{next: tr, every: cfg.KeySetRefresh, last: map[string]issuerDoc{}}}
 		t, err := oidc.New(ctx, oidc.Options{
 			JWTAuthenticator:     j,
+			CAContentProvider:    ca,
 			Client:               client,
 			SupportedSigningAlgs: oidc.AllValidSigningAlgorithms(),
 			DisallowedIssuers:    cfg.DisallowedIssuers,
