@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	apiserverapi "k8s.io/apiserver/pkg/apis/apiserver"
 
 	"github.com/tether-k8s/tether/cmd/internal/cli"
 	"github.com/tether-k8s/tether/core/authn"
@@ -309,6 +311,7 @@ type serveOptions struct {
 	authnConfig                       string
 	relayID                           string
 	drainTimeout                      time.Duration
+	loginIssuer, loginClientID        string
 	logs                              cli.LogFlags
 }
 
@@ -330,8 +333,33 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	fs.StringVar(&o.authnConfig, "authentication-config", "", "AuthenticationConfiguration (apiserver.config.k8s.io/v1) saying which tokens callers may present (required)")
 	fs.StringVar(&o.relayID, "relay-id", "", "this replica's name in logs (default: host name)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM or Ctrl-C, how long to keep serving open tunnels while agents move their sessions (keep it under the pod's terminationGracePeriodSeconds); a second signal stops at once")
+	fs.StringVar(&o.loginIssuer, "login-issuer", "", "the OpenID provider callers log in at, published at GET /v1/login so that `tether-proxy login --relay URL` needs nothing else; one of the issuers of --authentication-config")
+	fs.StringVar(&o.loginClientID, "login-client-id", "", "the public client (no secret) callers log in as, one of that issuer's audiences; required with --login-issuer")
 	o.logs.Add(fs)
 	return c
+}
+
+// checkLogin refuses login settings the authentication configuration would
+// not accept: a login at an issuer it does not trust, or for a client
+// that is not among that issuer's audiences, could only give tokens the
+// relay refuses.
+func checkLogin(l relay.LoginSettings, ac *apiserverapi.AuthenticationConfiguration) error {
+	if l.Issuer == "" && l.ClientID == "" {
+		return nil
+	}
+	if l.Issuer == "" || l.ClientID == "" {
+		return errors.New("--login-issuer and --login-client-id go together")
+	}
+	for _, j := range ac.JWT {
+		if j.Issuer.URL != l.Issuer {
+			continue
+		}
+		if slices.Contains(j.Issuer.Audiences, l.ClientID) {
+			return nil
+		}
+		return fmt.Errorf("--login-client-id %q is not among the audiences of issuer %s in --authentication-config (%v): tokens from that login would be refused", l.ClientID, l.Issuer, j.Issuer.Audiences)
+	}
+	return fmt.Errorf("--login-issuer %s is not an issuer of --authentication-config: tokens from that login would be refused", l.Issuer)
 }
 
 func (o *serveOptions) run(parent context.Context, data, adminSocket string) error {
@@ -355,6 +383,10 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	ac, err := authn.LoadConfig(raw)
 	if err != nil {
 		return fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
+	}
+	login := relay.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID}
+	if err := checkLogin(login, ac); err != nil {
+		return err
 	}
 	if o.drainTimeout < 0 {
 		return fmt.Errorf("--drain-timeout %s: must not be negative (0 stops without draining)", o.drainTimeout)
@@ -390,7 +422,7 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 		return err
 	}
 	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: authenticator, RelayID: o.relayID,
-		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving})
+		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving, Login: login})
 	if err != nil {
 		return err
 	}
