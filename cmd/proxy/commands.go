@@ -54,7 +54,7 @@ the proxy, not another program or a web page on your machine.
 	fs.StringVar(&o.context, "kube-context", "", "name of the context to write (default: tether-CLUSTER)")
 	o.token.Add(fs)
 	o.logs.Add(fs)
-	c.AddCommand(newExecCommand())
+	c.AddCommand(newExecCommand(), newLoginCommand(), newLogoutCommand())
 	return c
 }
 
