@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"os"
 	"strings"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -37,10 +40,99 @@ func relayCommand(ctx context.Context, args ...string) {
 	Expect(err).NotTo(HaveOccurred(), "tether-relay %s:\n%s", strings.Join(args, " "), b)
 }
 
+// opNamespace creates a namespace (as admin) where group (a Kubernetes
+// group name, prefix included) may get and list pods, and nothing else.
+func opNamespace(ctx context.Context, group string) string {
+	GinkgoHelper()
+	ns := randomName("op")
+	kubectl(ctx, nil, "create", "namespace", ns)
+	DeferCleanup(func(ctx SpecContext) { kubectl(ctx, nil, "delete", "namespace", ns, "--wait=false") })
+	kubectl(ctx, nil, "create", "role", "pod-reader", "-n", ns, "--verb=get,list", "--resource=pods")
+	kubectl(ctx, nil, "create", "rolebinding", "pod-reader", "-n", ns, "--role=pod-reader", "--group="+group)
+	return ns
+}
+
+// claimsOf decodes a JWT's payload (unverified: for a test's own checks).
+func claimsOf(token string) map[string]any { return jwtPart(token, 1) }
+
+// kidOf returns the kid in a JWT's header.
+func kidOf(token string) string {
+	GinkgoHelper()
+	kid, _ := jwtPart(token, 0)["kid"].(string)
+	Expect(kid).NotTo(BeEmpty())
+	return kid
+}
+
+func jwtPart(token string, i int) map[string]any {
+	GinkgoHelper()
+	parts := strings.Split(token, ".")
+	Expect(parts).To(HaveLen(3))
+	b, err := base64.RawURLEncoding.DecodeString(parts[i])
+	Expect(err).NotTo(HaveOccurred())
+	var c map[string]any
+	Expect(json.Unmarshal(b, &c)).To(Succeed())
+	return c
+}
+
 var _ = Describe("callers of a real OpenID provider", func() {
 	It("reach the cluster as op:<subject> with op:<group>s, from a device-flow login", func(ctx SpecContext) {
 		asOPToken(opLogin(ctx, "alice", "alice-pw").IDToken)
 		Expect(mustViaTether(ctx, nil, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username} {.status.userInfo.groups}")).
 			To(And(HavePrefix("op:alice "), ContainSubstring(`"op:team-a"`)))
+	})
+	It("admit a user in 1,000 groups, by the one group RBAC binds", func(ctx SpecContext) {
+		mine := opNamespace(ctx, stack.OPPrefix+"g-1000")
+		other := opNamespace(ctx, stack.OPPrefix+"g-9999")
+		relayCommand(ctx, "cluster", "grant", lc.Name(), "--group", stack.OPPrefix+"g-1000")
+		DeferCleanup(func(ctx SpecContext) {
+			relayCommand(ctx, "cluster", "revoke", lc.Name(), "--group", stack.OPPrefix+"g-1000")
+		})
+
+		tok := opLogin(ctx, "many", "many-pw").IDToken
+		Expect(claimsOf(tok)["groups"]).To(HaveLen(1000))
+		GinkgoWriter.Printf("the ID token of a user in 1,000 groups: %d bytes\n", len(tok))
+		asOPToken(tok)
+		mustViaTether(ctx, nil, "get", "pods", "-n", mine)
+		out, err := viaTether(ctx, nil, "get", "pods", "-n", other)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring(`User "op:many" cannot list resource "pods" in API group "" in the namespace "` + other + `"`))
+	})
+	It("follow the provider's key rotation: a new key works at once, a retired one is refused at the relay", func(ctx SpecContext) {
+		whoami := func() (string, error) {
+			return viaTether(ctx, nil, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+		}
+		// Two tokens of the current key: one used now, one kept unused so
+		// that, after the key is retired, it needs a new tunnel and so
+		// meets the relay.
+		used, unused := opLogin(ctx, "alice", "alice-pw").IDToken, opLogin(ctx, "alice", "alice-pw").IDToken
+		Expect(kidOf(unused)).To(Equal(kidOf(used)))
+		asOPToken(used)
+		Expect(whoami()).To(Equal("op:alice"))
+
+		Expect(ts.OP().RotateKeys(ctx)).To(Succeed())
+		rotated := opLogin(ctx, "alice", "alice-pw").IDToken
+		Expect(kidOf(rotated)).NotTo(Equal(kidOf(used)), "the OP did not sign with its new key")
+		asOPToken(rotated)
+		Expect(whoami()).To(Equal("op:alice"), "a token of the new key, at once")
+		asOPToken(used)
+		Expect(whoami()).To(Equal("op:alice"), "a token of the old key, after rotation")
+
+		Expect(ts.OP().RetireKeys(ctx)).To(Succeed())
+		// The relay and agent keep fetched keys for the JWKS's max-age.
+		time.Sleep(stack.OPJWKSMaxAge + time.Second)
+		relayLog := len(readFile(ts.LogFile("relay")))
+		asOPToken(unused)
+		out, err := whoami()
+		Expect(err).To(HaveOccurred(), "a token of a retired key was accepted: %s", out)
+		Expect(out).To(ContainSubstring("the token's signing key (kid) is not in the issuer's JWKS"))
+		Expect(readFile(ts.LogFile("relay"))[relayLog:]).To(And(ContainSubstring("caller refused"), ContainSubstring("not in the issuer's JWKS")))
+		// A tunnel the proxy already holds for the other old-key token
+		// meets the agent, which refuses it as well.
+		asOPToken(used)
+		out, err = whoami()
+		Expect(err).To(HaveOccurred(), "a token of a retired key was accepted: %s", out)
+		Expect(out).To(ContainSubstring("not in the issuer's JWKS"))
+		asOPToken(rotated)
+		Expect(whoami()).To(Equal("op:alice"), "the active key's token after retirement")
 	})
 })
