@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"time"
@@ -149,5 +150,21 @@ var _ = Describe("callers of a real OpenID provider", func() {
 		Expect(out).To(ContainSubstring("not in the issuer's JWKS"))
 		asOPToken(rotated)
 		Expect(whoami()).To(Equal("op:alice"), "the active key's token after retirement")
+	})
+	It("refuse an oversized token, saying its size: the relay over 16 KiB, the proxy over what a relay reads", func(ctx SpecContext) {
+		jwtOf := func(n int) string {
+			return strings.Repeat("a", n/3) + "." + strings.Repeat("b", n/3) + "." + strings.Repeat("c", n-2*(n/3)-2)
+		}
+		asOPToken(jwtOf(17 << 10))
+		out, err := viaTether(ctx, nil, "get", "pods")
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("the bearer token was refused: authn: malformed token: 17408 bytes, at most 16384"))
+		for _, n := range []int{100 << 10, 1 << 20} {
+			asOPToken(jwtOf(n))
+			out, err := viaTether(ctx, nil, "get", "pods")
+			Expect(err).To(HaveOccurred())
+			Expect(out).To(ContainSubstring(fmt.Sprintf("tether-proxy: your token is %d bytes", n)))
+			Expect(out).To(ContainSubstring("ask your identity provider for a smaller token"))
+		}
 	})
 })
