@@ -11,8 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // ErrNotLoggedIn is returned when the cache holds no login for the issuer
@@ -90,9 +88,8 @@ func readPrivate(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("login: refusing the token cache file %s: its mode is %04o, so other users may read your tokens; fix it with `chmod 600 %s` (and log in again if someone else may have read it)",
-			path, st.Mode().Perm(), path)
+	if err := checkPrivate(path, st); err != nil {
+		return nil, err
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("login: the token cache file %s is not a regular file", path)
@@ -177,7 +174,8 @@ func (c Cache) Remove(issuer, clientID string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("login: remove the cached login: %w", err)
 	}
-	_ = os.Remove(c.lockPath(issuer, clientID))
+	// The lock file stays: removing it while another process waits on it
+	// would let a third lock a new file beside the two.
 	if i, cl, cerr := c.Current(); cerr == nil && i == issuer && cl == clientID {
 		_ = os.Remove(filepath.Join(c.Dir, current))
 	}
@@ -224,18 +222,12 @@ func (c Cache) lock(issuer, clientID string) (unlock func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("login: the token cache's lock: %w", err)
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
+	if err := lockFile(f); err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("login: lock the token cache: %w", err)
 	}
 	return func() {
-		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		_ = unlockFile(f)
 		_ = f.Close()
 	}, nil
 }
