@@ -222,6 +222,14 @@ var _ = Describe("tether-proxy login at the OpenID provider the relay names", Or
 		Expect(err).NotTo(HaveOccurred(), "tether-proxy login --browser:\n%s", out)
 		Expect(out).To(ContainSubstring("Logged in as alice"))
 		Eventually(whoami).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(2 * time.Second).Should(HavePrefix("op:alice "))
+		// tether-proxy exec uses the cached login too.
+		cmd := ts.ProxyCommand(ctx, env, "exec", "--relay", ts.RelayURL(lc.Host(cluster.HostLaptop)), "--relay-ca", ts.RelayCAFile(),
+			"--cluster", lc.Name(), "--", ts.KubectlPath(), "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		b, err := cmd.Output()
+		Expect(err).NotTo(HaveOccurred(), stderr.String())
+		Expect(string(b)).To(Equal("op:alice"))
 	})
 
 	It("logs out: the cached login is removed, and a proxy started then says to log in", func(ctx SpecContext) {
