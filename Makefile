@@ -44,8 +44,9 @@ build: ## build tether-relay, tether-agent and tether-proxy into bin/
 	@for b in relay agent proxy; do mv -f bin/$$b bin/tether-$$b; done
 
 .PHONY: fixtures
-fixtures: ## build kube-apiserver, kubectl, etcd, kwok... into .cache/bin (cold ~20 min, cached seconds)
+fixtures: ## build kube-apiserver, kubectl, etcd, kwok..., and the fixture OpenID provider into .cache/bin (cold ~20 min, cached seconds)
 	bash fixtures/tools/build.sh $(FIXTURES_BIN)
+	bash fixtures/tools/build-op.sh $(FIXTURES_BIN)
 
 STATICCHECK := $(TOOLS_BIN)/staticcheck-$(STATICCHECK_VERSION)
 $(STATICCHECK):
@@ -59,10 +60,12 @@ lint: $(STATICCHECK) ## gofmt, go vet and staticcheck, on every module
 	go vet ./...
 	$(STATICCHECK) ./...
 	cd fixtures/tools/kubernetes && go vet ./etcd && $(STATICCHECK) ./etcd
+	cd fixtures/op && go vet ./... && $(STATICCHECK) ./...
 
 .PHONY: unit
 unit: deps ## unit tests: everything but the packages that start clusters (the network fixture's need root)
 	go test -race -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e -e /sim/internal/sim)  # those run in e2e and sim-quick
+	cd fixtures/op && go test -race -count=1 ./...
 
 .PHONY: e2e
 e2e: deps fixtures build ## the e2e suite on E2E_PROVIDER: local (default; real kube-apiserver behind a firewall) or kind (the charts in a kind cluster; needs Docker, else runs local)

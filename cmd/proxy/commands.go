@@ -40,8 +40,12 @@ Ctrl-C, then removes the context it wrote.
 The context's credential is a client certificate made for this run: only that kubeconfig can use
 the proxy, not another program or a web page on your machine.
 
-  TETHER_TOKEN=$(cat token) tether-proxy --relay https://relay.example.com:8443 --cluster prod &
-  kubectl --context tether-prod get pods`,
+  tether-proxy login --relay https://relay.example.com:8443        # once: your OpenID login, cached and renewed
+  tether-proxy --relay https://relay.example.com:8443 --cluster prod &
+  kubectl --context tether-prod get pods
+
+With no token flag it uses that login; --token-file, --token-command, --token-from or
+$TETHER_TOKEN give a token instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
 	}
@@ -54,7 +58,7 @@ the proxy, not another program or a web page on your machine.
 	fs.StringVar(&o.context, "kube-context", "", "name of the context to write (default: tether-CLUSTER)")
 	o.token.Add(fs)
 	o.logs.Add(fs)
-	c.AddCommand(newExecCommand(), newTokenCommand(), newKubeconfigCommand())
+	c.AddCommand(newExecCommand(), newLoginCommand(), newLogoutCommand(), newTokenCommand(), newKubeconfigCommand())
 	return c
 }
 

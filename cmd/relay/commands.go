@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	apiserverapi "k8s.io/apiserver/pkg/apis/apiserver"
 
 	"github.com/tether-k8s/tether/cmd/internal/cli"
 	"github.com/tether-k8s/tether/core/authn"
@@ -342,6 +344,7 @@ type serveOptions struct {
 	drainTimeout                      time.Duration
 	adminGroups                       []string
 	clusterEndpoint                   bool
+	loginIssuer, loginClientID        string
 	logs                              cli.LogFlags
 }
 
@@ -365,8 +368,33 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM or Ctrl-C, how long to keep serving open tunnels while agents move their sessions (keep it under the pod's terminationGracePeriodSeconds); a second signal stops at once")
 	fs.StringArrayVar(&o.adminGroups, "admin-group", nil, "serve the admin API (the cluster commands) on the public API too, to callers in this mapped group (e.g. oidc:platform-admins; repeatable). Default: only on the local admin socket")
 	fs.BoolVar(&o.clusterEndpoint, "cluster-endpoint", true, "serve each cluster's HTTPS endpoint, https://RELAY/v1/clusters/ID/k8s, for kubeconfigs written by tether-proxy kubeconfig (no local process); the relay then terminates the caller's TLS and sees those requests in clear (tether-proxy's own mode keeps TLS end to end to the agent). false: callers need tether-proxy")
+	fs.StringVar(&o.loginIssuer, "login-issuer", "", "the OpenID provider callers log in at, published at GET /v1/login so that `tether-proxy login --relay URL` needs nothing else; one of the issuers of --authentication-config")
+	fs.StringVar(&o.loginClientID, "login-client-id", "", "the public client (no secret) callers log in as, one of that issuer's audiences; required with --login-issuer")
 	o.logs.Add(fs)
 	return c
+}
+
+// checkLogin refuses login settings the authentication configuration would
+// not accept: a login at an issuer it does not trust, or for a client
+// that is not among that issuer's audiences, could only give tokens the
+// relay refuses.
+func checkLogin(l relay.LoginSettings, ac *apiserverapi.AuthenticationConfiguration) error {
+	if l.Issuer == "" && l.ClientID == "" {
+		return nil
+	}
+	if l.Issuer == "" || l.ClientID == "" {
+		return errors.New("--login-issuer and --login-client-id go together")
+	}
+	for _, j := range ac.JWT {
+		if j.Issuer.URL != l.Issuer {
+			continue
+		}
+		if slices.Contains(j.Issuer.Audiences, l.ClientID) {
+			return nil
+		}
+		return fmt.Errorf("--login-client-id %q is not among the audiences of issuer %s in --authentication-config (%v): tokens from that login would be refused", l.ClientID, l.Issuer, j.Issuer.Audiences)
+	}
+	return fmt.Errorf("--login-issuer %s is not an issuer of --authentication-config: tokens from that login would be refused", l.Issuer)
 }
 
 func (o *serveOptions) run(parent context.Context, data, adminSocket string) error {
@@ -390,6 +418,10 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	ac, err := authn.LoadConfig(raw)
 	if err != nil {
 		return fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
+	}
+	login := relay.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID}
+	if err := checkLogin(login, ac); err != nil {
+		return err
 	}
 	if o.drainTimeout < 0 {
 		return fmt.Errorf("--drain-timeout %s: must not be negative (0 stops without draining)", o.drainTimeout)
@@ -430,7 +462,7 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	}
 	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: authenticator, RelayID: o.relayID,
 		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving, AdminGroups: o.adminGroups,
-		ClusterEndpoint: endpoint})
+		ClusterEndpoint: endpoint, Login: login})
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,6 @@ import (
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	authenticationcel "k8s.io/apiserver/pkg/authentication/cel"
 	tokenunion "k8s.io/apiserver/pkg/authentication/token/union"
-	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 	"k8s.io/apiserver/plugin/pkg/authenticator/token/oidc"
 
 	"github.com/tether-k8s/tether/core/impersonate"
@@ -83,6 +82,14 @@ type Config struct {
 	AllowSystemNames bool
 	// MaxTokenBytes caps a token's size. Zero means DefaultMaxTokenBytes.
 	MaxTokenBytes int
+	// JWKSMaxAge is how long an issuer's keys are trusted after a fetch,
+	// unless the JWKS response's Cache-Control max-age says less; a key the
+	// issuer retired stops working within it. Zero means DefaultJWKSMaxAge.
+	JWKSMaxAge time.Duration
+	// JWKSMinRefresh is the least time between two fetches of one issuer's
+	// keys (a token with an unknown kid triggers one). Zero means
+	// DefaultJWKSMinRefresh.
+	JWKSMinRefresh time.Duration
 	// DialContext connects to issuers (discovery and keys). Nil means the
 	// default transport's dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -118,6 +125,15 @@ func New(ctx context.Context, cfg Config) (*Authenticator, error) {
 	if cfg.MaxTokenBytes == 0 {
 		cfg.MaxTokenBytes = DefaultMaxTokenBytes
 	}
+	if cfg.JWKSMaxAge < 0 || cfg.JWKSMinRefresh < 0 {
+		return nil, errors.New("authn: Config.JWKSMaxAge and JWKSMinRefresh must not be negative")
+	}
+	if cfg.JWKSMaxAge == 0 {
+		cfg.JWKSMaxAge = DefaultJWKSMaxAge
+	}
+	if cfg.JWKSMinRefresh == 0 {
+		cfg.JWKSMinRefresh = DefaultJWKSMinRefresh
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -129,30 +145,28 @@ func New(ctx context.Context, cfg Config) (*Authenticator, error) {
 	a := &Authenticator{cfg: cfg, log: log}
 	var tokens []authenticator.Token
 	for i, j := range ac.JWT {
-		var ca oidc.CAContentProvider
-		var client *http.Client
-		switch {
-		case cfg.DialContext != nil:
-			// The dialer needs a client of our own, which then carries the
-			// issuer's CA too (oidc takes one or the other).
-			tc := &tls.Config{MinVersion: tls.VersionTLS12}
-			if j.Issuer.CertificateAuthority != "" {
-				tc.RootCAs = x509.NewCertPool()
-				if !tc.RootCAs.AppendCertsFromPEM([]byte(j.Issuer.CertificateAuthority)) {
-					return nil, fmt.Errorf("authn: jwt[%d] (%s): certificateAuthority holds no PEM certificate", i, j.Issuer.URL)
-				}
+		// The key set fetches discovery and keys with a client of our
+		// own, carrying the issuer's CA and the dialer.
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if j.Issuer.CertificateAuthority != "" {
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM([]byte(j.Issuer.CertificateAuthority)) {
+				return nil, fmt.Errorf("authn: jwt[%d] (%s): certificateAuthority holds no PEM certificate", i, j.Issuer.URL)
 			}
-			client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: cfg.DialContext, TLSClientConfig: tc}}
-		case j.Issuer.CertificateAuthority != "":
-			p, err := dynamiccertificates.NewStaticCAContent("tether-oidc", []byte(j.Issuer.CertificateAuthority))
-			if err != nil {
-				return nil, fmt.Errorf("authn: jwt[%d] (%s): certificateAuthority: %w", i, j.Issuer.URL, err)
-			}
-			ca = p
 		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = tc
+		if cfg.DialContext != nil {
+			tr.DialContext = cfg.DialContext
+		}
+		client := &http.Client{Timeout: 30 * time.Second, Transport: tr}
+		ks := newKeySet(j.Issuer.URL, j.Issuer.DiscoveryURL, client, oidc.AllValidSigningAlgorithms(), cfg.JWKSMaxAge, cfg.JWKSMinRefresh, log)
+		// With a KeySet the authenticator does no discovery of its own
+		// (and refuses a DiscoveryURL, which the key set honours).
+		j.Issuer.DiscoveryURL = ""
 		t, err := oidc.New(ctx, oidc.Options{
 			JWTAuthenticator:     j,
-			CAContentProvider:    ca,
+			KeySet:               ks,
 			Client:               client,
 			SupportedSigningAlgs: oidc.AllValidSigningAlgorithms(),
 			DisallowedIssuers:    cfg.DisallowedIssuers,
@@ -161,6 +175,11 @@ func New(ctx context.Context, cfg Config) (*Authenticator, error) {
 		if err != nil {
 			return nil, fmt.Errorf("authn: jwt[%d] (%s): %w", i, j.Issuer.URL, err)
 		}
+		// Fetch the keys once in the background, so the issuer is ready
+		// before the first token; the goroutine ends once they are, or
+		// with ctx.
+		go ks.prime(ctx)
+		a.health = append(a.health, ks.healthy)
 		tokens = append(tokens, t)
 		a.health = append(a.health, t.HealthCheck)
 	}

@@ -18,6 +18,14 @@
 //   - adds the token's issuer and subject as the extras tether.io/issuer and
 //     tether.io/subject, read from the token after it was verified.
 //
+// Issuers' keys come from a key set of its own (keyset.go), not go-oidc's,
+// which trusts a key it once fetched for as long as the process lives:
+// fetched keys expire after the JWKS's Cache-Control max-age or
+// Config.JWKSMaxAge, whichever is shorter, so a retired key stops working;
+// a token with an unknown kid refetches at once, but fetches are at least
+// Config.JWKSMinRefresh apart and concurrent callers share one; if a fetch
+// fails, the keys fetched last stay in use.
+//
 // Tokens from an issuer that is not configured are refused with a message
 // saying so; errors never contain the token.
 package authn

@@ -538,3 +538,24 @@ func TestATunnelCarriesOnlyItsOwnUsersRequests(t *testing.T) {
 		t.Fatalf("bob through the proxy after alice: %d %v", code, body)
 	}
 }
+
+func TestOversizedTokenIsRefusedWithItsSize(t *testing.T) {
+	p := startPath(t, "prod")
+	for _, n := range []int{proxy.MaxTokenBytes + 1, 1 << 20} {
+		p.token.Store(strings.Repeat("a", n))
+		code, body := p.get(t, "/api/v1/pods")
+		msg, _ := body["message"].(string)
+		if code != http.StatusUnauthorized || !strings.Contains(msg, "bytes") || !strings.Contains(msg, "smaller token") {
+			t.Fatalf("a %d-byte token: %d %q, want 401 saying the token is too large", n, code, msg)
+		}
+		if strings.Contains(msg, "aaaaaaaa") {
+			t.Fatalf("the refusal contains the token: %q", msg)
+		}
+	}
+	// Right at the cap, the token is passed on (and refused by the relay's
+	// authentication, which knows no such token).
+	p.token.Store(strings.Repeat("a", proxy.MaxTokenBytes))
+	if code, body := p.get(t, "/api/v1/pods"); code == http.StatusUnauthorized && strings.Contains(body["message"].(string), "smaller token") {
+		t.Fatalf("a token at the cap was refused by the proxy: %v", body)
+	}
+}

@@ -169,6 +169,9 @@ func (p *Proxy) clusterInfo(ctx context.Context) (*relay.ClusterInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy: read the caller's token: %w", err)
 	}
+	if err := checkTokenSize(token); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(p.cfg.RelayURL, "/")+"/v1/clusters/"+p.cfg.Cluster, nil)
 	if err != nil {
 		return nil, err
@@ -310,6 +313,21 @@ type tokenKey struct{}
 // (the same token, except in service-account-token mode).
 type tokens struct{ relay, agent string }
 
+// checkTokenSize refuses a token over MaxTokenBytes, saying what to do.
+func checkTokenSize(tok string) error {
+	if len(tok) > MaxTokenBytes {
+		return fmt.Errorf("your token is %d bytes, more than the %d a relay reads (tether accepts tokens up to 16 KiB): ask your identity provider for a smaller token, e.g. with fewer groups in it", len(tok), MaxTokenBytes)
+	}
+	return nil
+}
+
+// MaxTokenBytes is the largest token the proxy sends: the relay reads at
+// most 64 KiB of request headers (and its authentication refuses tokens
+// over 16 KiB with a message saying so), so a larger token could only end
+// in a reset connection or a bare 431. The proxy refuses it itself, with
+// its size.
+const MaxTokenBytes = 64 << 10
+
 // guard refuses what must never reach the cluster, and reads the token.
 func (p *Proxy) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -337,6 +355,11 @@ func (p *Proxy) guard(next http.Handler) http.Handler {
 		if err != nil || tok == "" {
 			p.log.Error("proxy: no token", "error", err)
 			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, fmt.Sprintf("tether-proxy: cannot read your token: %v", err))
+			return
+		}
+		if err := checkTokenSize(tok); err != nil {
+			p.log.Error("proxy: token too large", "bytes", len(tok))
+			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether-proxy: "+err.Error())
 			return
 		}
 		t := tokens{relay: tok, agent: tok}

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,6 +58,10 @@ type ServerConfig struct {
 	Logger, Audit *slog.Logger
 	// Metrics, if not nil, counts tunnels, bytes and joins.
 	Metrics *Metrics
+	// Login, when its Issuer is set, is published unauthenticated at
+	// GET /v1/login, so that `tether-proxy login --relay URL` needs no
+	// other setting. Zero: that endpoint answers 404.
+	Login LoginSettings
 	// AgentCertificate is the relay's certificate for agents (signed by
 	// the registry's CA). When set, Handler also accepts agents' sessions
 	// over WebSocket, for clusters whose egress passes only HTTP(S).
@@ -88,6 +93,9 @@ type Server struct {
 func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Registry == nil || cfg.Router == nil || cfg.Authenticator == nil {
 		return nil, errors.New("relay: ServerConfig.Registry, Router and Authenticator are required")
+	}
+	if err := cfg.Login.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.RelayID == "" {
 		cfg.RelayID = "relay"
@@ -134,6 +142,7 @@ func slogLogger(log *slog.Logger) *stdlog.Logger {
 //	GET  /v1/clusters/{id}/tunnel      a caller's proxy opens a tunnel (Upgrade: tether-tunnel/1)
 //	*    /v1/clusters/{id}/k8s/...     kubectl's requests to the cluster, forwarded to its agent (with ClusterEndpoint)
 //	GET  /v1/agents/connect            an agent's session over WebSocket (with AgentCertificate)
+//	GET  /v1/login                     where callers log in (LoginSettings), unauthenticated
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+AgentWebSocketPath, s.agentWebSocket)
@@ -149,10 +158,50 @@ func (s *Server) Handler() http.Handler {
 				"tether: this relay's cluster endpoint is switched off (tether-relay serve --cluster-endpoint=false): reach the cluster with tether-proxy")
 		})
 	}
+	mux.HandleFunc("GET "+LoginPath, s.login)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: no such relay endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
+}
+
+// LoginPath is where the relay publishes its LoginSettings.
+const LoginPath = "/v1/login"
+
+// LoginSettings say where callers log in: the OpenID provider and the
+// public client registered for tether there. They are no secret.
+type LoginSettings struct {
+	// Issuer is the provider's issuer URL; it must be one the
+	// authentication configuration trusts, with ClientID among its
+	// audiences.
+	Issuer string `json:"issuer"`
+	// ClientID is the public client (no secret) callers log in as.
+	ClientID string `json:"clientID"`
+}
+
+// Validate checks l: both fields or neither, and an https issuer.
+func (l LoginSettings) Validate() error {
+	if l.Issuer == "" && l.ClientID == "" {
+		return nil
+	}
+	if l.Issuer == "" || l.ClientID == "" {
+		return errors.New("relay: the login issuer and client ID go together")
+	}
+	if u, err := url.Parse(l.Issuer); err != nil || u.Scheme != "https" || u.Host == "" {
+		return fmt.Errorf("relay: login issuer %q: want an https URL", l.Issuer)
+	}
+	return nil
+}
+
+func (s *Server) login(w http.ResponseWriter, _ *http.Request) {
+	if s.cfg.Login.Issuer == "" {
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound,
+			"tether: this relay publishes no login settings (it was started without --login-issuer); pass --issuer and --client-id to tether-proxy login, or ask the relay's operator for them")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(s.cfg.Login)
 }
 
 // JoinRequest is the body of POST /v1/join.

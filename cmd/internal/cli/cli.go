@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
 
+	"github.com/tether-k8s/tether/core/login"
 	"github.com/tether-k8s/tether/core/proxy"
 )
 
@@ -123,7 +124,7 @@ type TokenFlags struct {
 
 // Add registers the flags on fs.
 func (t *TokenFlags) Add(fs *pflag.FlagSet) {
-	fs.StringVar(&t.File, "token-file", "", "file holding the caller's token, re-read when it changes (default: $TETHER_TOKEN)")
+	fs.StringVar(&t.File, "token-file", "", "file holding the caller's token, re-read when it changes (default: $TETHER_TOKEN, else the login `tether-proxy login` cached)")
 	fs.StringVar(&t.Command, "token-command", "", "command that prints the caller's token, run when the token is needed (cached 1 minute)")
 	fs.StringVar(&t.From, "token-from", "", "github-actions: the job's OIDC token (needs permissions id-token: write; the default inside such a job when no other token is given); env:NAME: the variable NAME (e.g. a GitLab CI id_tokens entry)")
 	fs.StringVar(&t.Audience, "token-audience", "tether", "with --token-from github-actions: the audience to request, as the relay's and agent's authentication configuration expect")
@@ -156,8 +157,9 @@ func fileToken(flag, path string) func() (string, error) {
 }
 
 // Source returns a function giving the current token: from the file (read
-// on every call, so a rotated token is picked up), the command, or the
-// TETHER_TOKEN environment variable.
+// on every call, so a rotated token is picked up), the command, the
+// TETHER_TOKEN environment variable, or, when none is given, the login
+// `tether-proxy login` cached (core/login), renewed as it nears expiry.
 func (t *TokenFlags) Source() (func() (string, error), error) {
 	given := 0
 	for _, v := range []string{t.File, t.Command, t.From} {
@@ -189,11 +191,19 @@ func (t *TokenFlags) Source() (func() (string, error), error) {
 	case t.Command != "":
 		return commandToken(t.Command), nil
 	}
-	tok := strings.TrimSpace(os.Getenv("TETHER_TOKEN"))
-	if tok == "" {
-		return nil, errors.New("no token: pass --token-file, --token-command or --token-from, or set TETHER_TOKEN")
+	if tok := strings.TrimSpace(os.Getenv("TETHER_TOKEN")); tok != "" {
+		return func() (string, error) { return tok, nil }, nil
 	}
-	return func() (string, error) { return tok, nil }, nil
+	// No token given: the login `tether-proxy login` cached, refreshed as
+	// needed on every call.
+	lc, err := login.FromCache("")
+	if errors.Is(err, login.ErrNotLoggedIn) {
+		return nil, errors.New("no token: run `tether-proxy login --relay URL` first, or pass --token-file, --token-command or --token-from, or set TETHER_TOKEN")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return lc.Source(time.Minute), nil
 }
 
 func commandToken(command string) func() (string, error) {
