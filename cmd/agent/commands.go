@@ -155,6 +155,7 @@ func (o *options) run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer oidcAuthn.Close()
 	prom := prometheus.NewRegistry()
 	metrics, err := agent.NewMetrics(prom)
 	if err != nil {

@@ -445,6 +445,7 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	if err != nil {
 		return err
 	}
+	defer authenticator.Close()
 	router := relay.NewRouter(relay.RouterConfig{Logger: log})
 	defer router.Close()
 	prom := prometheus.NewRegistry()

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -104,6 +105,8 @@ type Authenticator struct {
 	union  authenticator.Token
 	health []func() error
 	log    *slog.Logger
+	stop   context.CancelFunc
+	wg     sync.WaitGroup // the key sets' first fetches
 }
 
 var _ impersonate.Authenticator = (*Authenticator)(nil)
@@ -111,7 +114,7 @@ var _ impersonate.Authenticator = (*Authenticator)(nil)
 // New validates the configuration and starts one JWT authenticator per
 // issuer. Issuers' discovery documents are fetched in the background until
 // ctx ends; WaitReady waits for them. Cancel ctx to stop them.
-func New(ctx context.Context, cfg Config) (*Authenticator, error) {
+func New(ctx context.Context, cfg Config) (_ *Authenticator, err error) {
 	ac := cfg.Authentication
 	if ac == nil || len(ac.JWT) == 0 {
 		return nil, errors.New("authn: Config.Authentication names no jwt issuer: tether needs at least one")
@@ -143,6 +146,12 @@ func New(ctx context.Context, cfg Config) (*Authenticator, error) {
 		return nil, fmt.Errorf("authn: invalid authentication configuration: %w", errs.ToAggregate())
 	}
 	a := &Authenticator{cfg: cfg, log: log}
+	ctx, a.stop = context.WithCancel(ctx)
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
 	var tokens []authenticator.Token
 	for i, j := range ac.JWT {
 		// The key set fetches discovery and keys with a client of our
@@ -178,7 +187,7 @@ func New(ctx context.Context, cfg Config) (*Authenticator, error) {
 		// Fetch the keys once in the background, so the issuer is ready
 		// before the first token; the goroutine ends once they are, or
 		// with ctx.
-		go ks.prime(ctx)
+		a.wg.Go(func() { ks.prime(ctx) })
 		a.health = append(a.health, ks.healthy)
 		tokens = append(tokens, t)
 		a.health = append(a.health, t.HealthCheck)
@@ -187,6 +196,13 @@ func New(ctx context.Context, cfg Config) (*Authenticator, error) {
 	// unverified iss), so the first error comes from the token's own issuer.
 	a.union = tokenunion.NewFailOnError(tokens...)
 	return a, nil
+}
+
+// Close stops the issuers' background fetches (as ending the context New
+// was given does) and waits for them.
+func (a *Authenticator) Close() {
+	a.stop()
+	a.wg.Wait()
 }
 
 // Healthy reports nil when every issuer's discovery document has been
