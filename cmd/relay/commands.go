@@ -23,6 +23,7 @@ import (
 	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/tunnel"
 )
 
 func newRootCommand() *cobra.Command {
@@ -309,6 +310,8 @@ type serveOptions struct {
 	authnConfig                       string
 	relayID                           string
 	drainTimeout                      time.Duration
+	streamWindow, streamMemory        cli.Bytes
+	maxStreamsPerCluster              int
 	logs                              cli.LogFlags
 }
 
@@ -330,6 +333,10 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	fs.StringVar(&o.authnConfig, "authentication-config", "", "AuthenticationConfiguration (apiserver.config.k8s.io/v1) saying which tokens callers may present (required)")
 	fs.StringVar(&o.relayID, "relay-id", "", "this replica's name in logs (default: host name)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM or Ctrl-C, how long to keep serving open tunnels while agents move their sessions (keep it under the pod's terminationGracePeriodSeconds); a second signal stops at once")
+	o.streamWindow, o.streamMemory = tunnel.DefaultStreamWindow, relay.DefaultStreamMemory
+	fs.Var(&o.streamWindow, "stream-window", "yamux stream window of agent sessions: the most an agent sends on a stream before the relay reads it; bigger is faster over long round trips (window / RTT), and costs up to this much memory per slow caller's stream (min 256Ki)")
+	fs.Var(&o.streamMemory, "stream-memory", "the most all streams may make the relay buffer: it opens at most --stream-memory / --stream-window streams in all")
+	fs.IntVar(&o.maxStreamsPerCluster, "max-streams-per-cluster", relay.DefaultMaxStreamsPerCluster, "the most streams (requests, watches, exec sessions) open to one cluster at once")
 	o.logs.Add(fs)
 	return c
 }
@@ -378,7 +385,19 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	if err != nil {
 		return err
 	}
-	router := relay.NewRouter(relay.RouterConfig{Logger: log})
+	rcfg := relay.RouterConfig{MaxStreamsPerCluster: o.maxStreamsPerCluster, StreamWindow: uint32(min(int64(o.streamWindow), 1<<31)),
+		StreamMemory: int64(o.streamMemory), Logger: log}
+	if o.maxStreamsPerCluster < 1 {
+		return fmt.Errorf("--max-streams-per-cluster %d: want 1 or more", o.maxStreamsPerCluster)
+	}
+	if o.streamWindow > 1<<30 {
+		return fmt.Errorf("--stream-window %s: want at most 1Gi", o.streamWindow.String())
+	}
+	if err := rcfg.Validate(); err != nil {
+		return fmt.Errorf("--stream-window %s, --stream-memory %s: %w", o.streamWindow.String(), o.streamMemory.String(), err)
+	}
+	router := relay.NewRouter(rcfg)
+	log.Info("relay: stream limits", "streamWindow", o.streamWindow.String(), "maxStreams", router.MaxStreams(), "maxStreamsPerCluster", o.maxStreamsPerCluster)
 	defer router.Close()
 	prom := prometheus.NewRegistry()
 	metrics, err := relay.NewMetrics(prom, router)
