@@ -80,6 +80,12 @@ type Config struct {
 	// IdleTunnelTimeout closes a tunnel idle for this long. Zero means
 	// DefaultIdleTunnelTimeout.
 	IdleTunnelTimeout time.Duration
+	// FlushInterval is how often a response body is flushed to kubectl
+	// while it is copied. Zero flushes a response of unknown length (a
+	// watch, logs -f: chunked) after every write, and one of known length
+	// only as the server's buffer fills and when it ends; negative flushes
+	// after every write.
+	FlushInterval time.Duration
 	// Logger receives the proxy's events. Nil discards.
 	Logger *slog.Logger
 }
@@ -301,7 +307,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 			}
 		},
 		Transport:     &perToken{p: p},
-		FlushInterval: -1,
+		FlushInterval: p.cfg.FlushInterval,
 		ErrorHandler:  p.forwardError,
 		// A stream cut mid-body (a relay restart, kubectl going away)
 		// is routine: the caller sees the cut; log it quietly, as slog.

@@ -108,7 +108,6 @@ type Router struct {
 	streams    int // open in all
 	clusters   map[string]*cluster
 	closed     bool
-	watchers   sync.WaitGroup
 }
 
 type cluster struct {
@@ -144,8 +143,8 @@ func (r *Router) MaxStreams() int { return r.maxStreams }
 func (r *Router) Add(s *tunnel.RelaySession) error {
 	id := s.Hello.Cluster
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.closed {
+		r.mu.Unlock()
 		return errors.New("relay: router closed")
 	}
 	c := r.clusters[id]
@@ -154,13 +153,12 @@ func (r *Router) Add(s *tunnel.RelaySession) error {
 		r.clusters[id] = c
 	}
 	c.sessions = append(c.sessions, s)
-	r.log.Info("relay: agent session added", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "sessions", len(c.sessions))
-	r.watchers.Add(1)
-	go func() {
-		defer r.watchers.Done()
-		<-s.CloseChan()
-		r.remove(s)
-	}()
+	n := len(c.sessions)
+	r.mu.Unlock()
+	r.log.Info("relay: agent session added", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "sessions", n)
+	// Unrouted when it ends, by the session's own goroutine: no watcher
+	// goroutine per idle session.
+	s.AfterClose(func() { r.remove(s) })
 	return nil
 }
 
@@ -348,7 +346,6 @@ func (r *Router) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	r.watchers.Wait()
 	return errors.Join(errs...)
 }
 

@@ -220,19 +220,19 @@ func TestRouterBoundsWhatSlowCallersMakeItHold(t *testing.T) {
 			if _, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: "one-too-many", Client: "203.0.113.1:1"}); !errors.Is(err, relay.ErrTooManyStreams) {
 				t.Fatalf("a stream beyond StreamMemory / StreamWindow: %v, want ErrTooManyStreams", err)
 			}
-			// Wait until the agent's writes stop: the windows are spent.
-			last := int64(-1)
-			for deadline := time.Now().Add(5 * time.Second); sent.Load() != last; {
+			// The agent fills every window: the OpenReply took a few bytes of
+			// each, and a write blocked mid-chunk is not counted yet (up to
+			// 5 KiB a stream)...
+			for deadline := time.Now().Add(10 * time.Second); sent.Load() < memory-3*5<<10; {
 				if time.Now().After(deadline) {
-					t.Fatalf("the agent is still sending after 5 s: %d bytes, bound %d", sent.Load(), memory)
+					t.Fatalf("the agent sent only %d bytes in 10 s; want its windows filled, %d", sent.Load(), memory)
 				}
-				last = sent.Load()
-				time.Sleep(200 * time.Millisecond)
+				time.Sleep(20 * time.Millisecond)
 			}
-			// The OpenReply took a few bytes of each window, and a write
-			// blocked mid-chunk is not counted yet: up to 5 KiB a stream.
-			if got := sent.Load(); got > memory || got < memory-3*5<<10 {
-				t.Fatalf("the relay holds %d bytes its callers have not read; want just under StreamMemory, %d", got, memory)
+			// ...and then cannot send more, however long it tries.
+			time.Sleep(500 * time.Millisecond)
+			if got := sent.Load(); got > memory {
+				t.Fatalf("the relay holds %d bytes its callers have not read; want at most StreamMemory, %d", got, memory)
 			}
 		})
 	}

@@ -115,6 +115,9 @@ type RelaySession struct {
 	log      *slog.Logger
 	done     sync.WaitGroup
 	draining atomic.Bool
+	closeMu  sync.Mutex
+	ended    bool     // the session's goroutine has seen it end
+	onClose  []func() // AfterClose's functions
 }
 
 // AcceptAgent runs the relay's side of the handshake on conn (a *tls.Conn,
@@ -202,6 +205,7 @@ func handshakeTLS(ctx context.Context, conn net.Conn) (tls.ConnectionState, erro
 // keeps opening them loses its session.
 func (s *RelaySession) refuseAgentStreams() {
 	defer s.done.Done()
+	defer s.runAfterClose()
 	for n := 1; ; n++ {
 		st, err := s.mux.AcceptStream()
 		if err != nil {
@@ -214,6 +218,32 @@ func (s *RelaySession) refuseAgentStreams() {
 			_ = s.mux.Close()
 			return
 		}
+	}
+}
+
+// AfterClose calls f once the session has ended: at once, in the caller's
+// goroutine, if it already has; otherwise in the session's own goroutine,
+// before Close returns. It costs no goroutine of its own (the relay holds
+// many idle sessions).
+func (s *RelaySession) AfterClose(f func()) {
+	s.closeMu.Lock()
+	if s.ended {
+		s.closeMu.Unlock()
+		f()
+		return
+	}
+	s.onClose = append(s.onClose, f)
+	s.closeMu.Unlock()
+}
+
+func (s *RelaySession) runAfterClose() {
+	s.closeMu.Lock()
+	s.ended = true
+	fs := s.onClose
+	s.onClose = nil
+	s.closeMu.Unlock()
+	for _, f := range fs {
+		f()
 	}
 }
 
