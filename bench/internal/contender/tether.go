@@ -28,6 +28,10 @@ type Tether struct {
 	// and the agent (relay.RouterConfig.StreamWindow and
 	// agent.Config.StreamWindow): an A/B of tunnel.DefaultStreamWindow.
 	YamuxWindow uint32
+	// StreamMemory, when not zero, is the relay's
+	// relay.RouterConfig.StreamMemory (--stream-memory), which with
+	// YamuxWindow sets how many streams the relay opens in all.
+	StreamMemory int64
 	// IdleTunnels, when not zero, is tether-proxy's
 	// proxy.Config.MaxIdleTunnels: an A/B of proxy.DefaultMaxIdleTunnels.
 	IdleTunnels int
@@ -60,6 +64,9 @@ func (t Tether) Describe() string {
 		"TLS proxy→relay, mutual TLS 1.3 + yamux relay↔agent, TLS 1.3 proxy↔agent inside the stream; 2 sessions per agent"
 	if t.YamuxWindow != 0 {
 		d += fmt.Sprintf("; **A/B**: yamux stream window %s on both ends instead of %s (--stream-window)", Bytes(int64(t.YamuxWindow)), Bytes(tunnel.DefaultStreamWindow))
+		if t.StreamMemory != 0 {
+			d += fmt.Sprintf(", with --stream-memory %s (%d streams in all)", Bytes(t.StreamMemory), t.StreamMemory/int64(t.YamuxWindow))
+		}
 	}
 	if t.Coalesce {
 		d += "; **A/B**: each yamux frame's header and body written to TLS in one write instead of two (harness-assembled session ends)"
@@ -90,7 +97,7 @@ func (t Tether) Start(ctx context.Context, env *Env) (_ *Instance, err error) {
 	}()
 	topo := env.Topo
 	relayProc, err := inst.start(ctx, env, dir, node.Spec{Name: "relay", Place: node.Relay, Role: "tether-relay",
-		Args: tetherRelayArgs{Dir: dir, Bind: topo.Bind(node.Relay), Names: topo.RelayNames(), Clusters: []string{ClusterID}, YamuxWindow: t.YamuxWindow, Coalesce: t.Coalesce}})
+		Args: tetherRelayArgs{Dir: dir, Bind: topo.Bind(node.Relay), Names: topo.RelayNames(), Clusters: []string{ClusterID}, YamuxWindow: t.YamuxWindow, StreamMemory: t.StreamMemory, Coalesce: t.Coalesce}})
 	if err != nil {
 		return nil, err
 	}

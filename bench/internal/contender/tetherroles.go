@@ -78,6 +78,8 @@ type tetherRelayArgs struct {
 	APIPort, AgentPort int
 	// YamuxWindow, when not zero, is the router's StreamWindow.
 	YamuxWindow uint32
+	// StreamMemory, when not zero, is the router's StreamMemory.
+	StreamMemory int64
 	// Coalesce accepts agents with the harness's own loop over
 	// tunnel.AcceptAgent, joining each yamux frame's header and body into
 	// one write (see coalesceConn), instead of relay.Server.ServeAgents.
@@ -136,7 +138,7 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 			return fmt.Errorf("tether-relay: %w", err)
 		}
 	}
-	router := relay.NewRouter(relay.RouterConfig{StreamWindow: args.YamuxWindow})
+	router := relay.NewRouter(relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory})
 	defer router.Close()
 	serving, err := reg.ServingCertificate(args.Names)
 	if err != nil {

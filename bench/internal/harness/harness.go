@@ -42,7 +42,8 @@ type Options struct {
 	// "auto".
 	Namespaces string
 	// AB adds tether's A/B variants of its defaults (docs/performance.md):
-	// yamux stream windows of 16 MiB and 256 KiB (against
+	// yamux stream windows of 16 MiB (with a 16 GiB stream memory, so the
+	// relay still opens 1,024 streams, W5's 1,000 watches) and 256 KiB (against
 	// tunnel.DefaultStreamWindow, 4 MiB), a proxy that keeps 16 idle
 	// tunnels (against proxy.DefaultMaxIdleTunnels, 256), response bodies
 	// flushed after every write (against streaming ones only), and yamux frames
@@ -214,7 +215,7 @@ func Run(ctx context.Context, opts Options) (_ *Result, err error) {
 func selectContenders(opts Options) []contender.Contender {
 	all := []contender.Contender{contender.Direct{}, contender.Tether{}}
 	if opts.AB {
-		all = append(all, contender.Tether{YamuxWindow: 16 << 20, Label: "tether-window16M"},
+		all = append(all, contender.Tether{YamuxWindow: 16 << 20, StreamMemory: 16 << 30, Label: "tether-window16M"},
 			contender.Tether{YamuxWindow: 256 << 10, Label: "tether-window256K"},
 			contender.Tether{IdleTunnels: 16, Label: "tether-idle16"},
 			contender.Tether{FlushEvery: true, Label: "tether-flushall"},
