@@ -175,9 +175,12 @@ func (o *options) run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
+	if o.streamWindow > 1<<30 {
+		return fmt.Errorf("--stream-window %s: want at most 1Gi", o.streamWindow.String())
+	}
 	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr, RelayWebSocketURL: wsURL,
 		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, RenewBefore: o.renewBefore,
-		StreamWindow: uint32(min(int64(o.streamWindow), 1<<30)), Logger: log})
+		StreamWindow: uint32(o.streamWindow), Logger: log})
 	if err != nil {
 		return err
 	}

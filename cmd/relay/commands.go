@@ -385,14 +385,14 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	if err != nil {
 		return err
 	}
-	rcfg := relay.RouterConfig{MaxStreamsPerCluster: o.maxStreamsPerCluster, StreamWindow: uint32(min(int64(o.streamWindow), 1<<31)),
-		StreamMemory: int64(o.streamMemory), Logger: log}
 	if o.maxStreamsPerCluster < 1 {
 		return fmt.Errorf("--max-streams-per-cluster %d: want 1 or more", o.maxStreamsPerCluster)
 	}
 	if o.streamWindow > 1<<30 {
 		return fmt.Errorf("--stream-window %s: want at most 1Gi", o.streamWindow.String())
 	}
+	rcfg := relay.RouterConfig{MaxStreamsPerCluster: o.maxStreamsPerCluster, StreamWindow: uint32(o.streamWindow),
+		StreamMemory: int64(o.streamMemory), Logger: log}
 	if err := rcfg.Validate(); err != nil {
 		return fmt.Errorf("--stream-window %s, --stream-memory %s: %w", o.streamWindow.String(), o.streamMemory.String(), err)
 	}
