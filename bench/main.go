@@ -31,7 +31,7 @@ func run() int {
 	flag.StringVar(&contenders, "contenders", "", "comma-separated contenders to run (direct always runs); empty runs all")
 	flag.StringVar(&workloads, "workloads", "", "comma-separated workloads to run ("+strings.Join(harness.Workloads, ",")+"); empty runs all")
 	flag.StringVar(&opts.Namespaces, "netns", "auto", "network namespaces: on, off (loopback, no added RTT) or auto (on when root)")
-	flag.BoolVar(&opts.AB, "ab", true, "also run tether with a 16 MiB yamux stream window (A/B of the default window)")
+	flag.BoolVar(&opts.AB, "ab", true, "also run tether's A/B variants: stream windows of 16 MiB and 256 KiB, 16 idle tunnels, coalesced yamux writes (docs/performance.md)")
 	flag.StringVar(&opts.PeersDir, "peers", "peers", "directory of the peers' nested modules")
 	flag.StringVar(&opts.CacheDir, "cache", ".cache", "directory for the peers' binaries")
 	flag.BoolVar(&opts.Keep, "keep", false, "keep the run directory (logs of every component)")

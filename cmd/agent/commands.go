@@ -25,6 +25,7 @@ import (
 	"github.com/tether-k8s/tether/core/authn"
 	"github.com/tether-k8s/tether/core/impersonate"
 	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/tunnel"
 )
 
 type options struct {
@@ -42,6 +43,7 @@ type options struct {
 	renewBefore              time.Duration
 	transport                string
 	healthListen             string
+	streamWindow             cli.Bytes
 	logs                     cli.LogFlags
 }
 
@@ -77,6 +79,8 @@ The first start trades a join token (tether-relay cluster create) for a credenti
 	fs.IntVar(&o.sessions, "sessions", 2, "relay sessions to keep open")
 	fs.DurationVar(&o.renewBefore, "renew-before", 0, "renew the credential this long before it expires (default: when a third of its lifetime is left, 10 days of the relay's 30)")
 	fs.StringVar(&o.healthListen, "health-listen", "0.0.0.0:8081", "address of /healthz, /readyz (ready while a relay session is up) and /metrics (Prometheus); empty disables")
+	o.streamWindow = tunnel.DefaultStreamWindow
+	fs.Var(&o.streamWindow, "stream-window", "yamux stream window of the relay sessions: the most the relay sends on a stream (a caller's upload) before the agent reads it (min 256Ki, max 1Gi)")
 	o.logs.Add(fs)
 	return c
 }
@@ -172,8 +176,12 @@ func (o *options) run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
+	if o.streamWindow > 1<<30 {
+		return fmt.Errorf("--stream-window %s: want at most 1Gi", o.streamWindow.String())
+	}
 	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr, RelayWebSocketURL: wsURL,
-		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, RenewBefore: o.renewBefore, Logger: log})
+		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, RenewBefore: o.renewBefore,
+		StreamWindow: uint32(o.streamWindow), Logger: log})
 	if err != nil {
 		return err
 	}

@@ -5,12 +5,15 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -24,6 +27,8 @@ type options struct {
 	port              int
 	file              string
 	context           string
+	idleTunnels       int
+	idleTimeout       time.Duration
 	token             cli.TokenFlags
 	logs              cli.LogFlags
 }
@@ -56,6 +61,7 @@ $TETHER_TOKEN give a token instead.`,
 	fs.IntVar(&o.port, "port", 47011, "local port, on 127.0.0.1")
 	fs.StringVarP(&o.file, "kubeconfig-file", "f", "", "kubeconfig to merge the context into, or - to print it (default: $KUBECONFIG or ~/.kube/config)")
 	fs.StringVar(&o.context, "kube-context", "", "name of the context to write (default: tether-CLUSTER)")
+	o.addTunnelFlags(fs)
 	o.token.Add(fs)
 	o.logs.Add(fs)
 	c.AddCommand(newExecCommand(), newLoginCommand(), newLogoutCommand(), newTokenCommand(), newKubeconfigCommand())
@@ -86,9 +92,23 @@ In a GitHub Actions job with "permissions: id-token: write", the job's own OIDC 
 	fs.StringVar(&o.relayURL, "relay", "", "the relay's API, https://host:port (required)")
 	fs.StringVar(&o.relayCA, "relay-ca", "", "PEM file of the CA that signed the relay's certificate (default: the system's roots)")
 	fs.StringVar(&o.cluster, "cluster", "", "the cluster to reach (required)")
+	o.addTunnelFlags(fs)
 	o.token.Add(fs)
 	o.logs.Add(fs)
 	return c
+}
+
+// addTunnelFlags adds the flags of the proxy's pool of tunnels.
+func (o *options) addTunnelFlags(fs *pflag.FlagSet) {
+	fs.IntVar(&o.idleTunnels, "max-idle-tunnels", proxy.DefaultMaxIdleTunnels,
+		"idle tunnels kept for the next requests (each skips a tunnel's setup; each holds a connection to the relay and a stream to the agent)")
+	fs.DurationVar(&o.idleTimeout, "idle-tunnel-timeout", proxy.DefaultIdleTunnelTimeout, "close a tunnel idle for this long")
+}
+
+// proxyConfig is the proxy's configuration from the flags.
+func (o *options) proxyConfig(listen string, relayCA *x509.CertPool, token func() (string, error), log *slog.Logger) proxy.Config {
+	return proxy.Config{RelayURL: o.relayURL, RelayCA: relayCA, Cluster: o.cluster, Token: token, Listen: listen,
+		ClusterToken: o.token.ClusterSource(), MaxIdleTunnels: o.idleTunnels, IdleTunnelTimeout: o.idleTimeout, Logger: log}
 }
 
 // exitError carries a command's exit code out of RunE.
@@ -119,8 +139,7 @@ func (o *options) exec(parent context.Context, args []string) error {
 	}
 	ctx, cancel := cli.SignalContext(parent)
 	defer cancel()
-	p, err := proxy.New(ctx, proxy.Config{RelayURL: o.relayURL, RelayCA: relayCA, Cluster: o.cluster, Token: token,
-		ClusterToken: o.token.ClusterSource(), Listen: "127.0.0.1:0", Logger: log})
+	p, err := proxy.New(ctx, o.proxyConfig("127.0.0.1:0", relayCA, token, log))
 	if err != nil {
 		return err
 	}
@@ -181,8 +200,7 @@ func (o *options) run(parent context.Context) error {
 	}
 	ctx, cancel := cli.SignalContext(parent)
 	defer cancel()
-	p, err := proxy.New(ctx, proxy.Config{RelayURL: o.relayURL, RelayCA: relayCA, Cluster: o.cluster, Token: token,
-		ClusterToken: o.token.ClusterSource(), Listen: "127.0.0.1:" + strconv.Itoa(o.port), Logger: log})
+	p, err := proxy.New(ctx, o.proxyConfig("127.0.0.1:"+strconv.Itoa(o.port), relayCA, token, log))
 	if err != nil {
 		return err
 	}

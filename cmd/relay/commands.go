@@ -26,6 +26,7 @@ import (
 	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/tunnel"
 )
 
 func newRootCommand() *cobra.Command {
@@ -345,6 +346,8 @@ type serveOptions struct {
 	adminGroups                       []string
 	clusterEndpoint                   bool
 	loginIssuer, loginClientID        string
+	streamWindow, streamMemory        cli.Bytes
+	maxStreamsPerCluster              int
 	logs                              cli.LogFlags
 }
 
@@ -370,6 +373,10 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	fs.BoolVar(&o.clusterEndpoint, "cluster-endpoint", true, "serve each cluster's HTTPS endpoint, https://RELAY/v1/clusters/ID/k8s, for kubeconfigs written by tether-proxy kubeconfig (no local process); the relay then terminates the caller's TLS and sees those requests in clear (tether-proxy's own mode keeps TLS end to end to the agent). false: callers need tether-proxy")
 	fs.StringVar(&o.loginIssuer, "login-issuer", "", "the OpenID provider callers log in at, published at GET /v1/login so that `tether-proxy login --relay URL` needs nothing else; one of the issuers of --authentication-config")
 	fs.StringVar(&o.loginClientID, "login-client-id", "", "the public client (no secret) callers log in as, one of that issuer's audiences; required with --login-issuer")
+	o.streamWindow, o.streamMemory = tunnel.DefaultStreamWindow, relay.DefaultStreamMemory
+	fs.Var(&o.streamWindow, "stream-window", "yamux stream window of agent sessions: the most an agent sends on a stream before the relay reads it; bigger is faster over long round trips (window / RTT), and costs up to this much memory per slow caller's stream (min 256Ki)")
+	fs.Var(&o.streamMemory, "stream-memory", "the most all streams may make the relay buffer: it opens at most --stream-memory / --stream-window streams in all")
+	fs.IntVar(&o.maxStreamsPerCluster, "max-streams-per-cluster", relay.DefaultMaxStreamsPerCluster, "the most streams (requests, watches, exec sessions) open to one cluster at once")
 	o.logs.Add(fs)
 	return c
 }
@@ -446,7 +453,19 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 		return err
 	}
 	defer authenticator.Close()
-	router := relay.NewRouter(relay.RouterConfig{Logger: log})
+	if o.maxStreamsPerCluster < 1 {
+		return fmt.Errorf("--max-streams-per-cluster %d: want 1 or more", o.maxStreamsPerCluster)
+	}
+	if o.streamWindow > 1<<30 {
+		return fmt.Errorf("--stream-window %s: want at most 1Gi", o.streamWindow.String())
+	}
+	rcfg := relay.RouterConfig{MaxStreamsPerCluster: o.maxStreamsPerCluster, StreamWindow: uint32(o.streamWindow),
+		StreamMemory: int64(o.streamMemory), Logger: log}
+	if err := rcfg.Validate(); err != nil {
+		return fmt.Errorf("--stream-window %s, --stream-memory %s: %w", o.streamWindow.String(), o.streamMemory.String(), err)
+	}
+	router := relay.NewRouter(rcfg)
+	log.Info("relay: stream limits", "streamWindow", o.streamWindow.String(), "maxStreams", router.MaxStreams(), "maxStreamsPerCluster", o.maxStreamsPerCluster)
 	defer router.Close()
 	prom := prometheus.NewRegistry()
 	metrics, err := relay.NewMetrics(prom, router)

@@ -84,6 +84,12 @@ type Config struct {
 	// DialContext makes the agent's network connections (to the relay or
 	// its HTTP proxy). Nil means a net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// StreamWindow is the yamux stream window of the agent's sessions: the
+	// most the relay may send on one stream (a caller's upload) before the
+	// agent read it, so the most the agent holds for a stream whose request
+	// body the API server reads slowly. Zero means
+	// tunnel.DefaultStreamWindow; at least tunnel.MinStreamWindow.
+	StreamWindow uint32
 	// Logger receives the agent's events. Nil discards.
 	Logger *slog.Logger
 }
@@ -103,6 +109,8 @@ func (c *Config) Validate() error {
 		return errors.New("agent: Config.Handler is nil")
 	case c.RenewBefore < 0 || c.RenewRetry < 0:
 		return fmt.Errorf("agent: Config.RenewBefore (%s) and RenewRetry (%s) must not be negative", c.RenewBefore, c.RenewRetry)
+	case c.StreamWindow != 0 && c.StreamWindow < tunnel.MinStreamWindow:
+		return fmt.Errorf("agent: Config.StreamWindow %d: want at least %d (256 KiB), or 0 for the default", c.StreamWindow, tunnel.MinStreamWindow)
 	}
 	return nil
 }
@@ -144,9 +152,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.keeper, err = tunnel.NewKeeper(tunnel.KeeperConfig{
 		Sessions: cfg.Sessions,
 		Dial:     a.dial,
-		Agent:    tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: cfg.Cluster, Agent: cfg.Name, Software: "tether-agent"}, Logger: a.log},
-		Serve:    a.serve,
-		Logger:   a.log,
+		Agent: tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: cfg.Cluster, Agent: cfg.Name, Software: "tether-agent"},
+			Yamux: tunnel.YamuxConfig(cfg.StreamWindow), Logger: a.log},
+		Serve:  a.serve,
+		Logger: a.log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -201,6 +210,10 @@ func (a *Agent) join(ctx context.Context, store CredentialStore) (tls.Certificat
 	body, _ := json.Marshal(relay.JoinRequest{Token: a.cfg.JoinToken, CSR: csr})
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: a.netDial,
 		TLSClientConfig: &tls.Config{RootCAs: a.cfg.RelayCA, MinVersion: tls.VersionTLS12}}}
+	// The join is the client's only request: close its connection after,
+	// or the relay keeps it (and its goroutines and TLS buffers) until its
+	// idle timeout.
+	defer client.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.cfg.RelayAPI+"/v1/join", bytes.NewReader(body))
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("agent: join request: %w", err)

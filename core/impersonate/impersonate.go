@@ -88,6 +88,12 @@ type Config struct {
 	// MaxTokenBytes caps the bearer token's size. Zero means
 	// DefaultMaxTokenBytes (16 KiB).
 	MaxTokenBytes int
+	// FlushInterval is how often a response body is flushed to the caller
+	// while it is copied. Zero flushes a response of unknown length (a
+	// watch, logs -f: chunked) after every write, and one of known length
+	// only as the server's buffer fills and when it ends (fewer TLS records
+	// and yamux frames); negative flushes after every write.
+	FlushInterval time.Duration
 	// Logger receives refusals (Warn) and upstream errors (Error). Nil
 	// discards.
 	Logger *slog.Logger
@@ -154,7 +160,7 @@ func New(cfg Config) (*Handler, error) {
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:       h.rewrite,
 		Transport:     upgradeSplit{plain: cfg.Transport, upgrade: cfg.UpgradeTransport},
-		FlushInterval: -1,
+		FlushInterval: cfg.FlushInterval,
 		ErrorLog:      slog.NewLogLogger(h.log.Handler(), slog.LevelError),
 		ErrorHandler:  h.upstreamError,
 	}

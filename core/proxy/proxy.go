@@ -35,6 +35,18 @@ import (
 // DefaultListen is where the proxy listens when Config.Listen is empty.
 const DefaultListen = "127.0.0.1:47011"
 
+// Defaults of the tunnel pool (Config.MaxIdleTunnels, IdleTunnelTimeout).
+// Each idle tunnel holds a TCP and TLS connection to the relay, a stream on
+// the agent's session and the agent's TLS and HTTP/1.1 server connection
+// (docs/performance.md has the measured cost); keeping enough of them idle
+// is what lets concurrent requests skip the tunnel's setup: a TCP and TLS
+// handshake with the relay, the tunnel's Upgrade (the relay authenticates
+// the token again) and a TLS handshake with the agent.
+const (
+	DefaultMaxIdleTunnels    = 256
+	DefaultIdleTunnelTimeout = 90 * time.Second
+)
+
 // WrongAgentMessage starts the error the proxy answers with when the
 // relay connected it to the agent of another cluster than the one it asked
 // for (the agent's certificate names it): a routing bug that the proxy's
@@ -66,6 +78,20 @@ type Config struct {
 	Listener net.Listener
 	// DialContext connects to the relay. Nil means a net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// MaxIdleTunnels is how many idle tunnels are kept per token for the
+	// next requests; a request finding none opens a new one, and one that
+	// ends when this many are idle closes its own. Zero means
+	// DefaultMaxIdleTunnels.
+	MaxIdleTunnels int
+	// IdleTunnelTimeout closes a tunnel idle for this long. Zero means
+	// DefaultIdleTunnelTimeout.
+	IdleTunnelTimeout time.Duration
+	// FlushInterval is how often a response body is flushed to kubectl
+	// while it is copied. Zero flushes a response of unknown length (a
+	// watch, logs -f: chunked) after every write, and one of known length
+	// only as the server's buffer fills and when it ends; negative flushes
+	// after every write.
+	FlushInterval time.Duration
 	// Logger receives the proxy's events. Nil discards.
 	Logger *slog.Logger
 }
@@ -80,6 +106,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("proxy: Config.Cluster: %w", clusterid.Validate(c.Cluster))
 	case c.Token == nil:
 		return errors.New("proxy: Config.Token is nil: give the caller's token source")
+	case c.MaxIdleTunnels < 0:
+		return fmt.Errorf("proxy: Config.MaxIdleTunnels %d: want 0 (the default, %d) or more", c.MaxIdleTunnels, DefaultMaxIdleTunnels)
+	case c.IdleTunnelTimeout < 0:
+		return fmt.Errorf("proxy: Config.IdleTunnelTimeout %s: want 0 (the default, %s) or more", c.IdleTunnelTimeout, DefaultIdleTunnelTimeout)
 	}
 	if c.Listen != "" && c.Listener == nil {
 		host, _, err := net.SplitHostPort(c.Listen)
@@ -113,6 +143,12 @@ func New(ctx context.Context, cfg Config) (*Proxy, error) {
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
+	}
+	if cfg.MaxIdleTunnels == 0 {
+		cfg.MaxIdleTunnels = DefaultMaxIdleTunnels
+	}
+	if cfg.IdleTunnelTimeout == 0 {
+		cfg.IdleTunnelTimeout = DefaultIdleTunnelTimeout
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -177,7 +213,9 @@ func (p *Proxy) clusterInfo(ctx context.Context) (*relay.ClusterInfo, error) {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := p.relayClient().Do(req)
+	client := p.relayClient()
+	defer client.CloseIdleConnections() // the only request on it
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: reach the relay at %s: %w", p.cfg.RelayURL, err)
 	}
@@ -278,7 +316,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 			}
 		},
 		Transport:     &perToken{p: p},
-		FlushInterval: -1,
+		FlushInterval: p.cfg.FlushInterval,
 		ErrorHandler:  p.forwardError,
 		// A stream cut mid-body (a relay restart, kubectl going away)
 		// is routine: the caller sees the cut; log it quietly, as slog.
@@ -413,8 +451,9 @@ func (t *perToken) RoundTrip(r *http.Request) (*http.Response, error) {
 		tr = &http.Transport{
 			DialTLSContext:        func(ctx context.Context, _, _ string) (net.Conn, error) { return t.p.dialCluster(ctx, tok) },
 			ForceAttemptHTTP2:     false,
-			MaxIdleConnsPerHost:   16,
-			IdleConnTimeout:       90 * time.Second,
+			MaxIdleConns:          t.p.cfg.MaxIdleTunnels,
+			MaxIdleConnsPerHost:   t.p.cfg.MaxIdleTunnels,
+			IdleConnTimeout:       t.p.cfg.IdleTunnelTimeout,
 			ResponseHeaderTimeout: 0, // watches and logs -f answer late and stream
 		}
 		t.pools = append(t.pools, tokenPool{key: key, tr: tr})

@@ -14,12 +14,19 @@ import (
 	"github.com/tether-k8s/tether/core/tunnel"
 )
 
-// DefaultMaxStreamsPerCluster bounds the streams open to one cluster.
-const DefaultMaxStreamsPerCluster = 1024
+// Defaults of RouterConfig's limits.
+const (
+	// DefaultMaxStreamsPerCluster bounds the streams open to one cluster.
+	DefaultMaxStreamsPerCluster = 1024
+	// DefaultStreamMemory bounds what the relay may have to hold in its
+	// streams' receive buffers: with the default stream window (4 MiB) it
+	// allows 1,024 streams in all.
+	DefaultStreamMemory = 4 << 30
+)
 
-// ErrTooManyStreams is returned by Open when a cluster has its maximum of
-// open streams.
-var ErrTooManyStreams = errors.New("relay: too many open streams to this cluster")
+// ErrTooManyStreams is returned by Open when a cluster, or the relay, has
+// its maximum of open streams.
+var ErrTooManyStreams = errors.New("relay: too many open streams")
 
 // NotConnectedError is returned by Open when no agent of the cluster holds a
 // session.
@@ -43,20 +50,64 @@ type RouterConfig struct {
 	// MaxStreamsPerCluster bounds the streams open to one cluster at once.
 	// Zero means DefaultMaxStreamsPerCluster.
 	MaxStreamsPerCluster int
+	// StreamWindow is the yamux stream window of the relay's agent
+	// sessions (the Server uses it): the most an agent may send on a
+	// stream before the relay read it, so the most the relay holds for a
+	// stream whose caller reads slowly. Zero means
+	// tunnel.DefaultStreamWindow; at least tunnel.MinStreamWindow.
+	StreamWindow uint32
+	// StreamMemory bounds what all streams together may make the relay
+	// hold: the router opens at most StreamMemory / StreamWindow streams
+	// in all. Zero means DefaultStreamMemory.
+	StreamMemory int64
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 	// Logger receives session arrivals and departures. Nil discards.
 	Logger *slog.Logger
 }
 
+// Validate reports the first problem with c, naming the field.
+func (c *RouterConfig) Validate() error {
+	switch {
+	case c.MaxStreamsPerCluster < 0:
+		return fmt.Errorf("relay: RouterConfig.MaxStreamsPerCluster %d: want 0 (the default, %d) or more", c.MaxStreamsPerCluster, DefaultMaxStreamsPerCluster)
+	case c.StreamWindow != 0 && c.StreamWindow < tunnel.MinStreamWindow:
+		return fmt.Errorf("relay: RouterConfig.StreamWindow %d: want at least %d (256 KiB), or 0 for the default", c.StreamWindow, tunnel.MinStreamWindow)
+	case c.StreamMemory < 0:
+		return fmt.Errorf("relay: RouterConfig.StreamMemory %d: want 0 (the default) or more", c.StreamMemory)
+	}
+	d := *c
+	d.defaults()
+	if d.StreamMemory < int64(d.StreamWindow) {
+		return fmt.Errorf("relay: RouterConfig.StreamMemory %d is less than one stream window (%d): no stream could open", d.StreamMemory, d.StreamWindow)
+	}
+	return nil
+}
+
+func (c *RouterConfig) defaults() {
+	if c.MaxStreamsPerCluster <= 0 {
+		c.MaxStreamsPerCluster = DefaultMaxStreamsPerCluster
+	}
+	if c.StreamWindow == 0 {
+		c.StreamWindow = tunnel.DefaultStreamWindow
+	}
+	if c.StreamMemory <= 0 {
+		c.StreamMemory = DefaultStreamMemory
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
 // Router maps clusters to their agents' live sessions.
 type Router struct {
-	cfg      RouterConfig
-	log      *slog.Logger
-	mu       sync.Mutex
-	clusters map[string]*cluster
-	closed   bool
-	watchers sync.WaitGroup
+	cfg        RouterConfig
+	maxStreams int // StreamMemory / StreamWindow
+	log        *slog.Logger
+	mu         sync.Mutex
+	streams    int // open in all
+	clusters   map[string]*cluster
+	closed     bool
 }
 
 type cluster struct {
@@ -66,27 +117,34 @@ type cluster struct {
 	lastSeen time.Time
 }
 
-// NewRouter returns an empty Router.
+// NewRouter returns an empty Router. A configuration that Validate refuses
+// has its faulty fields replaced by their defaults.
 func NewRouter(cfg RouterConfig) *Router {
-	if cfg.MaxStreamsPerCluster <= 0 {
-		cfg.MaxStreamsPerCluster = DefaultMaxStreamsPerCluster
+	if cfg.StreamWindow != 0 && cfg.StreamWindow < tunnel.MinStreamWindow {
+		cfg.StreamWindow = 0
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
+	cfg.defaults()
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Router{cfg: cfg, log: log, clusters: map[string]*cluster{}}
+	return &Router{cfg: cfg, maxStreams: max(1, int(cfg.StreamMemory/int64(cfg.StreamWindow))), log: log, clusters: map[string]*cluster{}}
 }
+
+// StreamWindow returns the yamux stream window the relay's agent sessions
+// use (RouterConfig.StreamWindow).
+func (r *Router) StreamWindow() uint32 { return r.cfg.StreamWindow }
+
+// MaxStreams returns how many streams the router opens in all:
+// StreamMemory / StreamWindow.
+func (r *Router) MaxStreams() int { return r.maxStreams }
 
 // Add routes the session's cluster to it until the session ends.
 func (r *Router) Add(s *tunnel.RelaySession) error {
 	id := s.Hello.Cluster
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.closed {
+		r.mu.Unlock()
 		return errors.New("relay: router closed")
 	}
 	c := r.clusters[id]
@@ -95,13 +153,12 @@ func (r *Router) Add(s *tunnel.RelaySession) error {
 		r.clusters[id] = c
 	}
 	c.sessions = append(c.sessions, s)
-	r.log.Info("relay: agent session added", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "sessions", len(c.sessions))
-	r.watchers.Add(1)
-	go func() {
-		defer r.watchers.Done()
-		<-s.CloseChan()
-		r.remove(s)
-	}()
+	n := len(c.sessions)
+	r.mu.Unlock()
+	r.log.Info("relay: agent session added", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "sessions", n)
+	// Unrouted when it ends, by the session's own goroutine: no watcher
+	// goroutine per idle session.
+	s.AfterClose(func() { r.remove(s) })
 	return nil
 }
 
@@ -171,9 +228,14 @@ func (r *Router) Open(ctx context.Context, o *tunnel.Open) (net.Conn, error) {
 	}
 	if c.streams >= r.cfg.MaxStreamsPerCluster {
 		r.mu.Unlock()
-		return nil, fmt.Errorf("%w (%d)", ErrTooManyStreams, r.cfg.MaxStreamsPerCluster)
+		return nil, fmt.Errorf("%w to cluster %s: %d, the relay's --max-streams-per-cluster", ErrTooManyStreams, o.Cluster, r.cfg.MaxStreamsPerCluster)
+	}
+	if r.streams >= r.maxStreams {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("%w through this relay: %d, its --stream-memory / --stream-window", ErrTooManyStreams, r.maxStreams)
 	}
 	c.streams++
+	r.streams++
 	// Sessions in turn, those the relay is draining last: they still
 	// carry a stream when nothing else can.
 	order := make([]*tunnel.RelaySession, 0, len(c.sessions))
@@ -212,6 +274,7 @@ func (r *Router) release(clusterID string) {
 	defer r.mu.Unlock()
 	if c := r.clusters[clusterID]; c != nil && c.streams > 0 {
 		c.streams--
+		r.streams--
 	}
 }
 
@@ -219,11 +282,7 @@ func (r *Router) release(clusterID string) {
 func (r *Router) Streams() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := 0
-	for _, c := range r.clusters {
-		n += c.streams
-	}
-	return n
+	return r.streams
 }
 
 // GoAway sends GoAway (see tunnel.GoAway) on every session, in parallel,
@@ -287,7 +346,6 @@ func (r *Router) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	r.watchers.Wait()
 	return errors.Join(errs...)
 }
 

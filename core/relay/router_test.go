@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -173,5 +174,66 @@ func TestRouterAvoidsDrainingSessionsWhileOthersLive(t *testing.T) {
 	}
 	if _, err := open(t, r, "prod"); err == nil {
 		t.Fatal("a stream opened after CloseCluster")
+	}
+}
+
+// TestRouterBoundsWhatSlowCallersMakeItHold: a caller that never reads
+// makes the relay hold what the agent sends on its stream; yamux lets the
+// agent send at most the stream window before the relay reads, and the
+// router opens at most StreamMemory / StreamWindow streams, so all the
+// agent can make the relay hold is StreamMemory.
+func TestRouterBoundsWhatSlowCallersMakeItHold(t *testing.T) {
+	for _, window := range []uint32{tunnel.MinStreamWindow, 1 << 20} {
+		t.Run(fmt.Sprint(window), func(t *testing.T) {
+			memory := 3 * int64(window)
+			r := relay.NewRouter(relay.RouterConfig{StreamWindow: window, StreamMemory: memory, MaxStreamsPerCluster: 100})
+			t.Cleanup(func() { _ = r.Close() })
+			if r.MaxStreams() != 3 {
+				t.Fatalf("MaxStreams = %d, want 3", r.MaxStreams())
+			}
+			rs, as := tunneltest.PairWindow(t, tunnel.Hello{Cluster: "prod", Agent: "agent-prod"}, r.StreamWindow())
+			var sent atomic.Int64
+			// The agent answers every stream with as much as it can send:
+			// 64 windows, far more than yamux lets through unread.
+			tunneltest.Serve(t, as, func(st *tunnel.Stream) {
+				chunk := make([]byte, 4<<10)
+				for range 64 * int(window) / len(chunk) {
+					n, err := st.Write(chunk)
+					sent.Add(int64(n))
+					if err != nil {
+						return
+					}
+				}
+			})
+			if err := r.Add(rs); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			for i := range 3 {
+				c, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: fmt.Sprint("slow-", i), Client: "203.0.113.1:1"})
+				if err != nil {
+					t.Fatalf("stream %d: %v", i, err)
+				}
+				t.Cleanup(func() { _ = c.Close() })
+			}
+			if _, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: "one-too-many", Client: "203.0.113.1:1"}); !errors.Is(err, relay.ErrTooManyStreams) {
+				t.Fatalf("a stream beyond StreamMemory / StreamWindow: %v, want ErrTooManyStreams", err)
+			}
+			// The agent fills every window: the OpenReply took a few bytes of
+			// each, and a write blocked mid-chunk is not counted yet (up to
+			// 5 KiB a stream)...
+			for deadline := time.Now().Add(10 * time.Second); sent.Load() < memory-3*5<<10; {
+				if time.Now().After(deadline) {
+					t.Fatalf("the agent sent only %d bytes in 10 s; want its windows filled, %d", sent.Load(), memory)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			// ...and then cannot send more, however long it tries.
+			time.Sleep(500 * time.Millisecond)
+			if got := sent.Load(); got > memory {
+				t.Fatalf("the relay holds %d bytes its callers have not read; want at most StreamMemory, %d", got, memory)
+			}
+		})
 	}
 }

@@ -491,7 +491,9 @@ func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
 		Authorize: s.authorizeAgent,
 		Session:   newID(),
 		Relay:     s.cfg.RelayID,
-		Logger:    s.log,
+		// The router's window: its stream caps bound window × streams.
+		Yamux:  tunnel.YamuxConfig(s.cfg.Router.StreamWindow()),
+		Logger: s.log,
 	})
 	if err != nil {
 		s.log.Warn("relay: agent refused", "remote", conn.RemoteAddr(), "error", err)

@@ -40,14 +40,36 @@ const (
 	DefaultMaxRogueStreams  = 8
 )
 
+// DefaultStreamWindow is the yamux stream window both ends use when none is
+// given: how many bytes a peer may send on one stream before the other end
+// has read them. It bounds a stream's throughput to a window per round trip
+// (4 MiB per 50 ms is 84 MB/s) and what the receiver may have to hold for a
+// stream whose reader is slow (the relay, for a caller that reads slowly:
+// the relay's router caps its streams so that window × streams stays
+// within its stream memory, docs/performance.md).
+const DefaultStreamWindow = 4 << 20
+
+// MinStreamWindow is the smallest stream window yamux accepts (its initial
+// window, 256 KiB).
+const MinStreamWindow = 256 << 10
+
 // DefaultYamuxConfig is the yamux configuration both sides use when none is
 // given: yamux's defaults with keepalives every 15 s, so a dead peer is
-// noticed and idle sessions survive NAT and proxy timeouts. Window sizes are
-// yamux's until benchmarks say otherwise (docs/performance.md).
-func DefaultYamuxConfig() *yamux.Config {
+// noticed and idle sessions survive NAT and proxy timeouts, and a stream
+// window of DefaultStreamWindow.
+func DefaultYamuxConfig() *yamux.Config { return YamuxConfig(0) }
+
+// YamuxConfig is DefaultYamuxConfig with a stream window of window bytes;
+// zero means DefaultStreamWindow. yamux refuses a configuration whose
+// window is below MinStreamWindow.
+func YamuxConfig(window uint32) *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.EnableKeepAlive = true
 	c.KeepAliveInterval = 15 * time.Second
+	c.MaxStreamWindowSize = DefaultStreamWindow
+	if window != 0 {
+		c.MaxStreamWindowSize = window
+	}
 	c.LogOutput = nil
 	c.Logger = discardYamuxLogger{}
 	return c
@@ -93,6 +115,9 @@ type RelaySession struct {
 	log      *slog.Logger
 	done     sync.WaitGroup
 	draining atomic.Bool
+	closeMu  sync.Mutex
+	ended    bool     // the session's goroutine has seen it end
+	onClose  []func() // AfterClose's functions
 }
 
 // AcceptAgent runs the relay's side of the handshake on conn (a *tls.Conn,
@@ -180,6 +205,7 @@ func handshakeTLS(ctx context.Context, conn net.Conn) (tls.ConnectionState, erro
 // keeps opening them loses its session.
 func (s *RelaySession) refuseAgentStreams() {
 	defer s.done.Done()
+	defer s.runAfterClose()
 	for n := 1; ; n++ {
 		st, err := s.mux.AcceptStream()
 		if err != nil {
@@ -192,6 +218,32 @@ func (s *RelaySession) refuseAgentStreams() {
 			_ = s.mux.Close()
 			return
 		}
+	}
+}
+
+// AfterClose calls f once the session has ended: at once, in the caller's
+// goroutine, if it already has; otherwise in the session's own goroutine,
+// before Close returns. It costs no goroutine of its own (the relay holds
+// many idle sessions).
+func (s *RelaySession) AfterClose(f func()) {
+	s.closeMu.Lock()
+	if s.ended {
+		s.closeMu.Unlock()
+		f()
+		return
+	}
+	s.onClose = append(s.onClose, f)
+	s.closeMu.Unlock()
+}
+
+func (s *RelaySession) runAfterClose() {
+	s.closeMu.Lock()
+	s.ended = true
+	fs := s.onClose
+	s.onClose = nil
+	s.closeMu.Unlock()
+	for _, f := range fs {
+		f()
 	}
 }
 

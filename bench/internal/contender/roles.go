@@ -15,7 +15,5 @@ func Roles() map[string]node.Role {
 		"tether-agent": tetherAgentRole,
 		"tether-proxy": tetherProxyRole,
 		"tether-swarm": swarmRole,
-		// A/B variants assembled by the harness.
-		"tether-proxy-pool": poolProxyRole,
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/tether-k8s/tether/bench/internal/node"
+	"github.com/tether-k8s/tether/core/proxy"
+	"github.com/tether-k8s/tether/core/tunnel"
 )
 
 // Tether is tether's full path: tether-proxy at the caller (TLS from the
@@ -22,18 +24,25 @@ import (
 // proxy, mutual TLS and yamux from the agent), the agent in the cluster (TLS
 // end to end with the proxy inside the stream, then core/impersonate).
 type Tether struct {
-	// YamuxWindow, when not zero, sets yamux's stream window on the relay
-	// and the agent (an A/B of tunnel.DefaultYamuxConfig's window; the
-	// harness then assembles the session ends from core/tunnel).
+	// YamuxWindow, when not zero, sets the yamux stream window on the relay
+	// and the agent (relay.RouterConfig.StreamWindow and
+	// agent.Config.StreamWindow): an A/B of tunnel.DefaultStreamWindow.
 	YamuxWindow uint32
-	// IdleTunnels, when not zero, runs a harness-assembled tether-proxy
-	// (see poolProxyRole) that keeps this many idle tunnels instead of
-	// core/proxy's 16: an A/B of that pool size.
+	// StreamMemory, when not zero, is the relay's
+	// relay.RouterConfig.StreamMemory (--stream-memory), which with
+	// YamuxWindow sets how many streams the relay opens in all.
+	StreamMemory int64
+	// IdleTunnels, when not zero, is tether-proxy's
+	// proxy.Config.MaxIdleTunnels: an A/B of proxy.DefaultMaxIdleTunnels.
 	IdleTunnels int
 	// Coalesce joins each yamux frame's header and body into one write on
 	// both ends of the agent's sessions (see coalesceConn): an A/B of
 	// yamux's two writes per frame.
 	Coalesce bool
+	// FlushEvery flushes every write of a response body on the proxy and
+	// the agent (FlushInterval -1), as tether did before: an A/B of the
+	// default, which flushes only streaming responses at once.
+	FlushEvery bool
 	// Label replaces "tether" as the name.
 	Label string
 }
@@ -54,16 +63,19 @@ func (t Tether) Describe() string {
 	d := "tether-proxy (caller) → relay → agent (cluster) → core/impersonate; TLS caller→proxy (client certificate), " +
 		"TLS proxy→relay, mutual TLS 1.3 + yamux relay↔agent, TLS 1.3 proxy↔agent inside the stream; 2 sessions per agent"
 	if t.YamuxWindow != 0 {
-		d += fmt.Sprintf("; **A/B**: yamux stream window %s on both ends (harness-assembled session ends from core/tunnel)", Bytes(int64(t.YamuxWindow)))
+		d += fmt.Sprintf("; **A/B**: yamux stream window %s on both ends instead of %s (--stream-window)", Bytes(int64(t.YamuxWindow)), Bytes(tunnel.DefaultStreamWindow))
+		if t.StreamMemory != 0 {
+			d += fmt.Sprintf(", with --stream-memory %s (%d streams in all)", Bytes(t.StreamMemory), t.StreamMemory/int64(t.YamuxWindow))
+		}
 	}
 	if t.Coalesce {
 		d += "; **A/B**: each yamux frame's header and body written to TLS in one write instead of two (harness-assembled session ends)"
 	}
-	if t.Coalesce {
-		d += "; **A/B**: each yamux frame's header and body written to TLS in one write instead of two (harness-assembled session ends)"
+	if t.FlushEvery {
+		d += "; **A/B**: response bodies flushed after every write on the proxy and the agent (FlushInterval -1)"
 	}
 	if t.IdleTunnels != 0 {
-		d += fmt.Sprintf("; **A/B**: the proxy keeps %d idle tunnels instead of 16 (a harness-assembled proxy with core/proxy's request path)", t.IdleTunnels)
+		d += fmt.Sprintf("; **A/B**: the proxy keeps %d idle tunnels instead of %d (--max-idle-tunnels)", t.IdleTunnels, proxy.DefaultMaxIdleTunnels)
 	}
 	return d
 }
@@ -85,7 +97,7 @@ func (t Tether) Start(ctx context.Context, env *Env) (_ *Instance, err error) {
 	}()
 	topo := env.Topo
 	relayProc, err := inst.start(ctx, env, dir, node.Spec{Name: "relay", Place: node.Relay, Role: "tether-relay",
-		Args: tetherRelayArgs{Dir: dir, Bind: topo.Bind(node.Relay), Names: topo.RelayNames(), Clusters: []string{ClusterID}, YamuxWindow: t.YamuxWindow, Coalesce: t.Coalesce}})
+		Args: tetherRelayArgs{Dir: dir, Bind: topo.Bind(node.Relay), Names: topo.RelayNames(), Clusters: []string{ClusterID}, YamuxWindow: t.YamuxWindow, StreamMemory: t.StreamMemory, Coalesce: t.Coalesce}})
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +116,7 @@ func (t Tether) Start(ctx context.Context, env *Env) (_ *Instance, err error) {
 		return nil, fmt.Errorf("tether: %w", err)
 	}
 	if _, err := inst.start(ctx, env, dir, node.Spec{Name: "agent", Place: node.Cluster, Role: "tether-agent", Args: tetherAgentArgs{
-		Dir: agentDir, Cluster: ClusterID, CA: rr.CA, Token: rr.Tokens[0], YamuxWindow: t.YamuxWindow, Coalesce: t.Coalesce,
+		Dir: agentDir, Cluster: ClusterID, CA: rr.CA, Token: rr.Tokens[0], YamuxWindow: t.YamuxWindow, Coalesce: t.Coalesce, FlushEvery: t.FlushEvery,
 		RelayAPI:       (&url.URL{Scheme: "https", Host: net.JoinHostPort(fromCluster, strconv.Itoa(rr.APIPort))}).String(),
 		RelayAgentAddr: agentAddr,
 		Target:         "http://" + env.TargetAddr(node.Cluster),
@@ -118,12 +130,9 @@ func (t Tether) Start(ctx context.Context, env *Env) (_ *Instance, err error) {
 	fromCaller := topo.Reach(node.Caller, node.Relay)
 	pargs := tetherProxyArgs{
 		RelayURL: (&url.URL{Scheme: "https", Host: net.JoinHostPort(fromCaller, strconv.Itoa(rr.APIPort))}).String(),
-		CA:       rr.CA, Cluster: ClusterID,
+		CA:       rr.CA, Cluster: ClusterID, IdleTunnels: t.IdleTunnels, FlushEvery: t.FlushEvery,
 	}
 	spec := node.Spec{Name: "proxy", Place: node.Caller, Role: "tether-proxy", Args: pargs}
-	if t.IdleTunnels != 0 {
-		spec.Role, spec.Args = "tether-proxy-pool", poolProxyArgs{tetherProxyArgs: pargs, IdleTunnels: t.IdleTunnels}
-	}
 	proxyProc, err := inst.start(ctx, env, dir, spec)
 	if err != nil {
 		return nil, err

@@ -60,16 +60,6 @@ func (h countHandler) Handle(context.Context, slog.Record) error {
 func (h countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h countHandler) WithGroup(string) slog.Handler      { return h }
 
-// yamuxConfig returns tether's default yamux configuration, with the stream
-// window raised to window when it is not zero.
-func yamuxConfig(window uint32) *yamux.Config {
-	c := tunnel.DefaultYamuxConfig()
-	if window != 0 {
-		c.MaxStreamWindowSize = window
-	}
-	return c
-}
-
 // tetherRelayArgs are the arguments of the tether-relay role.
 type tetherRelayArgs struct {
 	Dir      string
@@ -86,12 +76,13 @@ type tetherRelayArgs struct {
 	Restart bool
 	// APIPort and AgentPort, when not zero, are the ports to listen on.
 	APIPort, AgentPort int
-	// YamuxWindow, when not zero, accepts agents with the harness's own
-	// loop over tunnel.AcceptAgent and this stream window, instead of
-	// relay.Server.ServeAgents (which takes no yamux configuration).
+	// YamuxWindow, when not zero, is the router's StreamWindow.
 	YamuxWindow uint32
-	// Coalesce, with the harness's own loop too, joins each yamux frame's
-	// header and body into one write (see coalesceConn).
+	// StreamMemory, when not zero, is the router's StreamMemory.
+	StreamMemory int64
+	// Coalesce accepts agents with the harness's own loop over
+	// tunnel.AcceptAgent, joining each yamux frame's header and body into
+	// one write (see coalesceConn), instead of relay.Server.ServeAgents.
 	Coalesce bool
 }
 
@@ -147,7 +138,7 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 			return fmt.Errorf("tether-relay: %w", err)
 		}
 	}
-	router := relay.NewRouter(relay.RouterConfig{})
+	router := relay.NewRouter(relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory})
 	defer router.Close()
 	serving, err := reg.ServingCertificate(args.Names)
 	if err != nil {
@@ -183,8 +174,8 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		if args.YamuxWindow != 0 || args.Coalesce {
-			errc <- acceptAgents(ctx, agentL, reg, router, yamuxConfig(args.YamuxWindow), args.Coalesce)
+		if args.Coalesce {
+			errc <- acceptAgents(ctx, agentL, reg, router, tunnel.YamuxConfig(router.StreamWindow()), args.Coalesce)
 			return
 		}
 		errc <- srv.ServeAgents(ctx, agentL)
@@ -296,12 +287,13 @@ type tetherAgentArgs struct {
 	Token          string
 	// Target is the API server's URL (the target's, plain HTTP).
 	Target string
-	// YamuxWindow, when not zero, runs the agent's sessions with the
-	// harness's own tunnel.Keeper and this stream window (core/agent takes
-	// no yamux configuration); the agent still joins with core/agent.
+	// YamuxWindow, when not zero, is the agent's StreamWindow.
 	YamuxWindow uint32
-	// Coalesce, with the harness's own keeper too, joins each yamux frame's
-	// header and body into one write (see coalesceConn).
+	// FlushEvery sets impersonate.Config.FlushInterval to -1.
+	FlushEvery bool
+	// Coalesce runs the agent's sessions with the harness's own
+	// tunnel.Keeper, joining each yamux frame's header and body into one
+	// write (see coalesceConn); the agent still joins with core/agent.
 	Coalesce bool
 }
 
@@ -323,14 +315,18 @@ func tetherAgentRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 	}
 	// The transport cmd/agent builds for the API server.
 	transport := &http.Transport{ForceAttemptHTTP2: false, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
-	h, err := impersonate.New(impersonate.Config{Upstream: upstream, Transport: transport, Authenticator: staticAuthn{},
+	flush := time.Duration(0)
+	if args.FlushEvery {
+		flush = -1
+	}
+	h, err := impersonate.New(impersonate.Config{Upstream: upstream, Transport: transport, Authenticator: staticAuthn{}, FlushInterval: flush,
 		Credential: func(context.Context) (string, error) { return "agent-sa-token", nil }})
 	if err != nil {
 		return fmt.Errorf("tether-agent: %w", err)
 	}
 	a, err := agent.New(ctx, agent.Config{Cluster: args.Cluster, Name: "bench-agent", RelayAPI: args.RelayAPI,
 		RelayAgentAddr: args.RelayAgentAddr, RelayCA: relayCA, CredentialDir: args.Dir, JoinToken: args.Token, Handler: h,
-		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }})
+		StreamWindow: args.YamuxWindow, Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }})
 	if err != nil {
 		return fmt.Errorf("tether-agent: %w", err)
 	}
@@ -338,7 +334,7 @@ func tetherAgentRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 	defer cancel()
 	ran := make(chan error, 1)
 	var live func() bool
-	if args.YamuxWindow == 0 && !args.Coalesce {
+	if !args.Coalesce {
 		go func() { ran <- a.Run(ctx) }()
 		live = a.Ready
 	} else {
@@ -372,7 +368,8 @@ func tetherAgentRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 
 // windowKeeper builds the agent's sessions as core/agent does (TLS 1.3 with
 // the stored credential, ALPN tether/1; each stream served over TLS to an
-// http.Server), with the stream window args.YamuxWindow.
+// http.Server), with the stream window args.YamuxWindow, over
+// coalesceConn.
 func windowKeeper(ctx context.Context, args tetherAgentArgs, relayCA *x509.CertPool, h http.Handler) (*tunnel.Keeper, error) {
 	certPEM, keyPEM, err := agent.FileStore{Dir: args.Dir}.Load(ctx)
 	if err != nil {
@@ -397,7 +394,7 @@ func windowKeeper(ctx context.Context, args tetherAgentArgs, relayCA *x509.CertP
 			}
 			return &coalesceConn{Conn: c}, nil
 		},
-		Agent: tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: args.Cluster, Agent: "bench-agent", Software: "tether-bench"}, Yamux: yamuxConfig(args.YamuxWindow)},
+		Agent: tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: args.Cluster, Agent: "bench-agent", Software: "tether-bench"}, Yamux: tunnel.YamuxConfig(args.YamuxWindow)},
 		Serve: func(ctx context.Context, s *tunnel.AgentSession) error {
 			l := tls.NewListener(s, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13, NextProtos: []string{"http/1.1"}})
 			srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10, IdleTimeout: 10 * time.Minute,
@@ -418,6 +415,10 @@ type tetherProxyArgs struct {
 	RelayURL string
 	CA       string
 	Cluster  string
+	// IdleTunnels is proxy.Config.MaxIdleTunnels (zero: the default).
+	IdleTunnels int
+	// FlushEvery sets proxy.Config.FlushInterval to -1.
+	FlushEvery bool
 }
 
 // tetherProxyReady is what the tether-proxy role reports: where it listens
@@ -438,7 +439,8 @@ func tetherProxyRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 		return errors.New("tether-proxy: no relay CA")
 	}
 	p, err := proxy.New(ctx, proxy.Config{RelayURL: args.RelayURL, RelayCA: relayCA, Cluster: args.Cluster,
-		Token: func() (string, error) { return callerToken, nil }, Listen: "127.0.0.1:0"})
+		Token: func() (string, error) { return callerToken, nil }, Listen: "127.0.0.1:0", MaxIdleTunnels: args.IdleTunnels,
+		FlushInterval: map[bool]time.Duration{true: -1}[args.FlushEvery]})
 	if err != nil {
 		return fmt.Errorf("tether-proxy: %w", err)
 	}

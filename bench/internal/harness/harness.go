@@ -41,10 +41,13 @@ type Options struct {
 	// or "auto" (namespaces when this process can make them). Zero means
 	// "auto".
 	Namespaces string
-	// AB adds tether's A/B variants: a 16 MiB yamux stream window (against
-	// tunnel.DefaultYamuxConfig's 256 KiB), and a proxy that keeps 256 idle
-	// tunnels (against core/proxy's 16), and yamux frames written to TLS in
-	// one write instead of two.
+	// AB adds tether's A/B variants of its defaults (docs/performance.md):
+	// yamux stream windows of 16 MiB (with a 16 GiB stream memory, so the
+	// relay still opens 1,024 streams, W5's 1,000 watches) and 256 KiB (against
+	// tunnel.DefaultStreamWindow, 4 MiB), a proxy that keeps 16 idle
+	// tunnels (against proxy.DefaultMaxIdleTunnels, 256), response bodies
+	// flushed after every write (against streaming ones only), and yamux frames
+	// written to TLS in one write instead of two.
 	AB bool
 	// PeersDir holds the peers' nested modules. Zero means "peers".
 	PeersDir string
@@ -212,8 +215,10 @@ func Run(ctx context.Context, opts Options) (_ *Result, err error) {
 func selectContenders(opts Options) []contender.Contender {
 	all := []contender.Contender{contender.Direct{}, contender.Tether{}}
 	if opts.AB {
-		all = append(all, contender.Tether{YamuxWindow: 16 << 20, Label: "tether-yamux16M"},
-			contender.Tether{IdleTunnels: 256, Label: "tether-idle256"},
+		all = append(all, contender.Tether{YamuxWindow: 16 << 20, StreamMemory: 16 << 30, Label: "tether-window16M"},
+			contender.Tether{YamuxWindow: 256 << 10, Label: "tether-window256K"},
+			contender.Tether{IdleTunnels: 16, Label: "tether-idle16"},
+			contender.Tether{FlushEvery: true, Label: "tether-flushall"},
 			contender.Tether{Coalesce: true, Label: "tether-coalesce"})
 	}
 	all = append(all, contender.Peers()...)

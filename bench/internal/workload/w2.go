@@ -14,6 +14,7 @@ import (
 	"github.com/tether-k8s/tether/bench/internal/load"
 	"github.com/tether-k8s/tether/bench/internal/report"
 	"github.com/tether-k8s/tether/bench/internal/target"
+	"github.com/tether-k8s/tether/core/proxy"
 )
 
 // W2Result is one contender's W2 figures at one concurrency.
@@ -90,9 +91,10 @@ func (r *Run) W2(ctx context.Context) (*Section, map[int]map[string]*W2Result) {
 		if c.Name() == "tether" {
 			for _, conc := range s.W2Concurrency {
 				if x := all[conc]["tether"]; x != nil && x.Tunnels >= 0 {
-					sec.Notes = append(sec.Notes, fmt.Sprintf("At %d workers tether's relay opened %d tunnels in the median round's %s "+
-						"(each one TLS to the relay, a yamux stream, and TLS to the agent): the proxy keeps at most 16 idle tunnels, "+
-						"so above 16 concurrent requests it opens and closes tunnels as requests come and go.", conc, x.Tunnels, s.W2Duration))
+					sec.Notes = append(sec.Notes, fmt.Sprintf("At %d workers tether's relay wrote %d tunnel audit records in the median round's %s "+
+						"(one when a tunnel opens, one when it ends; a tunnel is TLS to the relay, a yamux stream, and TLS to the agent): "+
+						"tether-proxy keeps up to %d idle tunnels (--max-idle-tunnels; tether-idle16 keeps 16) and closes those idle for %s, "+
+						"so tunnels left from a contender's previous round end in this one.", conc, x.Tunnels, s.W2Duration, proxy.DefaultMaxIdleTunnels, proxy.DefaultIdleTunnelTimeout))
 				}
 			}
 		}

@@ -54,10 +54,9 @@ func (r *Run) W6(ctx context.Context) (*Section, []W6Level, *W7Result) {
 		return sec, nil, nil
 	}
 	// Each agent costs the relay and the agents' process 2 descriptors (its
-	// sessions), and one more for a while: core/agent's join leaves its
-	// HTTPS connection to the relay idle until the relay's idle timeout.
+	// sessions; core/agent closes its join connection).
 	limit := fileLimit()
-	fits := (limit - 1000) / 3
+	fits := (limit - 1000) / 2
 	var counts []int
 	for _, n := range s.W6Agents {
 		if n <= fits {
@@ -65,8 +64,8 @@ func (r *Run) W6(ctx context.Context) (*Section, []W6Level, *W7Result) {
 			continue
 		}
 		sec.Notes = append(sec.Notes, fmt.Sprintf("**%d agents not measured**: they need about %d open descriptors in the relay "+
-			"(two sessions and a lingering join connection each) and as many in the agents' process, above this machine's hard "+
-			"limit of %d (RLIMIT_NOFILE, which the harness cannot raise here).", n, 3*n, limit))
+			"(two sessions each) and as many in the agents' process, above this machine's hard "+
+			"limit of %d (RLIMIT_NOFILE, which the harness cannot raise here).", n, 2*n, limit))
 	}
 	if len(counts) == 0 {
 		return fail(fmt.Errorf("no agent count fits the descriptor limit %d", limit))

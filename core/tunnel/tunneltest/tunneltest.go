@@ -22,6 +22,13 @@ import (
 // that says hello, joined by net.Pipe. Both are closed when the test ends.
 func Pair(t testing.TB, hello tunnel.Hello) (*tunnel.RelaySession, *tunnel.AgentSession) {
 	t.Helper()
+	return PairWindow(t, hello, 0)
+}
+
+// PairWindow is Pair with a yamux stream window of window bytes on both
+// ends (zero: tunnel.DefaultStreamWindow).
+func PairWindow(t testing.TB, hello tunnel.Hello, window uint32) (*tunnel.RelaySession, *tunnel.AgentSession) {
+	t.Helper()
 	relayEnd, agentEnd := net.Pipe()
 	type res struct {
 		s   *tunnel.AgentSession
@@ -29,11 +36,12 @@ func Pair(t testing.TB, hello tunnel.Hello) (*tunnel.RelaySession, *tunnel.Agent
 	}
 	ch := make(chan res, 1)
 	go func() {
-		s, err := tunnel.ConnectAgent(context.Background(), agentEnd, tunnel.AgentConfig{Hello: hello})
+		s, err := tunnel.ConnectAgent(context.Background(), agentEnd, tunnel.AgentConfig{Hello: hello, Yamux: tunnel.YamuxConfig(window)})
 		ch <- res{s, err}
 	}()
 	rs, err := tunnel.AcceptAgent(context.Background(), relayEnd, tunnel.RelayConfig{
 		Authorize: func(context.Context, *tunnel.Hello, tls.ConnectionState) error { return nil },
+		Yamux:     tunnel.YamuxConfig(window),
 	})
 	r := <-ch
 	if err != nil || r.err != nil {
