@@ -287,7 +287,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 			Expect(err).NotTo(HaveOccurred(), "tether-relay %s:\n%s", strings.Join(args, " "), out)
 			return string(out)
 		}
-		Expect(relayCmd("cluster", "list")).To(MatchRegexp(`(?m)^`+lc.Name()+`\s+\S+\s+[1-9]\s+2\s+2$`), "the cluster, its credential, 2 grants and its 2 live sessions")
+		Expect(relayCmd("cluster", "list")).To(MatchRegexp(`(?m)^`+lc.Name()+`\s+\S+\s+[1-9]\s+3\s+2$`), "the cluster, its credential, 3 grants (oidc:tether-demo, oidc:team-a, op:team-a) and its 2 live sessions")
 		Expect(relayCmd("cluster", "create", "extra")).To(MatchRegexp(`tether-join\.\S+`))
 		Expect(relayCmd("cluster", "list")).To(MatchRegexp(`(?m)^extra\s+\S+\s+0\s+0\s+0$`))
 		Expect(relayCmd("cluster", "delete", "extra")).To(ContainSubstring("0 live agent session(s) ended"))
