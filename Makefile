@@ -117,11 +117,15 @@ sim: ## run the simulator's suite with a fresh seed and longer runs (SIM_FLAGS, 
 
 FUZZTIME ?= 100000x
 .PHONY: fuzz
-fuzz: ## run every fuzz target briefly (FUZZTIME each, default 100000 runs)
+fuzz: ## run every fuzz target briefly (FUZZTIME each, default 100000 runs, or a target's own //tether:fuzztime line)
 	@for f in $$(grep -rl --include='*_test.go' '^func Fuzz' core fixtures 2>/dev/null); do \
 	  for fn in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
-	    echo "go test -fuzz $$fn ./$$(dirname $$f)"; \
-	    go test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$(dirname $$f); \
+	    t=$(FUZZTIME); \
+	    if [ "$(origin FUZZTIME)" = file ]; then \
+	      own=$$(grep -B1 "^func $$fn(" $$f | sed -n 's|^//tether:fuzztime \([0-9]*x\)$$|\1|p'); t=$${own:-$$t}; \
+	    fi; \
+	    echo "go test -fuzz $$fn -fuzztime $$t ./$$(dirname $$f)"; \
+	    go test -run '^$$' -fuzz "^$$fn$$" -fuzztime $$t ./$$(dirname $$f); \
 	  done; \
 	done
 
