@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-k8s/tether/core/copybuf"
 	"github.com/tether-k8s/tether/core/kstatus"
 )
 
@@ -161,6 +162,7 @@ func New(cfg Config) (*Handler, error) {
 		Rewrite:       h.rewrite,
 		Transport:     upgradeSplit{plain: cfg.Transport, upgrade: cfg.UpgradeTransport},
 		FlushInterval: cfg.FlushInterval,
+		BufferPool:    copybuf.Pool,
 		ErrorLog:      slog.NewLogLogger(h.log.Handler(), slog.LevelError),
 		ErrorHandler:  h.upstreamError,
 	}

@@ -27,6 +27,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/tether-k8s/tether/core/clusterid"
+	"github.com/tether-k8s/tether/core/copybuf"
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
@@ -317,6 +318,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		},
 		Transport:     &perToken{p: p},
 		FlushInterval: p.cfg.FlushInterval,
+		BufferPool:    copybuf.Pool,
 		ErrorHandler:  p.forwardError,
 		// A stream cut mid-body (a relay restart, kubectl going away)
 		// is routine: the caller sees the cut; log it quietly, as slog.

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tether-k8s/tether/core/copybuf"
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/tunnel"
@@ -125,6 +126,7 @@ func newClusterEndpoint(s *Server, cfg ClusterEndpointConfig) *clusterEndpoint {
 		Transport: e,
 		// Watches and logs -f: every chunk goes to the caller at once.
 		FlushInterval: -1,
+		BufferPool:    copybuf.Pool,
 		ErrorHandler:  e.forwardError,
 		ErrorLog:      slogLogger(s.log),
 	}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/tether-k8s/tether/core/clusterid"
+	"github.com/tether-k8s/tether/core/copybuf"
 	"github.com/tether-k8s/tether/core/impersonate"
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/policy"
@@ -375,16 +376,17 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 }
 
 // splice copies both ways until both directions end, passing a half-close
-// on; it returns the bytes sent caller→agent and agent→caller.
+// on; it returns the bytes sent caller→agent and agent→caller. An idle
+// tunnel (a watch) holds copybuf.IdleSize per direction, not 32 KiB.
 func splice(caller, agent net.Conn) (in, out int64) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		in, _ = io.Copy(agent, caller)
+		in, _ = copybuf.Copy(agent, caller)
 		closeWrite(agent)
 	}()
-	out, _ = io.Copy(caller, agent)
+	out, _ = copybuf.Copy(caller, agent)
 	closeWrite(caller)
 	wg.Wait()
 	return in, out

@@ -67,6 +67,12 @@ func ChildMain(roles map[string]Role) int {
 			defer func() {
 				pprof.StopCPUProfile()
 				_ = f.Close()
+				// And what the role allocated over its life, for
+				// `go tool pprof -sample_index=alloc_space`.
+				if a, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d-allocs.pprof", name, os.Getpid()))); err == nil {
+					_ = pprof.Lookup("allocs").WriteTo(a, 0)
+					_ = a.Close()
+				}
 			}()
 		}
 	}
