@@ -98,8 +98,8 @@ bench-check: $(STATICCHECK) ## the benchmark harness's own tests (bench/, direct
 	cd bench && go vet ./... && $(STATICCHECK) ./... && go test -count=1 ./...
 
 .PHONY: bench-quick
-bench-quick: ## every benchmark workload for a few seconds, against every peer (builds the peers: minutes the first time)
-	cd bench && go run . -quick -out $(CURDIR)/.cache/bench-quick.md
+bench-quick: ## every benchmark workload for a few seconds, against every peer, so the harness cannot rot (~2 min warm; building the peers takes ~10 min the first time)
+	cd bench && go run . -quick -timeout 30m -out $(CURDIR)/.cache/bench-quick.md
 
 .PHONY: bench
 bench: ## the full benchmarks against the peers, with tether's A/B variants; writes docs/benchmarks.md (~30 min)
@@ -130,7 +130,7 @@ fuzz: ## run every fuzz target briefly (FUZZTIME each, default 100000 runs, or a
 	done
 
 .PHONY: test
-test: lint unit fuzz sim-quick charts bench-check e2e ## everything CI runs: lint, unit tests, fuzz targets briefly, the simulator's seeds, chart tests, e2e
+test: lint unit fuzz sim-quick charts bench-check e2e bench-quick ## everything CI runs: lint, unit tests, fuzz targets briefly, the simulator's seeds, chart tests, e2e, every benchmark workload briefly
 
 .PHONY: demo
 demo: deps fixtures build ## the whole path: cluster behind a firewall, relay, agent, proxy, kubectl through tether (KEEP=1 to stay up)
