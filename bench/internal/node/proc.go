@@ -232,6 +232,10 @@ type Usage struct {
 	CPU time.Duration
 	// RSS is its resident memory, in bytes.
 	RSS int64
+	// Syscalls is how many read and write system calls it made so far
+	// (/proc/PID/io's syscr + syscw; -1 where that is unreadable): unlike
+	// CPU time, a count that other load on the machine does not change.
+	Syscalls int64
 }
 
 // clockTick is the unit of /proc/PID/stat's times (USER_HZ, 100 on Linux).
@@ -264,7 +268,33 @@ func ReadUsage(pid int) (Usage, error) {
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return Usage{}, fmt.Errorf("node: process %d: stat: %w", pid, err)
 	}
-	return Usage{CPU: time.Duration(ut+st) * clockTick, RSS: rss * int64(os.Getpagesize())}, nil
+	return Usage{CPU: time.Duration(ut+st) * clockTick, RSS: rss * int64(os.Getpagesize()), Syscalls: readSyscalls(pid)}, nil
+}
+
+// readSyscalls returns syscr + syscw from /proc/PID/io, or -1.
+func readSyscalls(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/io")
+	if err != nil {
+		return -1
+	}
+	var n int64
+	seen := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
+		if !ok || (k != "syscr" && k != "syscw") {
+			continue
+		}
+		x, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return -1
+		}
+		n += x
+		seen++
+	}
+	if seen != 2 {
+		return -1
+	}
+	return n
 }
 
 // Kill sends SIGKILL to the process, without waiting.

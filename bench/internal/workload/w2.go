@@ -26,6 +26,10 @@ type W2Result struct {
 	// CPUPer1k is CPU seconds per 1,000 requests, per component, and for
 	// "loadgen" and "target".
 	CPUPer1k map[string]float64
+	// Syscalls is the read and write system calls per request of the
+	// contender's own processes (not the load generator's or the
+	// target's), in the median round; -1 where /proc does not count them.
+	Syscalls float64
 	// Count counts the outcomes over every round.
 	Count load.Counter
 	// Tunnels is how many tunnels tether's relay opened during the median
@@ -35,11 +39,12 @@ type W2Result struct {
 
 // w2Round is one measurement.
 type w2Round struct {
-	rps     float64
-	lat     load.Latencies
-	cpu     map[string]float64
-	count   load.Counter
-	tunnels int64
+	rps      float64
+	lat      load.Latencies
+	cpu      map[string]float64
+	syscalls float64
+	count    load.Counter
+	tunnels  int64
 }
 
 // W2 measures throughput: C workers, each sending small GETs one after the
@@ -53,7 +58,8 @@ func (r *Run) W2(ctx context.Context) (*Section, map[int]map[string]*W2Result) {
 		Intro: fmt.Sprintf("C workers send GETs of a %d-byte body back to back, each over its own kept-alive connection, for %s "+
 			"(after %s of warm-up on the same connections); the contenders take turns, %d round(s), and the median round counts. "+
 			"CPU is user+system time from /proc per process over the measured window, in CPU-seconds per 1,000 requests; "+
-			"\"loadgen\" is the harness itself.",
+			"\"loadgen\" is the harness itself. syscalls/req are the read and write system calls per request of the contender's own processes "+
+			"(/proc/PID/io: syscr + syscw; not the load generator's or the target's), a count that other load on the machine does not change.",
 			target.SmallBodySize, s.W2Duration, s.W2Warmup, s.W2Rounds)}
 	for _, conc := range s.W2Concurrency {
 		rounds := map[string][]w2Round{}
@@ -80,7 +86,7 @@ func (r *Run) W2(ctx context.Context) (*Section, map[int]map[string]*W2Result) {
 			}
 			slices.SortFunc(rs, func(a, b w2Round) int { return cmp.Compare(a.rps, b.rps) })
 			med := rs[len(rs)/2]
-			out.RPS, out.Latencies, out.CPUPer1k, out.Tunnels = med.rps, med.lat, med.cpu, med.tunnels
+			out.RPS, out.Latencies, out.CPUPer1k, out.Tunnels, out.Syscalls = med.rps, med.lat, med.cpu, med.tunnels, med.syscalls
 			r.checkErrors(fmt.Sprintf("W2 c=%d", conc), c, out.Count)
 			res[c.Name()] = out
 		}
@@ -105,7 +111,7 @@ func (r *Run) W2(ctx context.Context) (*Section, map[int]map[string]*W2Result) {
 func w2Table(r *Run, cs []*Contestant, conc int, res map[string]*W2Result) report.Table {
 	t := report.Table{Caption: fmt.Sprintf("**%d concurrent workers**", conc),
 		Header: []string{"contender", "req/s", "× direct", "× best peer", "p50 ms", "p99 ms",
-			"CPU-s/1k: loadgen", "proxy", "relay", "agent", "target", "all", "errors"}}
+			"CPU-s/1k: loadgen", "proxy", "relay", "agent", "target", "all", "syscalls/req", "errors"}}
 	rps := make([]float64, len(cs))
 	for i, c := range cs {
 		rps[i] = math.NaN()
@@ -121,7 +127,7 @@ func w2Table(r *Run, cs []*Contestant, conc int, res map[string]*W2Result) repor
 	for _, c := range cs {
 		x := res[c.Name()]
 		if x == nil {
-			t.Rows = append(t.Rows, []string{c.Name(), "failed", "", "", "", "", "", "", "", "", "", "", ""})
+			t.Rows = append(t.Rows, []string{c.Name(), "failed", "", "", "", "", "", "", "", "", "", "", "", ""})
 			continue
 		}
 		row := []string{c.Name(), fmt.Sprintf("%.0f", x.RPS), ratio(x.RPS, direct), "-",
@@ -139,7 +145,11 @@ func w2Table(r *Run, cs []*Contestant, conc int, res map[string]*W2Result) repor
 			total += v
 			row = append(row, fmt.Sprintf("%.3f", v))
 		}
-		row = append(row, fmt.Sprintf("%.3f", total), fmt.Sprint(x.Count.Failed))
+		sc := "-"
+		if x.Syscalls >= 0 && c.Name() != "direct" {
+			sc = fmt.Sprintf("%.1f", x.Syscalls)
+		}
+		row = append(row, fmt.Sprintf("%.3f", total), sc, fmt.Sprint(x.Count.Failed))
 		t.Rows = append(t.Rows, row)
 	}
 	t.Rows = append(t.Rows, r.notRunning(len(t.Header))...)
@@ -164,7 +174,7 @@ func (r *Run) w2Once(ctx context.Context, c *Contestant, conc int) (w2Round, err
 	if err != nil {
 		return w2Round{}, err
 	}
-	out := w2Round{rps: float64(count.OK) / elapsed.Seconds(), lat: lat.Sorted(), count: count, cpu: map[string]float64{}, tunnels: -1}
+	out := w2Round{rps: float64(count.OK) / elapsed.Seconds(), lat: lat.Sorted(), count: count, cpu: map[string]float64{}, tunnels: -1, syscalls: -1}
 	if tb := tunnelsBefore; tb >= 0 {
 		out.tunnels = r.tunnels(c) - tb
 	}
@@ -175,6 +185,18 @@ func (r *Run) w2Once(ctx context.Context, c *Contestant, conc int) (w2Round, err
 		}
 		out.cpu["target"] = per1k(after.Target.CPU - before.Target.CPU)
 		out.cpu["loadgen"] = per1k(after.Self - before.Self)
+		var calls int64
+		for name, u := range after.Procs {
+			b := before.Procs[name].Syscalls
+			if u.Syscalls < 0 || b < 0 {
+				calls = -1
+				break
+			}
+			calls += u.Syscalls - b
+		}
+		if calls >= 0 {
+			out.syscalls = float64(calls) / float64(count.OK)
+		}
 	}
 	return out, nil
 }
