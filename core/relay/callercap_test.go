@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/relay"
@@ -303,5 +306,140 @@ func TestRouterConfigValidateMaxStreamsPerCaller(t *testing.T) {
 	c.MaxStreamsPerCaller = 0 // the default
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// wantCallerCapStatus fails the test unless the relay answered 429 with a
+// Status naming the per-caller cap and user.
+func wantCallerCapStatus(t *testing.T, code int, st kstatus.Status, user string) {
+	t.Helper()
+	if code != 429 || st.Code != 429 || st.Reason != kstatus.ReasonTooManyRequests ||
+		!strings.Contains(st.Message, "--max-streams-per-caller") || !strings.Contains(st.Message, fmt.Sprintf("%q", user)) {
+		t.Fatalf("got %d %+v, want a 429 Status naming --max-streams-per-caller and %s", code, st, user)
+	}
+}
+
+// TestTunnelCapsStreamsPerCaller: the tunnel endpoint caps the identity the
+// relay authenticated, not the token: alice's two tokens share her budget,
+// bob, granted the same cluster, has his own; no token reaches the logs.
+func TestTunnelCapsStreamsPerCaller(t *testing.T) {
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	h := newRelayRouted(t, relay.RouterConfig{MaxStreamsPerCaller: 2, Logger: log}, func(c *relay.ServerConfig) { c.Logger = log })
+	h.create(t, "prod")
+	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
+	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(st, st) }) // echo until the caller half-closes
+	if err := h.router.Add(rs); err != nil {
+		t.Fatal(err)
+	}
+	first, err := h.dialTunnel(t, "prod", goodToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.dialTunnel(t, "prod", refreshedToken); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.dialTunnel(t, "prod", goodToken)
+	var te *relay.TunnelError
+	if !errors.As(err, &te) {
+		t.Fatalf("alice's third tunnel: %v, want the relay's refusal", err)
+	}
+	wantCallerCapStatus(t, te.Status.Code, te.Status, "alice")
+	if _, err := h.dialTunnel(t, "prod", bobToken); err != nil {
+		t.Fatalf("bob, while alice is at her cap: %v", err)
+	}
+
+	// Her first tunnel ends: its stream goes back to her budget.
+	_ = first.Close()
+	for deadline := time.Now().Add(5 * time.Second); h.router.Streams() != 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams open 5 s after alice closed a tunnel, want 2", h.router.Streams())
+		}
+	}
+	if _, err := h.dialTunnel(t, "prod", goodToken); err != nil {
+		t.Fatalf("alice after closing a tunnel: %v", err)
+	}
+	l := logs.String()
+	if !strings.Contains(l, "user=alice cluster=prod") {
+		t.Fatalf("the refusal is not logged with the user and cluster:\n%s", l)
+	}
+	for _, tok := range []string{goodToken, refreshedToken, bobToken} {
+		if strings.Contains(l, tok) {
+			t.Fatalf("a token reached the log:\n%s", l)
+		}
+	}
+	want := `
+# HELP tether_relay_tunnels_total Callers' tunnel requests, by result.
+# TYPE tether_relay_tunnels_total counter
+tether_relay_tunnels_total{result="opened"} 4
+tether_relay_tunnels_total{result="too_many_streams"} 1
+`
+	// A tunnel is counted just after its 101 is sent: wait for the last.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		err := testutil.GatherAndCompare(h.prom, strings.NewReader(want), "tether_relay_tunnels_total")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestClusterEndpointCapsStreamsPerCaller: the cluster endpoint's streams
+// count against the caller's cap as tunnels do, its pooled connections to
+// agents included, keyed on the identity rather than the token.
+func TestClusterEndpointCapsStreamsPerCaller(t *testing.T) {
+	h := newRelayRouted(t, relay.RouterConfig{MaxStreamsPerCaller: 1}, func(c *relay.ServerConfig) { c.ClusterEndpoint = &relay.ClusterEndpointConfig{} })
+	agent := startAgent(t, h, "prod", tunneltest.Join(t, h.reg, h.create(t, "prod")))
+
+	// alice's watch holds her one stream.
+	req, err := http.NewRequest(http.MethodGet, h.api.URL+"/v1/clusters/prod/k8s/watch", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+goodToken)
+	watch, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Body.Close()
+	events := bufio.NewReader(watch.Body)
+	if line, err := events.ReadString('\n'); err != nil || line != "event-1\n" {
+		t.Fatalf("first event: %q, %v", line, err)
+	}
+	for _, tok := range []string{goodToken, refreshedToken} {
+		resp, body := h.get(t, "/v1/clusters/prod/k8s/api", tok, nil)
+		st, _ := kstatus.Decode([]byte(body))
+		wantCallerCapStatus(t, resp.StatusCode, st, "alice")
+	}
+	if resp, body := h.get(t, "/v1/clusters/prod/k8s/api", bobToken, nil); resp.StatusCode != 200 {
+		t.Fatalf("bob, while alice is at her cap: %d %s", resp.StatusCode, body)
+	}
+
+	// The watch ends; its connection goes back to alice's pool (the
+	// transport does that a moment after the response ends) and carries
+	// her next request without another stream.
+	close(agent.release)
+	if rest, err := io.ReadAll(events); err != nil || string(rest) != "event-2\n" {
+		t.Fatalf("the rest of the watch: %q, %v", rest, err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		resp, body := h.get(t, "/v1/clusters/prod/k8s/api", goodToken, nil)
+		if resp.StatusCode == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice after her watch ended: %d %s", resp.StatusCode, body)
+		}
+	}
+	// Her idle pooled connection still holds her stream: her other
+	// token's pool cannot open one until it is closed.
+	resp, body := h.get(t, "/v1/clusters/prod/k8s/api", refreshedToken, nil)
+	st, _ := kstatus.Decode([]byte(body))
+	wantCallerCapStatus(t, resp.StatusCode, st, "alice")
+	_ = h.srv.Close() // closes the idle connections
+	if resp, body := h.get(t, "/v1/clusters/prod/k8s/api", refreshedToken, nil); resp.StatusCode != 200 {
+		t.Fatalf("alice's other token after her idle connection closed: %d %s", resp.StatusCode, body)
 	}
 }
