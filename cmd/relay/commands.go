@@ -348,6 +348,7 @@ type serveOptions struct {
 	loginIssuer, loginClientID        string
 	streamWindow, streamMemory        cli.Bytes
 	maxStreamsPerCluster              int
+	maxStreamsPerCaller               int
 	logs                              cli.LogFlags
 }
 
@@ -377,6 +378,7 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	fs.Var(&o.streamWindow, "stream-window", "yamux stream window of agent sessions: the most an agent sends on a stream before the relay reads it; bigger is faster over long round trips (window / RTT), and costs up to this much memory per slow caller's stream (min 256Ki)")
 	fs.Var(&o.streamMemory, "stream-memory", "the most all streams may make the relay buffer: it opens at most --stream-memory / --stream-window streams in all")
 	fs.IntVar(&o.maxStreamsPerCluster, "max-streams-per-cluster", relay.DefaultMaxStreamsPerCluster, "the most streams (requests, watches, exec sessions) open to one cluster at once")
+	fs.IntVar(&o.maxStreamsPerCaller, "max-streams-per-caller", relay.DefaultMaxStreamsPerCaller, "the most streams one caller (one authenticated user name, whatever its tokens) holds open at once, to all clusters together; each idle tunnel tether-proxy keeps holds one")
 	o.logs.Add(fs)
 	return c
 }
@@ -402,6 +404,27 @@ func checkLogin(l relay.LoginSettings, ac *apiserverapi.AuthenticationConfigurat
 		return fmt.Errorf("--login-client-id %q is not among the audiences of issuer %s in --authentication-config (%v): tokens from that login would be refused", l.ClientID, l.Issuer, j.Issuer.Audiences)
 	}
 	return fmt.Errorf("--login-issuer %s is not an issuer of --authentication-config: tokens from that login would be refused", l.Issuer)
+}
+
+// routerConfig checks the stream flags and returns the router's
+// configuration from them. A cap of 0 is refused rather than read as "the
+// default" or "no cap".
+func (o *serveOptions) routerConfig() (relay.RouterConfig, error) {
+	if o.maxStreamsPerCluster < 1 {
+		return relay.RouterConfig{}, fmt.Errorf("--max-streams-per-cluster %d: want 1 or more", o.maxStreamsPerCluster)
+	}
+	if o.maxStreamsPerCaller < 1 {
+		return relay.RouterConfig{}, fmt.Errorf("--max-streams-per-caller %d: want 1 or more (there is no unlimited; the default is %d)", o.maxStreamsPerCaller, relay.DefaultMaxStreamsPerCaller)
+	}
+	if o.streamWindow > 1<<30 {
+		return relay.RouterConfig{}, fmt.Errorf("--stream-window %s: want at most 1Gi", o.streamWindow.String())
+	}
+	rcfg := relay.RouterConfig{MaxStreamsPerCluster: o.maxStreamsPerCluster, MaxStreamsPerCaller: o.maxStreamsPerCaller,
+		StreamWindow: uint32(o.streamWindow), StreamMemory: int64(o.streamMemory)}
+	if err := rcfg.Validate(); err != nil {
+		return relay.RouterConfig{}, fmt.Errorf("--stream-window %s, --stream-memory %s: %w", o.streamWindow.String(), o.streamMemory.String(), err)
+	}
+	return rcfg, nil
 }
 
 func (o *serveOptions) run(parent context.Context, data, adminSocket string) error {
@@ -453,19 +476,14 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 		return err
 	}
 	defer authenticator.Close()
-	if o.maxStreamsPerCluster < 1 {
-		return fmt.Errorf("--max-streams-per-cluster %d: want 1 or more", o.maxStreamsPerCluster)
+	rcfg, err := o.routerConfig()
+	if err != nil {
+		return err
 	}
-	if o.streamWindow > 1<<30 {
-		return fmt.Errorf("--stream-window %s: want at most 1Gi", o.streamWindow.String())
-	}
-	rcfg := relay.RouterConfig{MaxStreamsPerCluster: o.maxStreamsPerCluster, StreamWindow: uint32(o.streamWindow),
-		StreamMemory: int64(o.streamMemory), Logger: log}
-	if err := rcfg.Validate(); err != nil {
-		return fmt.Errorf("--stream-window %s, --stream-memory %s: %w", o.streamWindow.String(), o.streamMemory.String(), err)
-	}
+	rcfg.Logger = log
 	router := relay.NewRouter(rcfg)
-	log.Info("relay: stream limits", "streamWindow", o.streamWindow.String(), "maxStreams", router.MaxStreams(), "maxStreamsPerCluster", o.maxStreamsPerCluster)
+	log.Info("relay: stream limits", "streamWindow", o.streamWindow.String(), "maxStreams", router.MaxStreams(), "maxStreamsPerCluster", o.maxStreamsPerCluster,
+		"maxStreamsPerCaller", o.maxStreamsPerCaller)
 	defer router.Close()
 	prom := prometheus.NewRegistry()
 	metrics, err := relay.NewMetrics(prom, router)

@@ -22,10 +22,21 @@ const (
 	// streams' receive buffers: with the default stream window (4 MiB) it
 	// allows 1,024 streams in all.
 	DefaultStreamMemory = 4 << 30
+	// DefaultMaxStreamsPerCaller bounds the streams one caller (one
+	// authenticated user name) holds open through the relay, to all
+	// clusters together. It is half of what the relay opens in all with
+	// the defaults (DefaultStreamMemory / tunnel.DefaultStreamWindow =
+	// 1,024), so that no one caller can take every stream and leave the
+	// others 429s. And it is well above what one kubectl user holds:
+	// tether-proxy keeps at most 256 idle tunnels per token
+	// (--max-idle-tunnels), each holding a stream, and its pool only grows
+	// to the caller's peak of concurrent requests; 512 leaves 256 more for
+	// the watches, logs -f and exec sessions in use at that peak.
+	DefaultMaxStreamsPerCaller = 512
 )
 
-// ErrTooManyStreams is returned by Open when a cluster, or the relay, has
-// its maximum of open streams.
+// ErrTooManyStreams is returned by Open when the caller, the cluster, or
+// the relay has its maximum of open streams.
 var ErrTooManyStreams = errors.New("relay: too many open streams")
 
 // NotConnectedError is returned by Open when no agent of the cluster holds a
@@ -50,6 +61,11 @@ type RouterConfig struct {
 	// MaxStreamsPerCluster bounds the streams open to one cluster at once.
 	// Zero means DefaultMaxStreamsPerCluster.
 	MaxStreamsPerCluster int
+	// MaxStreamsPerCaller bounds the streams one caller holds open at once,
+	// to all clusters together. A caller is the Open.User the relay
+	// authenticated (never its token, so a refreshed token shares the
+	// budget of the one before). Zero means DefaultMaxStreamsPerCaller.
+	MaxStreamsPerCaller int
 	// StreamWindow is the yamux stream window of the relay's agent
 	// sessions (the Server uses it): the most an agent may send on a
 	// stream before the relay read it, so the most the relay holds for a
@@ -62,7 +78,9 @@ type RouterConfig struct {
 	StreamMemory int64
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
-	// Logger receives session arrivals and departures. Nil discards.
+	// Logger receives session arrivals and departures, and the streams
+	// refused at a caller's cap (user and cluster, never a token). Nil
+	// discards.
 	Logger *slog.Logger
 }
 
@@ -71,6 +89,8 @@ func (c *RouterConfig) Validate() error {
 	switch {
 	case c.MaxStreamsPerCluster < 0:
 		return fmt.Errorf("relay: RouterConfig.MaxStreamsPerCluster %d: want 0 (the default, %d) or more", c.MaxStreamsPerCluster, DefaultMaxStreamsPerCluster)
+	case c.MaxStreamsPerCaller < 0:
+		return fmt.Errorf("relay: RouterConfig.MaxStreamsPerCaller %d: want 0 (the default, %d) or more", c.MaxStreamsPerCaller, DefaultMaxStreamsPerCaller)
 	case c.StreamWindow != 0 && c.StreamWindow < tunnel.MinStreamWindow:
 		return fmt.Errorf("relay: RouterConfig.StreamWindow %d: want at least %d (256 KiB), or 0 for the default", c.StreamWindow, tunnel.MinStreamWindow)
 	case c.StreamMemory < 0:
@@ -87,6 +107,9 @@ func (c *RouterConfig) Validate() error {
 func (c *RouterConfig) defaults() {
 	if c.MaxStreamsPerCluster <= 0 {
 		c.MaxStreamsPerCluster = DefaultMaxStreamsPerCluster
+	}
+	if c.MaxStreamsPerCaller <= 0 {
+		c.MaxStreamsPerCaller = DefaultMaxStreamsPerCaller
 	}
 	if c.StreamWindow == 0 {
 		c.StreamWindow = tunnel.DefaultStreamWindow
@@ -107,7 +130,10 @@ type Router struct {
 	mu         sync.Mutex
 	streams    int // open in all
 	clusters   map[string]*cluster
-	closed     bool
+	// callers counts the streams open per Open.User; a caller's entry
+	// goes when its count is back to zero.
+	callers map[string]int
+	closed  bool
 }
 
 type cluster struct {
@@ -128,7 +154,7 @@ func NewRouter(cfg RouterConfig) *Router {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Router{cfg: cfg, maxStreams: max(1, int(cfg.StreamMemory/int64(cfg.StreamWindow))), log: log, clusters: map[string]*cluster{}}
+	return &Router{cfg: cfg, maxStreams: max(1, int(cfg.StreamMemory/int64(cfg.StreamWindow))), log: log, clusters: map[string]*cluster{}, callers: map[string]int{}}
 }
 
 // StreamWindow returns the yamux stream window the relay's agent sessions
@@ -207,7 +233,15 @@ func (r *Router) Sessions(clusterID string) int {
 // Open opens a stream for o to one of o.Cluster's sessions, taking them in
 // turn and skipping any that fails. A refusal by the agent is returned as
 // it is (a *tunnel.RefusedError), never retried elsewhere.
+//
+// The stream counts against o.User's MaxStreamsPerCaller, o.Cluster's
+// MaxStreamsPerCluster and the relay's StreamMemory / StreamWindow until
+// the returned conn is closed; beyond any of them Open returns
+// ErrTooManyStreams. o.User must be the name the relay's authenticator
+// produced for the caller, never anything the caller states itself: it is
+// whose budget the stream takes.
 func (r *Router) Open(ctx context.Context, o *tunnel.Open) (net.Conn, error) {
+	user, clusterID := o.User, o.Cluster
 	r.mu.Lock()
 	c := r.clusters[o.Cluster]
 	if plantedWrongCluster {
@@ -226,6 +260,14 @@ func (r *Router) Open(ctx context.Context, o *tunnel.Open) (net.Conn, error) {
 		r.mu.Unlock()
 		return nil, &NotConnectedError{Cluster: o.Cluster, LastSeen: last}
 	}
+	if n := r.callers[user]; n >= r.cfg.MaxStreamsPerCaller {
+		r.mu.Unlock()
+		r.log.Warn("relay: stream refused: the caller holds its maximum of open streams (--max-streams-per-caller)",
+			"user", user, "cluster", clusterID, "open", n, "max", r.cfg.MaxStreamsPerCaller)
+		return nil, fmt.Errorf("%w for user %q: %d through this relay, the relay's --max-streams-per-caller; "+
+			"close some of yours (each idle tunnel tether-proxy keeps holds one: its --max-idle-tunnels), or ask the relay's operator to raise --max-streams-per-caller",
+			ErrTooManyStreams, user, r.cfg.MaxStreamsPerCaller)
+	}
 	if c.streams >= r.cfg.MaxStreamsPerCluster {
 		r.mu.Unlock()
 		return nil, fmt.Errorf("%w to cluster %s: %d, the relay's --max-streams-per-cluster", ErrTooManyStreams, o.Cluster, r.cfg.MaxStreamsPerCluster)
@@ -236,6 +278,7 @@ func (r *Router) Open(ctx context.Context, o *tunnel.Open) (net.Conn, error) {
 	}
 	c.streams++
 	r.streams++
+	r.callers[user]++
 	// Sessions in turn, those the relay is draining last: they still
 	// carry a stream when nothing else can.
 	order := make([]*tunnel.RelaySession, 0, len(c.sessions))
@@ -252,29 +295,37 @@ func (r *Router) Open(ctx context.Context, o *tunnel.Open) (net.Conn, error) {
 	c.next++
 	r.mu.Unlock()
 
+	// From here every return gives the slots back exactly once: at once
+	// on failure, or when the returned conn is first closed.
 	var errs []error
 	for _, s := range order {
 		st, err := s.Open(ctx, o)
 		if err == nil {
-			return &countedConn{Conn: st, release: func() { r.release(o.Cluster) }}, nil
+			return &countedConn{Conn: st, release: func() { r.release(clusterID, user) }}, nil
 		}
 		var ref *tunnel.RefusedError
 		if errors.As(err, &ref) || ctx.Err() != nil {
-			r.release(o.Cluster)
+			r.release(clusterID, user)
 			return nil, err
 		}
 		errs = append(errs, err)
 	}
-	r.release(o.Cluster)
-	return nil, fmt.Errorf("relay: no session of cluster %s could open a stream: %w", o.Cluster, errors.Join(errs...))
+	r.release(clusterID, user)
+	return nil, fmt.Errorf("relay: no session of cluster %s could open a stream: %w", clusterID, errors.Join(errs...))
 }
 
-func (r *Router) release(clusterID string) {
+func (r *Router) release(clusterID, user string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if c := r.clusters[clusterID]; c != nil && c.streams > 0 {
 		c.streams--
 		r.streams--
+	}
+	switch n := r.callers[user]; {
+	case n > 1:
+		r.callers[user] = n - 1
+	case n == 1:
+		delete(r.callers, user)
 	}
 }
 

@@ -41,6 +41,8 @@ const (
 	adminToken = "admin-token-0123456789"
 	// refreshedToken is another valid token of alice's (a refresh).
 	refreshedToken = "caller-token-refreshed-0123456789"
+	// bobToken is bob's, in group dev like alice.
+	bobToken = "bob-token-0123456789"
 )
 
 type tokenAuthn struct{}
@@ -49,6 +51,8 @@ func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (impersonate.
 	switch tok {
 	case goodToken, refreshedToken:
 		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
+	case bobToken:
+		return impersonate.Result{Identity: impersonate.Identity{User: "bob", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
 	case adminToken:
 		return impersonate.Result{Identity: impersonate.Identity{User: "root", Groups: []string{"ops", "relay-admins"}}}, nil
 	case audToken:
@@ -108,12 +112,18 @@ func newRelay(t *testing.T, opts ...func(*relay.ServerConfig)) *relayHarness {
 // newRelayWith is newRelay with the server's configuration adjusted by set.
 func newRelayWith(t *testing.T, set func(*relay.ServerConfig)) *relayHarness {
 	t.Helper()
+	return newRelayRouted(t, relay.RouterConfig{}, set)
+}
+
+// newRelayRouted is newRelayWith with a router configured by rcfg.
+func newRelayRouted(t *testing.T, rcfg relay.RouterConfig, set func(*relay.ServerConfig)) *relayHarness {
+	t.Helper()
 	reg, err := registry.Open(registry.Config{Path: filepath.Join(t.TempDir(), "reg.db")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reg.Close() })
-	router := relay.NewRouter(relay.RouterConfig{})
+	router := relay.NewRouter(rcfg)
 	t.Cleanup(func() { _ = router.Close() })
 	h := &relayHarness{reg: reg, router: router, audit: &syncBuffer{}, prom: prometheus.NewRegistry()}
 	metrics, err := relay.NewMetrics(h.prom, router)
