@@ -80,6 +80,9 @@ type tetherRelayArgs struct {
 	YamuxWindow uint32
 	// StreamMemory, when not zero, is the router's StreamMemory.
 	StreamMemory int64
+	// MaxStreamsPerCluster, when not zero, is the router's
+	// MaxStreamsPerCluster.
+	MaxStreamsPerCluster int
 	// Coalesce accepts agents with the harness's own loop over
 	// tunnel.AcceptAgent, joining each yamux frame's header and body into
 	// one write (see coalesceConn), instead of relay.Server.ServeAgents.
@@ -138,7 +141,8 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 			return fmt.Errorf("tether-relay: %w", err)
 		}
 	}
-	router := relay.NewRouter(relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory})
+	router := relay.NewRouter(relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory,
+		MaxStreamsPerCluster: args.MaxStreamsPerCluster})
 	defer router.Close()
 	serving, err := reg.ServingCertificate(args.Names)
 	if err != nil {
