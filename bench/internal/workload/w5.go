@@ -57,8 +57,8 @@ func (r *Run) W5(ctx context.Context) (*Section, map[int]map[string]*W5Result) {
 	all := map[int]map[string]*W5Result{}
 	for i, n := range s.W5Watches {
 		if n+descriptorMargin > limit {
-			sec.Notes = append(sec.Notes, fmt.Sprintf("**%d watches not measured**: they need about %d open descriptors in the load generator, "+
-				"the target, the relay and the agent, above this machine's limit of %d (RLIMIT_NOFILE).", n, n+descriptorMargin, limit))
+			sec.Notes = append(sec.Notes, fmt.Sprintf("**%s watches not measured**: they need about %s open descriptors in the load generator, "+
+				"the target, the relay and the agent, above this machine's limit of %s (RLIMIT_NOFILE).", thousands(n), thousands(n+descriptorMargin), thousands(limit)))
 			continue
 		}
 		res := map[string]*W5Result{}
@@ -85,12 +85,12 @@ func (r *Run) W5(ctx context.Context) (*Section, map[int]map[string]*W5Result) {
 		"events to every watch, one at a time; the delay is from the target's send to the client's read (same machine, same clock). "+
 		"One relay and one agent carry every watch.", joinInts(s.W5Watches), target.WatchPath, s.W5Events)
 	if len(s.W5Watches) > 1 {
-		sec.Notes = append(sec.Notes, fmt.Sprintf("Above %d watches only direct and tether run, each started afresh. tether runs in its "+
+		sec.Notes = append(sec.Notes, fmt.Sprintf("Above %s watches only direct and tether run, each started afresh. tether runs in its "+
 			"set-up for many idle watches (docs/performance.md): `--stream-window 256Ki`, `--stream-memory` and `--max-streams-per-cluster` "+
-			"admitting 16,384 streams (or 1.25× the watches), and one tether-proxy per %d watches: many callers of one cluster, because each "+
+			"admitting 16,384 streams (or 1.25× the watches), and one tether-proxy per %s watches: many callers of one cluster, because each "+
 			"watch holds two of its proxy's descriptors (the caller's connection and its tunnel to the relay, a stream of the agent's "+
-			"session) and one process may open %d. At the first level tether runs as everywhere else (4 MiB window, one proxy); "+
-			"run D (docs/performance.md) found the window costs an idle watch nothing.", s.W5Watches[0], perProxy, limit))
+			"session) and one process may open %s. At the first level tether runs as everywhere else (4 MiB window, one proxy); "+
+			"run D (docs/performance.md) found the window costs an idle watch nothing.", thousands(s.W5Watches[0]), thousands(perProxy), thousands(limit)))
 	}
 	if s.W5Watches[0] < 500 {
 		sec.Notes = append(sec.Notes, fmt.Sprintf("With only %d watches the memory figures are within RSS noise (some are negative): "+
@@ -105,7 +105,7 @@ const descriptorMargin = 1000
 
 // w5Table is one level's table.
 func w5Table(r *Run, n int, res map[string]*W5Result) report.Table {
-	t := report.Table{Caption: fmt.Sprintf("**%d watches**", n), Header: []string{"contender", "watches open", "proxies",
+	t := report.Table{Caption: fmt.Sprintf("**%s watches**", thousands(n)), Header: []string{"contender", "watches open", "proxies",
 		"KiB per watch: proxy", "relay", "agent", "target", "all", "event delay p50 ms", "p99 ms", "events lost"}}
 	for _, c := range r.Contestants {
 		x := res[c.Name()]

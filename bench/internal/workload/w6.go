@@ -63,9 +63,9 @@ func (r *Run) W6(ctx context.Context) (*Section, []W6Level, []*W7Result) {
 				counts = append(counts, n)
 				continue
 			}
-			sec.Notes = append(sec.Notes, fmt.Sprintf("**%d agents with %d sessions each not measured**: the relay would hold about %d open "+
-				"descriptors (one per session), above this machine's hard limit of %d (RLIMIT_NOFILE, which the harness cannot raise here).",
-				n, sessions, sessions*n, limit))
+			sec.Notes = append(sec.Notes, fmt.Sprintf("**%s agents with %d sessions each not measured**: the relay would hold about %s open "+
+				"descriptors (one per session), above this machine's hard limit of %s (RLIMIT_NOFILE, which the harness cannot raise here).",
+				thousands(n), sessions, thousands(sessions*n), thousands(limit)))
 		}
 		if len(counts) == 0 {
 			r.Failf("W6: no agent count fits the descriptor limit %d with %d sessions per agent", limit, sessions)
