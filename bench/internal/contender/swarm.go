@@ -247,14 +247,14 @@ func (s *Swarm) Grow(n int, limit time.Duration) error {
 	if n > s.cfg.Agents {
 		return fmt.Errorf("swarm: %d agents asked, the relay has %d clusters", n, s.cfg.Agents)
 	}
+	counts := splitAgents(n, s.cfg.PerProcess, len(s.swarms))
 	errs := make([]error, len(s.swarms))
 	var wg sync.WaitGroup
 	for i, p := range s.swarms {
-		count := min(max(n-i*s.cfg.PerProcess, 0), s.cfg.PerProcess)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = p.CallWithin(limit, "grow", SwarmGrow{Count: count}, nil)
+			errs[i] = p.CallWithin(limit, "grow", SwarmGrow{Count: counts[i]}, nil)
 		}()
 	}
 	wg.Wait()
@@ -262,6 +262,16 @@ func (s *Swarm) Grow(n int, limit time.Duration) error {
 		return err
 	}
 	return waitSessions(s.relay, s.Sessions()*n, limit)
+}
+
+// splitAgents returns how many of n agents each of processes swarm
+// processes runs, filling them in order with at most perProcess each.
+func splitAgents(n, perProcess, processes int) []int {
+	out := make([]int, processes)
+	for i := range out {
+		out[i] = min(max(n-i*perProcess, 0), perProcess)
+	}
+	return out
 }
 
 // Relay returns the relay's process.
