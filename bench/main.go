@@ -36,7 +36,7 @@ func run() int {
 	flag.StringVar(&opts.CacheDir, "cache", ".cache", "directory for the peers' binaries")
 	flag.BoolVar(&opts.Keep, "keep", false, "keep the run directory (logs of every component)")
 	conc := flag.String("w2-concurrency", "", "comma-separated W2 concurrency levels instead of 32,128")
-	w5 := flag.String("w5-watches", "", "comma-separated W5 levels (idle watches) instead of 1000,10000 (quick: 100,300)")
+	w5 := flag.String("w5-watches", "", "comma-separated W5 levels (idle watches) instead of 1000,10000 (quick: 100,300); above 1000 (quick: 100) only direct and tether, in its set-up for many watches")
 	w6 := flag.String("w6-agents", "", "comma-separated W6 levels (idle agents), growing, instead of 1000,5000,10000 (quick: 50,150)")
 	profile := flag.String("profile", "", "write a CPU profile of every component that is a role (tether's, the target) into this directory")
 	timeout := flag.Duration("timeout", 90*time.Minute, "stop the run after this long")

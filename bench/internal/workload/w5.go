@@ -55,7 +55,8 @@ func (r *Run) W5(ctx context.Context) (*Section, map[int]map[string]*W5Result) {
 	perProxy := min(s.W5WatchesPerProxy, (limit-descriptorMargin)/2)
 	sec := &Section{ID: "W5", Title: "idle watches"}
 	all := map[int]map[string]*W5Result{}
-	for i, n := range s.W5Watches {
+	scaled := false
+	for _, n := range s.W5Watches {
 		if n+descriptorMargin > limit {
 			sec.Notes = append(sec.Notes, fmt.Sprintf("**%s watches not measured**: they need about %s open descriptors in the load generator, "+
 				"the target, the relay and the agent, above this machine's limit of %s (RLIMIT_NOFILE).", thousands(n), thousands(n+descriptorMargin), thousands(limit)))
@@ -63,8 +64,9 @@ func (r *Run) W5(ctx context.Context) (*Section, map[int]map[string]*W5Result) {
 		}
 		res := map[string]*W5Result{}
 		all[n] = res
+		scaled = scaled || n > s.W5SharedMax
 		for _, c := range r.running() {
-			x := r.watchLevel(ctx, c, i == 0, n, perProxy)
+			x := r.watchLevel(ctx, c, n <= s.W5SharedMax, n, perProxy)
 			res[c.Name()] = x
 			switch {
 			case x.NotRun != "":
@@ -84,13 +86,13 @@ func (r *Run) W5(ctx context.Context) (*Section, map[int]map[string]*W5Result) {
 		"number, summed over a component's processes (RSS is noisy: the Go runtime returns memory lazily). Then the target sends %d "+
 		"events to every watch, one at a time; the delay is from the target's send to the client's read (same machine, same clock). "+
 		"One relay and one agent carry every watch.", joinInts(s.W5Watches), target.WatchPath, s.W5Events)
-	if len(s.W5Watches) > 1 {
+	if scaled {
 		sec.Notes = append(sec.Notes, fmt.Sprintf("Above %s watches only direct and tether run, each started afresh. tether runs in its "+
 			"set-up for many idle watches (docs/performance.md): `--stream-window 256Ki`, `--stream-memory` and `--max-streams-per-cluster` "+
 			"admitting 16,384 streams (or 1.25× the watches), and one tether-proxy per %s watches: many callers of one cluster, because each "+
 			"watch holds two of its proxy's descriptors (the caller's connection and its tunnel to the relay, a stream of the agent's "+
-			"session) and one process may open %s. At the first level tether runs as everywhere else (4 MiB window, one proxy); "+
-			"run D (docs/performance.md) found the window costs an idle watch nothing.", thousands(s.W5Watches[0]), thousands(perProxy), thousands(limit)))
+			"session) and one process may open %s. Up to %[1]s tether runs as everywhere else (4 MiB window, one proxy); "+
+			"run D (docs/performance.md) found the window costs an idle watch nothing.", thousands(s.W5SharedMax), thousands(perProxy), thousands(limit)))
 	}
 	if s.W5Watches[0] < 500 {
 		sec.Notes = append(sec.Notes, fmt.Sprintf("With only %d watches the memory figures are within RSS noise (some are negative): "+
@@ -141,11 +143,11 @@ func w5Table(r *Run, n int, res map[string]*W5Result) report.Table {
 	return t
 }
 
-// watchLevel runs one level of W5 on c: on its running instance at the
-// first level, and on a fresh instance in its set-up for n watches (with
-// at most perProxy through each proxy) at the others.
-func (r *Run) watchLevel(ctx context.Context, c *Contestant, first bool, n, perProxy int) *W5Result {
-	if first {
+// watchLevel runs one level of W5 on c: on its running instance when
+// shared, and otherwise on a fresh instance in its set-up for n watches
+// (with at most perProxy through each proxy).
+func (r *Run) watchLevel(ctx context.Context, c *Contestant, shared bool, n, perProxy int) *W5Result {
+	if shared {
 		return r.watches(ctx, c.Inst, n)
 	}
 	ws, ok := c.Contender.(contender.WatchScaler)

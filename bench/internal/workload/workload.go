@@ -123,12 +123,14 @@ type Sizes struct {
 	W4Chunk    int64
 	W4Duration time.Duration
 	// W5Watches are the numbers of idle watches W5 holds open at once, one
-	// level after the other; W5Events events are sent to all of them. The
-	// first level runs every contender as it started; the others only
-	// those with a set-up for many watches (contender.WatchScaler), started
-	// afresh.
+	// level after the other; W5Events events are sent to all of them.
 	W5Watches []int
 	W5Events  int
+	// W5SharedMax is the most watches a level may hold to run every
+	// contender as it started (tether's relay opens 1,024 streams by
+	// default); larger levels run only the contenders with a set-up for
+	// many watches (contender.WatchScaler), started afresh.
+	W5SharedMax int
 	// W5WatchesPerProxy is the most watches one caller-side process
 	// (tether-proxy) carries at W5's larger levels; more watches run more
 	// of them. Each watch holds two of its descriptors.
@@ -153,7 +155,7 @@ func FullSizes() Sizes {
 		W2Concurrency: []int{32, 128}, W2Duration: 8 * time.Second, W2Warmup: time.Second, W2Rounds: 3,
 		W3Bytes: 256 << 20, W3Limit: 30 * time.Second, W3RTTs: []time.Duration{0, 10 * time.Millisecond, 50 * time.Millisecond},
 		W4Streams: 32, W4Chunk: 16 << 20, W4Duration: 6 * time.Second,
-		W5Watches: []int{1000, 10000}, W5Events: 10, W5WatchesPerProxy: 2500,
+		W5Watches: []int{1000, 10000}, W5Events: 10, W5SharedMax: 1000, W5WatchesPerProxy: 2500,
 		W6Agents: []int{1000, 5000, 10000}, W6Sessions: []int{2, 1},
 		W8RoundTrips: 2000, W8RoundTripBytes: 64,
 	}
@@ -167,7 +169,7 @@ func QuickSizes() Sizes {
 		W2Concurrency: []int{32, 128}, W2Duration: time.Second, W2Warmup: 250 * time.Millisecond, W2Rounds: 1,
 		W3Bytes: 32 << 20, W3Limit: 1500 * time.Millisecond, W3RTTs: []time.Duration{0, 50 * time.Millisecond},
 		W4Streams: 16, W4Chunk: 1 << 20, W4Duration: 600 * time.Millisecond,
-		W5Watches: []int{100, 300}, W5Events: 2, W5WatchesPerProxy: 150,
+		W5Watches: []int{100, 300}, W5Events: 2, W5SharedMax: 100, W5WatchesPerProxy: 150,
 		// Several swarm processes even at this size: the split is tested.
 		W6Agents: []int{50, 150}, W6Sessions: []int{2, 1}, W6AgentsPerProcess: 100,
 		W8RoundTrips: 300, W8RoundTripBytes: 64,
