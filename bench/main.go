@@ -36,21 +36,24 @@ func run() int {
 	flag.StringVar(&opts.CacheDir, "cache", ".cache", "directory for the peers' binaries")
 	flag.BoolVar(&opts.Keep, "keep", false, "keep the run directory (logs of every component)")
 	conc := flag.String("w2-concurrency", "", "comma-separated W2 concurrency levels instead of 32,128")
+	w5 := flag.String("w5-watches", "", "comma-separated W5 levels (idle watches) instead of 1000,10000 (quick: 100,300); above 1000 (quick: 100) only direct and tether, in its set-up for many watches")
+	w6 := flag.String("w6-agents", "", "comma-separated W6 levels (idle agents), growing, instead of 1000,5000,10000 (quick: 50,150)")
 	profile := flag.String("profile", "", "write a CPU profile of every component that is a role (tether's, the target) into this directory")
 	timeout := flag.Duration("timeout", 90*time.Minute, "stop the run after this long")
 	flag.Parse()
 	if contenders != "" {
 		opts.Contenders = strings.Split(contenders, ",")
 	}
-	if *conc != "" {
-		for _, f := range strings.Split(*conc, ",") {
-			n, err := strconv.Atoi(f)
-			if err != nil || n < 1 {
-				fmt.Fprintf(os.Stderr, "bench: -w2-concurrency %q: want positive integers\n", *conc)
-				return 2
-			}
-			opts.W2Concurrency = append(opts.W2Concurrency, n)
+	for _, l := range []struct {
+		flag, value string
+		into        *[]int
+	}{{"w2-concurrency", *conc, &opts.W2Concurrency}, {"w5-watches", *w5, &opts.W5Watches}, {"w6-agents", *w6, &opts.W6Agents}} {
+		ns, err := positiveInts(l.value)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: -%s: %v\n", l.flag, err)
+			return 2
 		}
+		*l.into = ns
 	}
 	if workloads != "" {
 		opts.Workloads = strings.Split(workloads, ",")
@@ -83,4 +86,20 @@ func run() int {
 	}
 	fmt.Fprintf(os.Stderr, "bench: passed in %s\n", time.Since(start).Round(time.Second))
 	return 0
+}
+
+// positiveInts parses comma-separated positive integers; empty gives nil.
+func positiveInts(s string) ([]int, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q: want positive integers", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

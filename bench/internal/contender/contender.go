@@ -80,6 +80,10 @@ type Instance struct {
 	// Dial connects from the caller's place to the target's HTTP server
 	// through the contender.
 	Dial load.Dial
+	// Dials, when the contender runs several caller-side processes (see
+	// Tether.Proxies), holds one Dial per process; Dials[0] is Dial. Nil
+	// means Dial is the only one.
+	Dials []load.Dial
 	// Procs are the contender's components, named by role ("relay",
 	// "agent", "proxy"), for CPU and memory accounting.
 	Procs []*node.Proc
@@ -87,6 +91,24 @@ type Instance struct {
 	Relay *node.Proc
 	// close releases what Start set up besides Procs.
 	close []func() error
+}
+
+// Entries returns the dials of every caller-side entry point: Dials, or
+// Dial alone.
+func (i *Instance) Entries() []load.Dial {
+	if len(i.Dials) > 0 {
+		return i.Dials
+	}
+	return []load.Dial{i.Dial}
+}
+
+// WatchScaler is a contender with a set-up of its own for more idle watches
+// than its default one holds (W5's larger levels).
+type WatchScaler interface {
+	// ForWatches returns the contender set up to hold n idle watches,
+	// with at most perCaller of them through each caller-side process,
+	// or false when it has no such set-up.
+	ForWatches(n, perCaller int) (Contender, bool)
 }
 
 // Close stops the instance's processes, the last started first.
@@ -143,3 +165,7 @@ func (Direct) Start(_ context.Context, env *Env) (*Instance, error) {
 		return c, nil
 	}}, nil
 }
+
+// ForWatches implements WatchScaler: the direct baseline holds any number
+// of watches as it is.
+func (Direct) ForWatches(int, int) (Contender, bool) { return Direct{}, true }

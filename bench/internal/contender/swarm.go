@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,12 @@ type SwarmArgs struct {
 	Dir, TokensFile string
 	// ClusterPrefix starts the clusters' IDs (then 0, 1...).
 	ClusterPrefix string
+	// First is the index of this process's first cluster (and token): a
+	// swarm split over several processes gives each its own range.
+	First int
+	// Sessions is each agent's agent.Config.Sessions (zero: its default,
+	// 2).
+	Sessions int
 	// RelayAPI, RelayAgentAddr and CA are the relay's, as for an agent.
 	RelayAPI       string
 	RelayAgentAddr string
@@ -38,7 +45,7 @@ type SwarmArgs struct {
 
 // SwarmGrow is the argument of the swarm's "grow" command.
 type SwarmGrow struct {
-	// Count is how many agents the swarm should run in all.
+	// Count is how many agents this swarm process should run in all.
 	Count int
 }
 
@@ -80,8 +87,8 @@ func swarmRole(ctx context.Context, raw json.RawMessage, c *node.Child) error {
 			return nil, fmt.Errorf("tether-swarm: %w", err)
 		}
 		tokens := strings.Fields(string(b))
-		if g.Count > len(tokens) {
-			return nil, fmt.Errorf("tether-swarm: %d agents asked, %d clusters exist", g.Count, len(tokens))
+		if args.First+g.Count > len(tokens) {
+			return nil, fmt.Errorf("tether-swarm: agents %d to %d asked, %d clusters exist", args.First, args.First+g.Count-1, len(tokens))
 		}
 		from := len(agents)
 		made := make([]*agent.Agent, g.Count-from)
@@ -93,15 +100,16 @@ func swarmRole(ctx context.Context, raw json.RawMessage, c *node.Child) error {
 			go func() {
 				defer joins.Done()
 				for i := range next {
-					id := args.ClusterPrefix + strconv.Itoa(from+i)
+					id := args.ClusterPrefix + strconv.Itoa(args.First+from+i)
 					dir := filepath.Join(args.Dir, id)
 					if err := os.MkdirAll(dir, 0o700); err != nil {
 						errs[i] = err
 						continue
 					}
 					made[i], errs[i] = agent.New(ctx, agent.Config{Cluster: id, Name: "swarm", RelayAPI: args.RelayAPI,
-						RelayAgentAddr: args.RelayAgentAddr, RelayCA: relayCA, CredentialDir: dir, JoinToken: tokens[from+i], Handler: h,
-						Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }})
+						RelayAgentAddr: args.RelayAgentAddr, RelayCA: relayCA, CredentialDir: dir, JoinToken: tokens[args.First+from+i], Handler: h,
+						Sessions: args.Sessions,
+						Proxy:    func(*http.Request) (*url.URL, error) { return nil, nil }})
 				}
 			}()
 		}
@@ -142,34 +150,65 @@ func swarmRole(ctx context.Context, raw json.RawMessage, c *node.Child) error {
 }
 
 // Swarm is tether's relay with many idle agents, each of its own cluster,
-// run by one tether-swarm process (W6, W7).
+// run by one or more tether-swarm processes (W6, W7).
 type Swarm struct {
-	env   *Env
-	dir   string
-	args  tetherRelayArgs
-	relay *node.Proc
-	swarm *node.Proc
+	env    *Env
+	dir    string
+	cfg    SwarmConfig
+	args   tetherRelayArgs
+	relay  *node.Proc
+	swarms []*node.Proc
+}
+
+// SwarmConfig sizes a Swarm.
+type SwarmConfig struct {
+	// Agents is the most agents the swarm will run (the relay's clusters).
+	// Required.
+	Agents int
+	// Sessions is each agent's sessions (agent.Config.Sessions). Zero means
+	// core/agent's default, 2.
+	Sessions int
+	// PerProcess is the most agents one tether-swarm process runs: each
+	// holds Sessions descriptors there. Zero means Agents (one process).
+	PerProcess int
+}
+
+// sessions returns the sessions each agent holds.
+func (c SwarmConfig) sessions() int {
+	if c.Sessions == 0 {
+		return 2
+	}
+	return c.Sessions
 }
 
 // SwarmPrefix starts the swarm's cluster IDs.
 const SwarmPrefix = "swarm-"
 
-// StartSwarm starts a relay with max clusters and a swarm process, with no
-// agent yet.
-func StartSwarm(ctx context.Context, env *Env, max int) (_ *Swarm, err error) {
-	dir := filepath.Join(env.Dir, "swarm")
+// StartSwarm starts a relay with cfg.Agents clusters and the swarm
+// processes, with no agent yet.
+func StartSwarm(ctx context.Context, env *Env, cfg SwarmConfig) (_ *Swarm, err error) {
+	if cfg.Agents < 1 || cfg.Sessions < 0 || cfg.PerProcess < 0 {
+		return nil, fmt.Errorf("swarm: %+v: want at least one agent, and no negative count", cfg)
+	}
+	if cfg.PerProcess == 0 {
+		cfg.PerProcess = cfg.Agents
+	}
+	dir := filepath.Join(env.Dir, fmt.Sprintf("swarm-%dx%d", cfg.Agents, cfg.sessions()))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("swarm: %w", err)
 	}
-	s := &Swarm{env: env, dir: dir}
+	s := &Swarm{env: env, dir: dir, cfg: cfg}
 	defer func() {
 		if err != nil {
 			_ = s.Close()
 		}
 	}()
 	topo := env.Topo
-	s.args = tetherRelayArgs{Dir: dir, Bind: topo.Bind(node.Relay), Names: topo.RelayNames(), ClusterPrefix: SwarmPrefix, ClusterCount: max}
-	if s.relay, err = node.Start(ctx, topo, dir, node.Spec{Name: "relay", Place: node.Relay, Role: "tether-relay", Args: s.args}); err != nil {
+	s.args = tetherRelayArgs{Dir: dir, Bind: topo.Bind(node.Relay), Names: topo.RelayNames(), ClusterPrefix: SwarmPrefix, ClusterCount: cfg.Agents}
+	// The relay creates every cluster before it is ready.
+	readyLimit := max(node.ReadyTimeout, time.Duration(cfg.Agents)*20*time.Millisecond)
+	if s.relay, err = node.Start(ctx, topo, dir, node.Spec{Name: "relay", Place: node.Relay, Role: "tether-relay", Args: s.args,
+		ReadyTimeout: readyLimit}); err != nil {
 		return nil, err
 	}
 	var rr tetherRelayReady
@@ -179,32 +218,67 @@ func StartSwarm(ctx context.Context, env *Env, max int) (_ *Swarm, err error) {
 	// A restarted relay listens where this one does.
 	s.args.APIPort, s.args.AgentPort, s.args.Restart = rr.APIPort, rr.AgentPort, true
 	fromCluster := topo.Reach(node.Cluster, node.Relay)
-	s.swarm, err = node.Start(ctx, topo, dir, node.Spec{Name: "agents", Place: node.Cluster, Role: "tether-swarm", Args: SwarmArgs{
-		Dir: dir, TokensFile: filepath.Join(dir, "tokens"), ClusterPrefix: SwarmPrefix, CA: rr.CA,
-		RelayAPI:       (&url.URL{Scheme: "https", Host: hostPort(fromCluster, rr.APIPort)}).String(),
-		RelayAgentAddr: hostPort(fromCluster, rr.AgentPort),
-		Target:         "http://" + env.TargetAddr(node.Cluster),
-	}})
-	if err != nil {
-		return nil, err
+	for first := 0; first < cfg.Agents; first += cfg.PerProcess {
+		name := "agents"
+		if first > 0 {
+			name = fmt.Sprintf("agents-%d", len(s.swarms)+1)
+		}
+		p, err := node.Start(ctx, topo, dir, node.Spec{Name: name, Component: "agents", Place: node.Cluster, Role: "tether-swarm", Args: SwarmArgs{
+			Dir: dir, TokensFile: filepath.Join(dir, "tokens"), ClusterPrefix: SwarmPrefix, First: first, Sessions: cfg.Sessions, CA: rr.CA,
+			RelayAPI:       (&url.URL{Scheme: "https", Host: hostPort(fromCluster, rr.APIPort)}).String(),
+			RelayAgentAddr: hostPort(fromCluster, rr.AgentPort),
+			Target:         "http://" + env.TargetAddr(node.Cluster),
+		}})
+		if err != nil {
+			return nil, err
+		}
+		s.swarms = append(s.swarms, p)
 	}
 	return s, nil
 }
 
-// Grow runs agents until n run, and waits (up to limit) until the relay
-// holds all their sessions (two each).
+// Sessions returns the sessions each agent holds.
+func (s *Swarm) Sessions() int { return s.cfg.sessions() }
+
+// Grow runs agents until n run, filling the swarm processes in order (each
+// joins its agents 16 at once, the processes side by side), and waits (up
+// to limit) until the relay holds all their sessions.
 func (s *Swarm) Grow(n int, limit time.Duration) error {
-	if err := s.swarm.CallWithin(limit, "grow", SwarmGrow{Count: n}, nil); err != nil {
+	if n > s.cfg.Agents {
+		return fmt.Errorf("swarm: %d agents asked, the relay has %d clusters", n, s.cfg.Agents)
+	}
+	counts := splitAgents(n, s.cfg.PerProcess, len(s.swarms))
+	errs := make([]error, len(s.swarms))
+	var wg sync.WaitGroup
+	for i, p := range s.swarms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = p.CallWithin(limit, "grow", SwarmGrow{Count: counts[i]}, nil)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return waitSessions(s.relay, 2*n, limit)
+	return waitSessions(s.relay, s.Sessions()*n, limit)
+}
+
+// splitAgents returns how many of n agents each of processes swarm
+// processes runs, filling them in order with at most perProcess each.
+func splitAgents(n, perProcess, processes int) []int {
+	out := make([]int, processes)
+	for i := range out {
+		out[i] = min(max(n-i*perProcess, 0), perProcess)
+	}
+	return out
 }
 
 // Relay returns the relay's process.
 func (s *Swarm) Relay() *node.Proc { return s.relay }
 
-// Agents returns the swarm's process.
-func (s *Swarm) Agents() *node.Proc { return s.swarm }
+// Agents returns the swarm's processes.
+func (s *Swarm) Agents() []*node.Proc { return s.swarms }
 
 // KillRelay kills the relay with SIGKILL and starts a new one on the same
 // registry and ports; it returns when the new one is ready, and the moment
@@ -224,10 +298,10 @@ func (s *Swarm) KillRelay(ctx context.Context) (time.Time, error) {
 	return killed, nil
 }
 
-// Close stops the swarm and the relay.
+// Close stops the swarm's processes and the relay.
 func (s *Swarm) Close() error {
 	var errs []error
-	for _, p := range []*node.Proc{s.swarm, s.relay} {
+	for _, p := range append(slices.Clone(s.swarms), s.relay) {
 		if p != nil {
 			errs = append(errs, p.Stop())
 		}

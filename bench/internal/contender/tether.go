@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tether-k8s/tether/bench/internal/load"
 	"github.com/tether-k8s/tether/bench/internal/node"
 	"github.com/tether-k8s/tether/core/proxy"
 	"github.com/tether-k8s/tether/core/tunnel"
@@ -32,6 +34,13 @@ type Tether struct {
 	// relay.RouterConfig.StreamMemory (--stream-memory), which with
 	// YamuxWindow sets how many streams the relay opens in all.
 	StreamMemory int64
+	// MaxStreamsPerCluster, when not zero, is the relay's
+	// relay.RouterConfig.MaxStreamsPerCluster (--max-streams-per-cluster).
+	MaxStreamsPerCluster int
+	// Proxies is how many tether-proxy processes run at the caller's
+	// place, each with its own connections to the relay (many callers of
+	// one cluster); Instance.Dials holds one Dial per proxy. Zero means 1.
+	Proxies int
 	// IdleTunnels, when not zero, is tether-proxy's
 	// proxy.Config.MaxIdleTunnels: an A/B of proxy.DefaultMaxIdleTunnels.
 	IdleTunnels int
@@ -63,10 +72,20 @@ func (t Tether) Describe() string {
 	d := "tether-proxy (caller) → relay → agent (cluster) → core/impersonate; TLS caller→proxy (client certificate), " +
 		"TLS proxy→relay, mutual TLS 1.3 + yamux relay↔agent, TLS 1.3 proxy↔agent inside the stream; 2 sessions per agent"
 	if t.YamuxWindow != 0 {
-		d += fmt.Sprintf("; **A/B**: yamux stream window %s on both ends instead of %s (--stream-window)", Bytes(int64(t.YamuxWindow)), Bytes(tunnel.DefaultStreamWindow))
+		ab := "; **A/B**: "
+		if t.Label == "" {
+			ab = "; set up for many idle watches: " // ForWatches
+		}
+		d += fmt.Sprintf("%syamux stream window %s on both ends instead of %s (--stream-window)", ab, Bytes(int64(t.YamuxWindow)), Bytes(tunnel.DefaultStreamWindow))
 		if t.StreamMemory != 0 {
 			d += fmt.Sprintf(", with --stream-memory %s (%d streams in all)", Bytes(t.StreamMemory), t.StreamMemory/int64(t.YamuxWindow))
 		}
+	}
+	if t.MaxStreamsPerCluster != 0 {
+		d += fmt.Sprintf("; --max-streams-per-cluster %d", t.MaxStreamsPerCluster)
+	}
+	if t.Proxies > 1 {
+		d += fmt.Sprintf("; %d tether-proxy processes (callers), each its own connections to the relay", t.Proxies)
 	}
 	if t.Coalesce {
 		d += "; **A/B**: each yamux frame's header and body written to TLS in one write instead of two (harness-assembled session ends)"
@@ -85,9 +104,9 @@ const ClusterID = "bench"
 
 // Start implements Contender.
 func (t Tether) Start(ctx context.Context, env *Env) (_ *Instance, err error) {
-	dir := filepath.Join(env.Dir, t.Name())
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("tether: %w", err)
+	dir, err := freshDir(env.Dir, t.Name())
+	if err != nil {
+		return nil, err
 	}
 	inst := &Instance{}
 	defer func() {
@@ -97,7 +116,8 @@ func (t Tether) Start(ctx context.Context, env *Env) (_ *Instance, err error) {
 	}()
 	topo := env.Topo
 	relayProc, err := inst.start(ctx, env, dir, node.Spec{Name: "relay", Place: node.Relay, Role: "tether-relay",
-		Args: tetherRelayArgs{Dir: dir, Bind: topo.Bind(node.Relay), Names: topo.RelayNames(), Clusters: []string{ClusterID}, YamuxWindow: t.YamuxWindow, StreamMemory: t.StreamMemory, Coalesce: t.Coalesce}})
+		Args: tetherRelayArgs{Dir: dir, Bind: topo.Bind(node.Relay), Names: topo.RelayNames(), Clusters: []string{ClusterID}, YamuxWindow: t.YamuxWindow, StreamMemory: t.StreamMemory, MaxStreamsPerCluster: t.MaxStreamsPerCluster,
+			Coalesce: t.Coalesce}})
 	if err != nil {
 		return nil, err
 	}
@@ -132,32 +152,87 @@ func (t Tether) Start(ctx context.Context, env *Env) (_ *Instance, err error) {
 		RelayURL: (&url.URL{Scheme: "https", Host: net.JoinHostPort(fromCaller, strconv.Itoa(rr.APIPort))}).String(),
 		CA:       rr.CA, Cluster: ClusterID, IdleTunnels: t.IdleTunnels, FlushEvery: t.FlushEvery,
 	}
-	spec := node.Spec{Name: "proxy", Place: node.Caller, Role: "tether-proxy", Args: pargs}
-	proxyProc, err := inst.start(ctx, env, dir, spec)
+	for i := range max(t.Proxies, 1) {
+		name := "proxy"
+		if i > 0 {
+			name = "proxy-" + strconv.Itoa(i+1)
+		}
+		dial, err := startProxy(ctx, env, inst, dir, name, pargs)
+		if err != nil {
+			return nil, err
+		}
+		inst.Dials = append(inst.Dials, dial)
+	}
+	inst.Dial = inst.Dials[0]
+	return inst, nil
+}
+
+// freshDir makes a directory for a contender's instance under parent:
+// parent/name, or parent/name-2 and so on when an instance of the same
+// name (W5 starts tether again for many watches) has one.
+func freshDir(parent, name string) (string, error) {
+	for i := 1; ; i++ {
+		dir := filepath.Join(parent, name)
+		if i > 1 {
+			dir += "-" + strconv.Itoa(i)
+		}
+		err := os.Mkdir(dir, 0o755)
+		if err == nil {
+			return dir, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("tether: instance directory: %w", err)
+		}
+	}
+}
+
+// startProxy starts a tether-proxy process named name (the component
+// "proxy") for inst, and returns the dial of a caller that uses its
+// kubeconfig.
+func startProxy(ctx context.Context, env *Env, inst *Instance, dir, name string, pargs tetherProxyArgs) (load.Dial, error) {
+	topo := env.Topo
+	proxyProc, err := inst.start(ctx, env, dir, node.Spec{Name: name, Component: "proxy", Place: node.Caller, Role: "tether-proxy", Args: pargs})
 	if err != nil {
 		return nil, err
 	}
 	var pr tetherProxyReady
 	if err := json.Unmarshal(proxyProc.Ready, &pr); err != nil {
-		return nil, fmt.Errorf("tether: proxy's ready line: %w", err)
+		return nil, fmt.Errorf("tether: %s's ready line: %w", name, err)
 	}
 	tlsCfg, err := kubeconfigTLS(pr)
 	if err != nil {
 		return nil, err
 	}
-	inst.Dial = func(ctx context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
 		raw, err := topo.Dial(ctx, node.Caller, pr.Addr)
 		if err != nil {
-			return nil, fmt.Errorf("tether: dial the proxy: %w", err)
+			return nil, fmt.Errorf("tether: dial %s: %w", name, err)
 		}
 		c := tls.Client(raw, tlsCfg)
 		if err := c.HandshakeContext(ctx); err != nil {
 			_ = raw.Close()
-			return nil, fmt.Errorf("tether: TLS to the proxy: %w", err)
+			return nil, fmt.Errorf("tether: TLS to %s: %w", name, err)
 		}
 		return c, nil
+	}, nil
+}
+
+// ForWatches implements WatchScaler: tether's set-up for many idle watches
+// (docs/performance.md, "many idle watches"): a 256 KiB stream window, a
+// stream memory and a per-cluster cap that admit n streams with room for
+// the proxies' idle tunnels (16,384 at least, 4 GiB / 256 KiB), and one
+// tether-proxy per perCaller watches, since each watch holds two of a
+// proxy's descriptors (the caller's connection and its tunnel). tether's
+// A/B variants (Label set) have none: the set-up overrides what several of
+// them vary.
+func (t Tether) ForWatches(n, perCaller int) (Contender, bool) {
+	if t.Label != "" || perCaller < 1 {
+		return nil, false
 	}
-	return inst, nil
+	const window = 256 << 10
+	streams := max(16384, n+n/4)
+	return Tether{YamuxWindow: window, StreamMemory: int64(streams) * window, MaxStreamsPerCluster: streams,
+		Proxies: (n + perCaller - 1) / perCaller}, true
 }
 
 // kubeconfigTLS is the client side of the proxy's kubeconfig.

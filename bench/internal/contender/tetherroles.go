@@ -81,6 +81,9 @@ type tetherRelayArgs struct {
 	YamuxWindow uint32
 	// StreamMemory, when not zero, is the router's StreamMemory.
 	StreamMemory int64
+	// MaxStreamsPerCluster, when not zero, is the router's
+	// MaxStreamsPerCluster.
+	MaxStreamsPerCluster int
 	// Coalesce accepts agents with the harness's own loop over
 	// tunnel.AcceptAgent, joining each yamux frame's header and body into
 	// one write (see coalesceConn), instead of relay.Server.ServeAgents.
@@ -140,9 +143,10 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 		}
 	}
 	// Every workload runs as the one user staticAuthn knows, standing in for
-	// many callers (W5 opens 1,000 watches): the per-caller cap is not what
+	// many callers (W5 opens 10,000 watches): the per-caller cap is not what
 	// the benchmarks measure, so it never binds here.
-	router := relay.NewRouter(relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory, MaxStreamsPerCaller: math.MaxInt32})
+	router := relay.NewRouter(relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory,
+		MaxStreamsPerCluster: args.MaxStreamsPerCluster, MaxStreamsPerCaller: math.MaxInt32})
 	defer router.Close()
 	serving, err := reg.ServingCertificate(args.Names)
 	if err != nil {

@@ -55,6 +55,10 @@ type Options struct {
 	CacheDir string
 	// W2Concurrency replaces W2's concurrency levels when not empty.
 	W2Concurrency []int
+	// W5Watches replaces W5's levels (idle watches) when not empty.
+	W5Watches []int
+	// W6Agents replaces W6's levels (idle agents) when not empty.
+	W6Agents []int
 	// Keep keeps the run's directory (logs, state) instead of removing it.
 	Keep bool
 	// Progress receives a line per step. Nil discards.
@@ -137,6 +141,12 @@ func Run(ctx context.Context, opts Options) (_ *Result, err error) {
 	}
 	if len(opts.W2Concurrency) > 0 {
 		sizes.W2Concurrency = opts.W2Concurrency
+	}
+	if len(opts.W5Watches) > 0 {
+		sizes.W5Watches = opts.W5Watches
+	}
+	if len(opts.W6Agents) > 0 {
+		sizes.W6Agents = opts.W6Agents
 	}
 	run := &workload.Run{Env: env, Target: targetProc, Sizes: sizes, Progress: opts.Progress}
 	for _, c := range contenders {
@@ -234,6 +244,8 @@ func selectContenders(opts Options) []contender.Contender {
 
 // raiseFileLimit lifts the open-file limit to its hard maximum: W5 holds
 // thousands of connections, several descriptors each. Children inherit it.
+// Where the hard limit cannot be raised (a container's), W5 and W6 fit their
+// levels to it.
 func raiseFileLimit() {
 	var l syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {

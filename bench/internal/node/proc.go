@@ -17,7 +17,8 @@ import (
 	"time"
 )
 
-// ReadyTimeout bounds how long a child may take to say it is ready.
+// ReadyTimeout bounds how long a child may take to say it is ready, unless
+// its Spec says otherwise.
 const ReadyTimeout = 60 * time.Second
 
 // Spec describes a child process.
@@ -25,6 +26,10 @@ type Spec struct {
 	// Name labels the process in reports and names its log file
 	// ("relay", "agent"...). Required.
 	Name string
+	// Component groups processes that play one component for accounting
+	// (several tether-proxy processes are all the "proxy"). Empty means
+	// Name.
+	Component string
 	// Place is where the process runs.
 	Place Place
 	// Role, when set, runs this harness binary as that role, with Args
@@ -40,6 +45,9 @@ type Spec struct {
 	Protocol bool
 	// Env is added to the process's environment.
 	Env []string
+	// ReadyTimeout bounds how long a role may take to say it is ready.
+	// Zero means ReadyTimeout.
+	ReadyTimeout time.Duration
 }
 
 // Proc is a running child process. Its owner must call Stop (or Kill then
@@ -47,6 +55,8 @@ type Spec struct {
 type Proc struct {
 	// Name is Spec.Name.
 	Name string
+	// Component is Spec.Component, or Name when that is empty.
+	Component string
 	// Ready is what a role child sent with READY; nil for other processes.
 	Ready json.RawMessage
 
@@ -86,7 +96,11 @@ func Start(ctx context.Context, t *Topology, dir string, spec Spec) (_ *Proc, er
 	if err != nil {
 		return nil, fmt.Errorf("node: log of %s: %w", spec.Name, err)
 	}
-	p := &Proc{Name: spec.Name, cmd: cmd, logFile: logFile, stats: make(chan json.RawMessage, 1), exited: make(chan struct{})}
+	component := spec.Component
+	if component == "" {
+		component = spec.Name
+	}
+	p := &Proc{Name: spec.Name, Component: component, cmd: cmd, logFile: logFile, stats: make(chan json.RawMessage, 1), exited: make(chan struct{})}
 	cmd.Stderr = logFile
 	protocol := spec.Role != "" || spec.Protocol
 	var stdout io.ReadCloser
@@ -128,7 +142,11 @@ func Start(ctx context.Context, t *Topology, dir string, spec Spec) (_ *Proc, er
 	if !protocol {
 		return p, nil
 	}
-	timer := time.NewTimer(ReadyTimeout)
+	readyTimeout := spec.ReadyTimeout
+	if readyTimeout == 0 {
+		readyTimeout = ReadyTimeout
+	}
+	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
 	select {
 	case p.Ready = <-ready:
@@ -136,7 +154,7 @@ func Start(ctx context.Context, t *Topology, dir string, spec Spec) (_ *Proc, er
 	case <-p.exited:
 		return nil, fmt.Errorf("node: %s exited before it was ready: %w%s", spec.Name, p.waitErr, p.logTail())
 	case <-timer.C:
-		return nil, fmt.Errorf("node: %s not ready after %s%s", spec.Name, ReadyTimeout, p.logTail())
+		return nil, fmt.Errorf("node: %s not ready after %s%s", spec.Name, readyTimeout, p.logTail())
 	case <-ctx.Done():
 		return nil, fmt.Errorf("node: start %s: %w", spec.Name, ctx.Err())
 	}

@@ -122,11 +122,28 @@ type Sizes struct {
 	W4Streams  int
 	W4Chunk    int64
 	W4Duration time.Duration
-	// W5Watches idle watches, W5Events events sent to all of them.
-	W5Watches, W5Events int
+	// W5Watches are the numbers of idle watches W5 holds open at once, one
+	// level after the other; W5Events events are sent to all of them.
+	W5Watches []int
+	W5Events  int
+	// W5SharedMax is the most watches a level may hold to run every
+	// contender as it started (tether's relay opens 1,024 streams by
+	// default); larger levels run only the contenders with a set-up for
+	// many watches (contender.WatchScaler), started afresh.
+	W5SharedMax int
+	// W5WatchesPerProxy is the most watches one caller-side process
+	// (tether-proxy) carries at W5's larger levels; more watches run more
+	// of them. Each watch holds two of its descriptors.
+	W5WatchesPerProxy int
 	// W6Agents are the numbers of idle agents W6 measures, growing; W7
-	// kills the relay with the last.
+	// kills the relay with the last that fits the descriptor limit.
 	W6Agents []int
+	// W6Sessions are the sessions per agent W6 and W7 measure, one swarm
+	// after the other (core/agent's default is 2).
+	W6Sessions []int
+	// W6AgentsPerProcess is the most agents one swarm process runs. Zero
+	// means as many as its descriptor limit allows.
+	W6AgentsPerProcess int
 	// W8RoundTrips is how many W8RoundTripBytes messages W8 echoes.
 	W8RoundTrips, W8RoundTripBytes int
 }
@@ -138,8 +155,8 @@ func FullSizes() Sizes {
 		W2Concurrency: []int{32, 128}, W2Duration: 8 * time.Second, W2Warmup: time.Second, W2Rounds: 3,
 		W3Bytes: 256 << 20, W3Limit: 30 * time.Second, W3RTTs: []time.Duration{0, 10 * time.Millisecond, 50 * time.Millisecond},
 		W4Streams: 32, W4Chunk: 16 << 20, W4Duration: 6 * time.Second,
-		W5Watches: 1000, W5Events: 10,
-		W6Agents:     []int{1000, 5000, 10000},
+		W5Watches: []int{1000, 10000}, W5Events: 10, W5SharedMax: 1000, W5WatchesPerProxy: 2500,
+		W6Agents: []int{1000, 5000, 10000}, W6Sessions: []int{2, 1},
 		W8RoundTrips: 2000, W8RoundTripBytes: 64,
 	}
 }
@@ -152,8 +169,9 @@ func QuickSizes() Sizes {
 		W2Concurrency: []int{32, 128}, W2Duration: time.Second, W2Warmup: 250 * time.Millisecond, W2Rounds: 1,
 		W3Bytes: 32 << 20, W3Limit: 1500 * time.Millisecond, W3RTTs: []time.Duration{0, 50 * time.Millisecond},
 		W4Streams: 16, W4Chunk: 1 << 20, W4Duration: 600 * time.Millisecond,
-		W5Watches: 100, W5Events: 2,
-		W6Agents:     []int{50, 150},
+		W5Watches: []int{100, 300}, W5Events: 2, W5SharedMax: 100, W5WatchesPerProxy: 150,
+		// Several swarm processes even at this size: the split is tested.
+		W6Agents: []int{50, 150}, W6Sessions: []int{2, 1}, W6AgentsPerProcess: 100,
 		W8RoundTrips: 300, W8RoundTripBytes: 64,
 	}
 }
@@ -161,7 +179,8 @@ func QuickSizes() Sizes {
 // Usage is the CPU time of each component of a contender, of the target
 // and of this process (the load generator), at one moment.
 type Usage struct {
-	// Procs are by component name.
+	// Procs are by component name (Proc.Component), summed over the
+	// processes of one component.
 	Procs map[string]node.Usage
 	// Target is the target server's; Self this process's CPU time.
 	Target node.Usage
@@ -177,7 +196,10 @@ func (r *Run) usage(c *Contestant) (Usage, error) {
 		if err != nil {
 			return u, err
 		}
-		u.Procs[p.Name] = pu
+		sum := u.Procs[p.Component]
+		sum.CPU += pu.CPU
+		sum.RSS += pu.RSS
+		u.Procs[p.Component] = sum
 	}
 	var err error
 	if u.Target, err = r.Target.Usage(); err != nil {
@@ -213,7 +235,13 @@ func (r *Run) Warm(ctx context.Context, limit time.Duration) {
 
 // warmOne sends small GETs through c until one succeeds or limit passes.
 func (r *Run) warmOne(ctx context.Context, c *Contestant, limit time.Duration) error {
-	client := load.NewClient(c.Inst.Dial, 1)
+	return r.warmDial(ctx, c.Inst.Dial, limit)
+}
+
+// warmDial sends small GETs through dial until one succeeds or limit
+// passes.
+func (r *Run) warmDial(ctx context.Context, dial load.Dial, limit time.Duration) error {
+	client := load.NewClient(dial, 1)
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(limit)
 	for {

@@ -49,3 +49,15 @@ func TestCounterIgnoresFailuresAfterTheEnd(t *testing.T) {
 		t.Errorf("counter = %+v", n)
 	}
 }
+
+// TestThousands: counts in the report read 10,000.
+func TestThousands(t *testing.T) {
+	for n, want := range map[int]string{0: "0", 999: "999", 1000: "1,000", 10000: "10,000", 1234567: "1,234,567", -1000: "-1,000"} {
+		if got := thousands(n); got != want {
+			t.Errorf("thousands(%d) = %q, want %q", n, got, want)
+		}
+	}
+	if got, want := joinInts([]int{1000, 5000, 10000}), "1,000, 5,000 and 10,000"; got != want {
+		t.Errorf("joinInts = %q, want %q", got, want)
+	}
+}
