@@ -199,6 +199,11 @@ func (r *Run) usage(c *Contestant) (Usage, error) {
 		sum := u.Procs[p.Component]
 		sum.CPU += pu.CPU
 		sum.RSS += pu.RSS
+		if _, seen := u.Procs[p.Component]; seen && sum.Syscalls < 0 || pu.Syscalls < 0 {
+			sum.Syscalls = -1
+		} else {
+			sum.Syscalls += pu.Syscalls
+		}
 		u.Procs[p.Component] = sum
 	}
 	var err error
