@@ -3,6 +3,7 @@ package workload
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -160,7 +161,13 @@ func w2Table(r *Run, cs []*Contestant, conc int, res map[string]*W2Result) repor
 func (r *Run) w2Once(ctx context.Context, c *Contestant, conc int) (w2Round, error) {
 	client := load.NewClient(c.Inst.Dial, conc)
 	defer client.CloseIdleConnections()
-	// Warm-up: every worker's connection is open before the clock starts.
+	// Warm-up: every worker's connection is open before the clock starts,
+	// however long opening them takes on a loaded machine (a fixed warm-up
+	// alone would cancel slow first requests, and with them the opening of
+	// tether's tunnels, every round), then W2Warmup of traffic.
+	if err := w2Prime(ctx, client, conc); err != nil {
+		return w2Round{}, err
+	}
 	r.w2Workers(ctx, client, conc, r.Sizes.W2Warmup)
 	before, err := r.usage(c)
 	if err != nil {
@@ -215,6 +222,31 @@ func (r *Run) tunnels(c *Contestant) int64 {
 }
 
 // w2Workers runs conc workers sending small GETs for d.
+// w2PrimeLimit bounds the first request of every W2 worker.
+const w2PrimeLimit = time.Minute
+
+// w2Prime sends one GET from each of conc workers at once, so that each
+// opens its connection, and fails if any does not succeed within
+// w2PrimeLimit.
+func w2Prime(ctx context.Context, client *http.Client, conc int) error {
+	ctx, cancel := context.WithTimeout(ctx, w2PrimeLimit)
+	defer cancel()
+	errs := make([]error, conc)
+	var wg sync.WaitGroup
+	for i := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = load.Get(ctx, client, target.SmallPath, target.SmallBodySize)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("W2: opening %d connections: %w", conc, err)
+	}
+	return nil
+}
+
 func (r *Run) w2Workers(ctx context.Context, client *http.Client, conc int, d time.Duration) (load.Latencies, load.Counter) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
