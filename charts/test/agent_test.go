@@ -34,6 +34,12 @@ func agentRequired(t *testing.T) string {
 	return string(b) + authnConfig
 }
 
+// agentOptionalFlags are the agent's values that render a flag only when
+// set.
+var agentOptionalFlags = []optionalFlag{
+	{"streams.window", "stream-window"},
+}
+
 func agentCases() []chartCase {
 	return []chartCase{{
 		name: "required values only",
@@ -65,6 +71,9 @@ func agentCases() []chartCase {
 			}
 			if keys["kubernetes.io/hostname"] != corev1.ScheduleAnyway {
 				t.Errorf("topologySpreadConstraints = %v: want the agents spread across nodes, preferred (a one-node cluster still runs them)", keys)
+			}
+			if got := flagValues(c.Args, "stream-window"); len(got) != 0 {
+				t.Errorf("--stream-window %q without streams.window: the agent's own default should apply", got)
 			}
 			if !strings.HasSuffix(c.Image, ":"+loadChart(t, agentChart).Metadata.AppVersion) {
 				t.Errorf("image %s, want the chart's appVersion as tag", c.Image)
@@ -173,6 +182,7 @@ replicas: 1
 extraImpersonatedExtras: [example.com/team, example.com/cost-center]
 serviceAccountIssuers: ["https://oidc.eks.example.com/id/ABC", "https://kubernetes.default.svc"]
 sessions: 3
+streams: {window: 16Mi}
 logLevel: debug
 image: {digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
 relay: {agentAddr: "agents.example.com:443"}`},
@@ -184,6 +194,9 @@ relay: {agentAddr: "agents.example.com:443"}`},
 			}
 			if got := flagValues(c.Args, "service-account-issuer"); !slices.Equal(got, []string{"https://oidc.eks.example.com/id/ABC", "https://kubernetes.default.svc"}) {
 				t.Errorf("--service-account-issuer %q", got)
+			}
+			if got := flagValue(t, c.Args, "stream-window"); got != "16Mi" {
+				t.Errorf("--stream-window=%s, want 16Mi", got)
 			}
 			if got := flagValue(t, c.Args, "relay-agent-addr"); got != "agents.example.com:443" {
 				t.Errorf("--relay-agent-addr=%s", got)
@@ -253,6 +266,7 @@ func checkAgentInvariants(t *testing.T, r *rendered, vals map[string]any) {
 	if a, b := mustJSON(t, gotAuthn), mustJSON(t, vals["authenticationConfig"]); a != b {
 		t.Errorf("--authentication-config file holds\n%s\nwant authenticationConfig\n%s", a, b)
 	}
+	checkOptionalFlags(t, c.Args, vals, agentOptionalFlags)
 	for _, name := range []string{"POD_NAME", "POD_NAMESPACE"} {
 		if e, ok := env(c, name); !ok || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil {
 			t.Errorf("%s does not come from the downward API", name)

@@ -3,6 +3,7 @@ package charts
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -136,6 +137,10 @@ func expand(args []string) []string {
 	return out
 }
 
+// sizeValue is what cmd/internal/cli.Bytes (the "bytes" flags) accepts: a
+// number of bytes with an optional binary unit.
+var sizeValue = regexp.MustCompile(`^[0-9]+(Ki|Mi|Gi|Ti)?B?$`)
+
 // checkArgs checks every arg is a flag the binary lists, with a value its
 // type accepts.
 func checkArgs(t *testing.T, binary string, args []string, flags map[string]flagSpec) {
@@ -174,10 +179,16 @@ func checkArgs(t *testing.T, binary string, args []string, flags map[string]flag
 			_, err = time.ParseDuration(value)
 		case "int":
 			_, err = strconv.Atoi(value)
-		case "string", "strings":
+		case "bytes":
+			if !sizeValue.MatchString(value) {
+				err = fmt.Errorf("not a size such as 262144, 256Ki or 4Mi")
+			}
+		case "string", "strings", "stringArray":
 			if value == "" {
 				t.Errorf("%s --%s: empty value", binary, name)
 			}
+		default:
+			t.Errorf("%s --%s: checkArgs does not know how to check a %s: teach it", binary, name, spec.typ)
 		}
 		if err != nil {
 			t.Errorf("%s --%s=%q: %v", binary, name, value, err)

@@ -15,6 +15,7 @@ import (
 	"io"
 	"math/big"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -321,4 +322,42 @@ func mustJSON(t *testing.T, v any) string {
 		t.Fatalf("encode %T: %v", v, err)
 	}
 	return string(b)
+}
+
+// optionalFlag is a value that renders its flag only when it is set, so
+// that, unset, the binary's own default applies.
+type optionalFlag struct {
+	value string // its dotted path in the values
+	flag  string
+}
+
+// checkOptionalFlags checks each optional value renders its flag exactly
+// when set: once with the value, or once per item of a list; and not at
+// all when it is unset, empty or null.
+func checkOptionalFlags(t *testing.T, args []string, vals map[string]any, flags []optionalFlag) {
+	t.Helper()
+	for _, f := range flags {
+		var v any = vals
+		for _, k := range strings.Split(f.value, ".") {
+			m, _ := v.(map[string]any)
+			v = m[k]
+		}
+		var want []string
+		switch v := v.(type) {
+		case nil:
+		case string:
+			if v != "" {
+				want = []string{v}
+			}
+		case []any:
+			for _, item := range v {
+				want = append(want, fmt.Sprint(item))
+			}
+		default: // a bool or a number
+			want = []string{fmt.Sprint(v)}
+		}
+		if got := flagValues(args, f.flag); !slices.Equal(got, want) {
+			t.Errorf("%s %v renders --%s %q, want %q", f.value, v, f.flag, got, want)
+		}
+	}
 }

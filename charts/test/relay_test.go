@@ -18,6 +18,19 @@ import (
 // relayRequired is the least an operator must give the relay chart.
 const relayRequired = "hostnames: [relay.example.com]\n" + authnConfig
 
+// relayOptionalFlags are the relay's values that render a flag only when
+// set.
+var relayOptionalFlags = []optionalFlag{
+	{"streams.window", "stream-window"},
+	{"streams.memory", "stream-memory"},
+	{"streams.maxPerCluster", "max-streams-per-cluster"},
+	{"streams.maxPerCaller", "max-streams-per-caller"},
+	{"adminGroups", "admin-group"},
+	{"clusterEndpoint", "cluster-endpoint"},
+	{"login.issuer", "login-issuer"},
+	{"login.clientID", "login-client-id"},
+}
+
 func relayCases() []chartCase {
 	return []chartCase{{
 		name: "required values only",
@@ -36,6 +49,52 @@ func relayCases() []chartCase {
 			}
 			if s := one[*corev1.Service](t, r); s.Spec.Type != corev1.ServiceTypeClusterIP {
 				t.Errorf("Service type %s, want ClusterIP by default", s.Spec.Type)
+			}
+			// The relay's own defaults apply: the chart does not restate them.
+			for _, f := range relayOptionalFlags {
+				if got := flagValues(c.Args, f.flag); len(got) != 0 {
+					t.Errorf("--%s %q rendered without %s", f.flag, got, f.value)
+				}
+			}
+		},
+	}, {
+		name: "streams sized for many idle watches, remote admins, login, no cluster endpoint",
+		values: []string{`
+streams: {window: 256Ki, memory: 2Gi, maxPerCluster: 8192, maxPerCaller: 2048}
+adminGroups: ["oidc:platform-admins", "oidc:sre"]
+clusterEndpoint: false
+login: {issuer: https://issuer.example.com, clientID: tether}
+resources: {requests: {cpu: 100m, memory: 256Mi}, limits: {memory: 3Gi}}`},
+		check: func(t *testing.T, r *rendered) {
+			c := container(t, one[*appsv1.Deployment](t, r))
+			for flag, want := range map[string][]string{
+				"stream-window":           {"256Ki"},
+				"stream-memory":           {"2Gi"},
+				"max-streams-per-cluster": {"8192"},
+				"max-streams-per-caller":  {"2048"},
+				"admin-group":             {"oidc:platform-admins", "oidc:sre"},
+				"cluster-endpoint":        {"false"},
+				"login-issuer":            {"https://issuer.example.com"},
+				"login-client-id":         {"tether"},
+			} {
+				if got := flagValues(c.Args, flag); !slices.Equal(got, want) {
+					t.Errorf("--%s %q, want %q", flag, got, want)
+				}
+			}
+		},
+	}, {
+		name:   "stream window for large transfers, with its memory; cluster endpoint explicitly on",
+		values: []string{"streams: {window: 16MiB, memory: 4Gi}\nclusterEndpoint: true"},
+		check: func(t *testing.T, r *rendered) {
+			c := container(t, one[*appsv1.Deployment](t, r))
+			if got := flagValue(t, c.Args, "stream-window"); got != "16MiB" {
+				t.Errorf("--stream-window=%s, want 16MiB as given", got)
+			}
+			if got := flagValue(t, c.Args, "cluster-endpoint"); got != "true" {
+				t.Errorf("--cluster-endpoint=%s, want true as given", got)
+			}
+			if got := flagValues(c.Args, "max-streams-per-caller"); len(got) != 0 {
+				t.Errorf("--max-streams-per-caller %q without streams.maxPerCaller", got)
 			}
 		},
 	}, {
@@ -207,6 +266,8 @@ func checkRelayInvariants(t *testing.T, r *rendered, vals map[string]any) {
 	if a, b := mustJSON(t, gotAuthn), mustJSON(t, vals["authenticationConfig"]); a != b {
 		t.Errorf("--authentication-config file holds\n%s\nwant\n%s", a, b)
 	}
+
+	checkOptionalFlags(t, c.Args, vals, relayOptionalFlags)
 
 	// The grace period outlasts the drain.
 	drain, err := time.ParseDuration(flagValue(t, c.Args, "drain-timeout"))

@@ -54,6 +54,18 @@ func TestWrongValuesAreRefused(t *testing.T) {
 			want: []string{"at '/networkPolicy/relay/cidrs/0'", "'relay.example.com'"}},
 		{name: "agent: both join token sources", chart: agentChart, values: "joinToken: abc\nexistingJoinTokenSecret: join",
 			want: []string{"joinToken and existingJoinTokenSecret exclude each other"}},
+		{name: "agent: stream window in decimal units", chart: agentChart, values: "streams: {window: 4M}",
+			want: []string{schemaErr, "at '/streams/window'", "'4M' does not match pattern"}},
+		{name: "agent: stream window a number", chart: agentChart, values: "streams: {window: 4194304}",
+			want: []string{schemaErr, "at '/streams/window'", "got number, want string"}},
+		{name: "agent: stream window below yamux's", chart: agentChart, values: "streams: {window: 128Ki}",
+			want: []string{"streams.window 128Ki: want at least 256Ki"}},
+		{name: "agent: stream window zero", chart: agentChart, values: "streams: {window: '0'}",
+			want: []string{"streams.window 0: want at least 256Ki"}},
+		{name: "agent: stream window above 1Gi", chart: agentChart, values: "streams: {window: 2Gi}",
+			want: []string{"streams.window 2Gi: want at most 1Gi"}},
+		{name: "agent: stream memory is the relay's", chart: agentChart, values: "streams: {memory: 1Gi}",
+			want: []string{"at '/streams'", "additional properties 'memory' not allowed"}},
 
 		{name: "relay: nothing given", chart: relayChart, bare: true,
 			want: []string{schemaErr, "missing properties 'hostnames', 'authenticationConfig'"}},
@@ -77,6 +89,46 @@ func TestWrongValuesAreRefused(t *testing.T) {
 			want: []string{"tls.existingSecret and tls.certManager.issuerRef exclude each other"}},
 		{name: "relay: issuer kind without a name", chart: relayChart, values: "tls: {certManager: {issuerRef: {kind: ClusterIssuer}}}",
 			want: []string{"at '/tls/certManager/issuerRef'", "'name'"}},
+		{name: "relay: stream window in decimal units", chart: relayChart, values: "streams: {window: 16MB}",
+			want: []string{schemaErr, "at '/streams/window'", "'16MB' does not match pattern"}},
+		{name: "relay: stream window with a space", chart: relayChart, values: "streams: {window: '4 Mi'}",
+			want: []string{"at '/streams/window'", "'4 Mi' does not match pattern"}},
+		{name: "relay: stream window a number", chart: relayChart, values: "streams: {window: 262143}",
+			want: []string{"at '/streams/window'", "got number, want string"}},
+		{name: "relay: stream window one byte below yamux's", chart: relayChart, values: "streams: {window: '262143'}",
+			want: []string{"streams.window 262143: want at least 256Ki"}},
+		{name: "relay: stream window above 1Gi", chart: relayChart, values: "streams: {window: 1025Mi}",
+			want: []string{"streams.window 1025Mi: want at most 1Gi"}},
+		{name: "relay: stream memory not a size", chart: relayChart, values: "streams: {memory: lots}",
+			want: []string{schemaErr, "at '/streams/memory'", "'lots' does not match pattern"}},
+		{name: "relay: stream memory below the window", chart: relayChart, values: "streams: {window: 16Mi, memory: 8Mi}",
+			want: []string{"streams.memory 8Mi is less than one stream window (streams.window 16Mi): no stream could open"}},
+		{name: "relay: stream memory zero", chart: relayChart, values: "streams: {memory: 0Gi}",
+			want: []string{"streams.memory 0Gi is less than the smallest stream window (256Ki)"}},
+		{name: "relay: no stream per caller", chart: relayChart, values: "streams: {maxPerCaller: 0}",
+			want: []string{schemaErr, "at '/streams/maxPerCaller'", "minimum"}},
+		{name: "relay: streams per cluster a word", chart: relayChart, values: "streams: {maxPerCluster: many}",
+			want: []string{schemaErr, "at '/streams/maxPerCluster'", "got string, want null or integer"}},
+		{name: "relay: unknown streams key", chart: relayChart, values: "streams: {maxPerUser: 10}",
+			want: []string{"at '/streams'", "additional properties 'maxPerUser' not allowed"}},
+		{name: "relay: admin group a string", chart: relayChart, values: "adminGroups: oidc:platform-admins",
+			want: []string{schemaErr, "at '/adminGroups'", "got string, want array"}},
+		{name: "relay: empty admin group", chart: relayChart, values: "adminGroups: ['']",
+			want: []string{"at '/adminGroups/0'", "minLength"}},
+		{name: "relay: cluster endpoint a word", chart: relayChart, values: "clusterEndpoint: 'off'",
+			want: []string{schemaErr, "at '/clusterEndpoint'", "got string, want null or boolean"}},
+		{name: "relay: login issuer not https", chart: relayChart, values: "login: {issuer: 'http://issuer.example.com', clientID: tether}",
+			want: []string{schemaErr, "at '/login/issuer'", "'http://issuer.example.com' does not match pattern"}},
+		{name: "relay: login issuer alone", chart: relayChart, values: "login: {issuer: 'https://issuer.example.com'}",
+			want: []string{"login.issuer needs login.clientID"}},
+		{name: "relay: login client alone", chart: relayChart, values: "login: {clientID: tether}",
+			want: []string{"login.clientID needs login.issuer"}},
+		{name: "relay: login at an issuer the relay does not trust", chart: relayChart, values: "login: {issuer: 'https://login.example.com', clientID: tether}",
+			want: []string{"login.issuer https://login.example.com is not an issuer of authenticationConfig (https://issuer.example.com)"}},
+		{name: "relay: login client not an audience", chart: relayChart, values: "login: {issuer: 'https://issuer.example.com', clientID: kubectl}",
+			want: []string{"login.clientID kubectl is not among the audiences of issuer https://issuer.example.com in authenticationConfig (tether)"}},
+		{name: "relay: unknown login key", chart: relayChart, values: "login: {clientSecret: s3cr3t}",
+			want: []string{"at '/login'", "additional properties 'clientSecret' not allowed"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -115,4 +167,44 @@ func required(t *testing.T, chart string) string {
 		return agentRequired(t)
 	}
 	return relayRequired
+}
+
+// TestStreamWindowBounds checks the charts read a size as the binaries do
+// (cmd/internal/cli.Bytes: decimal, binary units, an optional B) at the
+// bounds the binaries enforce, 256Ki to 1Gi.
+func TestStreamWindowBounds(t *testing.T) {
+	tests := []struct {
+		window string
+		ok     bool
+	}{
+		{"256Ki", true},
+		{"262144", true},
+		{"262144B", true},
+		{"0300Ki", true}, // 300Ki: not octal
+		{"1Gi", true},
+		{"1GiB", true},
+		{"1024Mi", true},
+		{"1073741824", true},
+		{"255Ki", false},
+		{"262143", false},
+		{"0Mi", false},
+		{"1073741825", false},
+		{"1025Mi", false},
+		{"1Ti", false},
+	}
+	for _, chart := range []string{agentChart, relayChart} {
+		for _, tc := range tests {
+			t.Run(chart+"/"+tc.window, func(t *testing.T) {
+				_, err := render(t, chart, values(t, required(t, chart), "streams: {window: '"+tc.window+"'}"))
+				switch {
+				case tc.ok && err != nil:
+					t.Errorf("streams.window %s refused: %v", tc.window, err)
+				case !tc.ok && err == nil:
+					t.Errorf("streams.window %s accepted; the %s would refuse it", tc.window, chart)
+				case !tc.ok && !strings.Contains(err.Error(), "streams.window "+tc.window+": want at"):
+					t.Errorf("streams.window %s: error does not say what is wrong: %v", tc.window, err)
+				}
+			})
+		}
+	}
 }

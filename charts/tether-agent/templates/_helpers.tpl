@@ -74,8 +74,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "8444" $port }}
 {{- end }}
 
+{{/* A size as the binaries read it (262144, 256Ki, 4Mi, 4MiB), in bytes. The schema has checked its form. */}}
+{{- define "tether-agent.bytes" -}}
+{{- $s := trimSuffix "B" . }}
+{{- $unit := regexFind "(Ki|Mi|Gi|Ti)$" $s }}
+{{- /* Base 10, as the binaries read it: int64 would take a leading 0 for octal. */}}
+{{- $n := regexReplaceAll "^0+([0-9])" (trimSuffix $unit $s) "${1}" | int64 }}
+{{- $perUnit := get (dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776) $unit }}
+{{- mul $n $perUnit }}
+{{- end }}
+
 {{/* Checks across values that the schema cannot express. */}}
 {{- define "tether-agent.validate" -}}
+{{- with .Values.streams.window }}
+{{- $window := include "tether-agent.bytes" . | int64 }}
+{{- if lt $window (int64 262144) }}
+{{- fail (printf "streams.window %s: want at least 256Ki, yamux's smallest stream window" .) }}
+{{- end }}
+{{- if gt $window (int64 1073741824) }}
+{{- fail (printf "streams.window %s: want at most 1Gi" .) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.joinToken .Values.existingJoinTokenSecret }}
 {{- fail "joinToken and existingJoinTokenSecret exclude each other: set one" }}
 {{- end }}

@@ -60,6 +60,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* A size as the binaries read it (262144, 256Ki, 4Mi, 4MiB), in bytes. The schema has checked its form. */}}
+{{- define "tether-relay.bytes" -}}
+{{- $s := trimSuffix "B" . }}
+{{- $unit := regexFind "(Ki|Mi|Gi|Ti)$" $s }}
+{{- /* Base 10, as the binaries read it: int64 would take a leading 0 for octal. */}}
+{{- $n := regexReplaceAll "^0+([0-9])" (trimSuffix $unit $s) "${1}" | int64 }}
+{{- $perUnit := get (dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776) $unit }}
+{{- mul $n $perUnit }}
+{{- end }}
+
 {{/* Checks across values that the schema cannot express. */}}
 {{- define "tether-relay.validate" -}}
 {{- if .Values.storage.etcd.endpoints }}
@@ -67,6 +77,49 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if and .Values.tls.existingSecret .Values.tls.certManager.issuerRef }}
 {{- fail "tls.existingSecret and tls.certManager.issuerRef exclude each other: set one" }}
+{{- end }}
+{{- $minWindow := 262144 }}
+{{- with .Values.streams.window }}
+{{- $window := include "tether-relay.bytes" . | int64 }}
+{{- if lt $window (int64 $minWindow) }}
+{{- fail (printf "streams.window %s: want at least 256Ki, yamux's smallest stream window" .) }}
+{{- end }}
+{{- if gt $window (int64 1073741824) }}
+{{- fail (printf "streams.window %s: want at most 1Gi" .) }}
+{{- end }}
+{{- end }}
+{{- with .Values.streams.memory }}
+{{- $memory := include "tether-relay.bytes" . | int64 }}
+{{- if $.Values.streams.window }}
+{{- if lt $memory (include "tether-relay.bytes" $.Values.streams.window | int64) }}
+{{- fail (printf "streams.memory %s is less than one stream window (streams.window %s): no stream could open" . $.Values.streams.window) }}
+{{- end }}
+{{- else if lt $memory (int64 $minWindow) }}
+{{- fail (printf "streams.memory %s is less than the smallest stream window (256Ki): no stream could open" .) }}
+{{- end }}
+{{- end }}
+{{- $login := .Values.login }}
+{{- if and $login.issuer (not $login.clientID) }}
+{{- fail "login.issuer needs login.clientID (the public client callers log in as)" }}
+{{- end }}
+{{- if and $login.clientID (not $login.issuer) }}
+{{- fail "login.clientID needs login.issuer (the OpenID provider callers log in at)" }}
+{{- end }}
+{{- if $login.issuer }}
+{{- $issuers := list }}
+{{- $audiences := list }}
+{{- range .Values.authenticationConfig.jwt }}
+{{- $issuers = append $issuers .issuer.url }}
+{{- if eq .issuer.url $login.issuer }}
+{{- $audiences = concat $audiences (default list .issuer.audiences) }}
+{{- end }}
+{{- end }}
+{{- if not (has $login.issuer $issuers) }}
+{{- fail (printf "login.issuer %s is not an issuer of authenticationConfig (%s): the relay would refuse the tokens of that login" $login.issuer (join ", " $issuers)) }}
+{{- end }}
+{{- if not (has $login.clientID $audiences) }}
+{{- fail (printf "login.clientID %s is not among the audiences of issuer %s in authenticationConfig (%s): the relay would refuse the tokens of that login" $login.clientID $login.issuer (join ", " $audiences)) }}
+{{- end }}
 {{- end }}
 {{- $grace := int (include "tether-relay.terminationGracePeriodSeconds" .) }}
 {{- if le $grace (int .Values.drainTimeoutSeconds) }}
