@@ -24,8 +24,8 @@ import (
 // files the pod would have mounted.
 func TestArgsAreFlagsOfTheBinaries(t *testing.T) {
 	bin := buildBinaries(t)
-	agentFlags := helpFlags(t, runHelp(t, filepath.Join(bin, "agent"), "--help"))
-	serveFlags, globalFlags := helpFlagsSplit(t, runHelp(t, filepath.Join(bin, "relay"), "serve", "--help"))
+	agentFlags := helpFlags(t, runHelp(t, filepath.Join(bin, "tether-agent"), "--help"))
+	serveFlags, globalFlags := helpFlagsSplit(t, runHelp(t, filepath.Join(bin, "tether-relay"), "serve", "--help"))
 	for name := range globalFlags {
 		serveFlags[name] = globalFlags[name]
 	}
@@ -35,7 +35,7 @@ func TestArgsAreFlagsOfTheBinaries(t *testing.T) {
 			r := mustRender(t, agentChart, values(t, append([]string{agentRequired(t)}, tc.values...)...))
 			args := expand(container(t, one[*appsv1.Deployment](t, r)).Args)
 			checkArgs(t, "tether-agent", args, agentFlags)
-			checkParses(t, filepath.Join(bin, "agent"), args)
+			checkParses(t, filepath.Join(bin, "tether-agent"), args)
 		})
 	}
 	for _, tc := range relayCases() {
@@ -48,12 +48,12 @@ func TestArgsAreFlagsOfTheBinaries(t *testing.T) {
 			}
 			checkArgs(t, "tether-relay", args[:i], globalFlags)
 			checkArgs(t, "tether-relay serve", args[i+1:], serveFlags)
-			checkParses(t, filepath.Join(bin, "relay"), args)
+			checkParses(t, filepath.Join(bin, "tether-relay"), args)
 		})
 	}
 }
 
-// buildBinaries builds ./cmd/agent and ./cmd/relay of the main module into
+// buildBinaries builds ./cmd/tether-agent and ./cmd/tether-relay of the main module into
 // .cache/charts-test (ignored by git), where go build leaves binaries that
 // are up to date alone: a warm run takes a second instead of a relink.
 func buildBinaries(t *testing.T) string {
@@ -72,11 +72,11 @@ func buildBinaries(t *testing.T) string {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goTool, "build", "-buildvcs=false", "-ldflags=-s -w", "-o", dir+string(filepath.Separator), "./cmd/agent", "./cmd/relay")
+	cmd := exec.CommandContext(ctx, goTool, "build", "-buildvcs=false", "-ldflags=-s -w", "-o", dir+string(filepath.Separator), "./cmd/tether-agent", "./cmd/tether-relay")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "GOWORK=off")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/agent ./cmd/relay: %v\n%s", err, out)
+		t.Fatalf("go build ./cmd/tether-agent ./cmd/tether-relay: %v\n%s", err, out)
 	}
 	return dir
 }

@@ -98,7 +98,7 @@ type tetherRelayReady struct {
 }
 
 // tetherRelayRole runs tether's relay: registry, router, the API (TLS) and
-// the agent endpoint (mutual TLS), as cmd/relay assembles them.
+// the agent endpoint (mutual TLS), as cmd/tether-relay assembles them.
 func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) error {
 	var args tetherRelayArgs
 	if err := json.Unmarshal(raw, &args); err != nil {
@@ -167,7 +167,7 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 		_ = agentL.Close()
 		return fmt.Errorf("tether-relay: listen for the API: %w", err)
 	}
-	// The API server as cmd/relay configures it.
+	// The API server as cmd/tether-relay configures it.
 	api := &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -321,7 +321,7 @@ func tetherAgentRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 	if err != nil {
 		return fmt.Errorf("tether-agent: target: %w", err)
 	}
-	// The transport cmd/agent builds for the API server.
+	// The transport cmd/tether-agent builds for the API server.
 	transport := &http.Transport{ForceAttemptHTTP2: false, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
 	flush := time.Duration(0)
 	if args.FlushEvery {
