@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
 )
@@ -77,6 +77,6 @@ func TestLoginCommandQuoted(t *testing.T) {
 // nobody refuses every token: GET /v1/login needs none.
 type nobody struct{}
 
-func (nobody) AuthenticateToken(context.Context, string) (impersonate.Result, error) {
-	return impersonate.Result{}, errors.New("no token is valid here")
+func (nobody) AuthenticateToken(context.Context, string) (identity.Result, error) {
+	return identity.Result{}, errors.New("no token is valid here")
 }

@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/tether-k8s/tether/core/clusterid"
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/relay"
 	"github.com/tether-k8s/tether/core/tunnel"
@@ -440,7 +440,7 @@ type tunnelInfo struct {
 // when it opened the request's tunnel, so a tunnel opened for one user
 // cannot carry another's requests past the relay's access policy. A
 // request on a tunnel whose user the relay did not name is refused.
-func AdmitTunnelUser(r *http.Request, id impersonate.Identity) error {
+func AdmitTunnelUser(r *http.Request, id identity.Identity) error {
 	t, _ := r.Context().Value(tunnelKey{}).(*tunnelInfo)
 	switch {
 	case t == nil || t.user == "":

@@ -26,7 +26,7 @@ import (
 	tokenunion "k8s.io/apiserver/pkg/authentication/token/union"
 	"k8s.io/apiserver/plugin/pkg/authenticator/token/oidc"
 
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 )
 
 // Extra keys the Authenticator adds.
@@ -99,7 +99,7 @@ type Config struct {
 }
 
 // Authenticator verifies bearer tokens. It implements
-// impersonate.Authenticator.
+// identity.Authenticator.
 type Authenticator struct {
 	cfg    Config
 	union  authenticator.Token
@@ -109,7 +109,7 @@ type Authenticator struct {
 	wg     sync.WaitGroup // the key sets' first fetches
 }
 
-var _ impersonate.Authenticator = (*Authenticator)(nil)
+var _ identity.Authenticator = (*Authenticator)(nil)
 
 // New validates the configuration and starts one JWT authenticator per
 // issuer. Issuers' discovery documents are fetched in the background until
@@ -227,22 +227,22 @@ func (a *Authenticator) WaitReady(ctx context.Context) error {
 	return nil
 }
 
-// AuthenticateToken implements impersonate.Authenticator. It never returns
+// AuthenticateToken implements identity.Authenticator. It never returns
 // Passthrough: service-account tokens are recognised elsewhere.
-func (a *Authenticator) AuthenticateToken(ctx context.Context, token string) (impersonate.Result, error) {
+func (a *Authenticator) AuthenticateToken(ctx context.Context, token string) (identity.Result, error) {
 	claims, err := a.precheck(token)
 	if err != nil {
-		return impersonate.Result{}, err
+		return identity.Result{}, err
 	}
 	resp, ok, err := a.union.AuthenticateToken(ctx, token)
 	if err != nil {
-		return impersonate.Result{}, fmt.Errorf("authn: %w", err)
+		return identity.Result{}, fmt.Errorf("authn: %w", err)
 	}
 	if !ok || resp == nil || resp.User == nil {
-		return impersonate.Result{}, fmt.Errorf("authn: %w (issuer %q)", ErrUnknownIssuer, truncate(claims.Issuer, 200))
+		return identity.Result{}, fmt.Errorf("authn: %w (issuer %q)", ErrUnknownIssuer, truncate(claims.Issuer, 200))
 	}
 	u := resp.User
-	id := impersonate.Identity{
+	id := identity.Identity{
 		User:   u.GetName(),
 		UID:    u.GetUID(),
 		Groups: append([]string(nil), u.GetGroups()...),
@@ -255,10 +255,10 @@ func (a *Authenticator) AuthenticateToken(ctx context.Context, token string) (im
 	if claims.Subject != "" {
 		id.Extra[ExtraSubject] = []string{claims.Subject}
 	}
-	if err := impersonate.ValidateIdentity(id, a.cfg.AllowSystemNames); err != nil {
-		return impersonate.Result{}, fmt.Errorf("authn: %w", err)
+	if err := identity.Validate(id, a.cfg.AllowSystemNames); err != nil {
+		return identity.Result{}, fmt.Errorf("authn: %w", err)
 	}
-	return impersonate.Result{Identity: id, Audiences: claims.Audience}, nil
+	return identity.Result{Identity: id, Audiences: claims.Audience}, nil
 }
 
 // tokenClaims are the claims read for the extras and the error messages.

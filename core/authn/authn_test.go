@@ -22,7 +22,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/tether-k8s/tether/core/authn"
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 )
 
 // issuer is an OpenID provider on 127.0.0.1: discovery and JWKS over TLS.
@@ -159,7 +159,7 @@ func TestValidToken(t *testing.T) {
 	if id.Extra[authn.ExtraIssuer][0] != is.srv.URL || id.Extra[authn.ExtraSubject][0] != "alice-sub" {
 		t.Fatalf("extras %v", id.Extra)
 	}
-	if err := impersonate.ValidateIdentity(id, false); err != nil {
+	if err := identity.Validate(id, false); err != nil {
 		t.Fatalf("the authenticator returned an identity impersonate refuses: %v", err)
 	}
 	if strings.Join(res.Audiences, ",") != "cluster-a" {
@@ -261,7 +261,7 @@ func TestSystemNamesAndManyGroups(t *testing.T) {
 	is := newIssuer(t)
 	noPrefix := newAuthn(t, configYAML(is, "cluster-a", ""))
 	masters := is.sign(t, is.claims("cluster-a", map[string]any{"groups": []string{"system:masters"}}))
-	if _, err := noPrefix.AuthenticateToken(t.Context(), masters); !errors.Is(err, impersonate.ErrUnsafeIdentity) {
+	if _, err := noPrefix.AuthenticateToken(t.Context(), masters); !errors.Is(err, identity.ErrUnsafe) {
 		t.Fatalf("groups claim system:masters with no prefix = %v, want refused", err)
 	}
 	allowing := newAuthn(t, configYAML(is, "cluster-a", ""), func(c *authn.Config) { c.AllowSystemNames = true })

@@ -12,7 +12,7 @@
 //   - refuses a token over Config.MaxTokenBytes, or one that is not three
 //     non-empty base64url segments, before any parsing (a token of many dots
 //     costs nothing);
-//   - refuses an identity that impersonate.ValidateIdentity would refuse:
+//   - refuses an identity that identity.Validate would refuse:
 //     control characters in names, and "system:" users or groups unless
 //     Config.AllowSystemNames;
 //   - adds the token's issuer and subject as the extras tether.io/issuer and

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 )
 
 // FuzzClaimMapping signs tokens with fuzzed claims and checks what the
@@ -56,7 +56,7 @@ func FuzzClaimMapping(f *testing.F) {
 		if got := id.Extra["example.com/repository"]; repo != "" && (len(got) != 1 || got[0] != repo) {
 			t.Fatalf("repository %q mapped to extra %q", repo, got)
 		}
-		if err := impersonate.ValidateIdentity(id, false); err != nil {
+		if err := identity.Validate(id, false); err != nil {
 			t.Fatalf("accepted an identity that is unsafe as headers: %v", err)
 		}
 		for _, s := range append([]string{id.User}, id.Groups...) {

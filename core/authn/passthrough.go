@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 )
 
 // ServiceAccountPassthrough returns an authenticator that recognises the
@@ -19,7 +19,7 @@ import (
 // the token is sent to the API server unchanged and unimpersonated: a forged
 // one is refused there, and a valid one grants exactly what it already
 // grants.
-func ServiceAccountPassthrough(issuers []string, maxTokenBytes int, next impersonate.Authenticator) impersonate.Authenticator {
+func ServiceAccountPassthrough(issuers []string, maxTokenBytes int, next identity.Authenticator) identity.Authenticator {
 	if maxTokenBytes <= 0 {
 		maxTokenBytes = DefaultMaxTokenBytes
 	}
@@ -29,20 +29,20 @@ func ServiceAccountPassthrough(issuers []string, maxTokenBytes int, next imperso
 type passthrough struct {
 	issuers []string
 	shape   *Authenticator // for precheck only
-	next    impersonate.Authenticator
+	next    identity.Authenticator
 }
 
-func (p *passthrough) AuthenticateToken(ctx context.Context, token string) (impersonate.Result, error) {
+func (p *passthrough) AuthenticateToken(ctx context.Context, token string) (identity.Result, error) {
 	claims, err := p.shape.precheck(token)
 	if err != nil {
-		return impersonate.Result{}, err
+		return identity.Result{}, err
 	}
 	if slices.Contains(p.issuers, claims.Issuer) {
 		sub := claims.Subject
 		if !strings.HasPrefix(sub, "system:serviceaccount:") {
-			return impersonate.Result{}, fmt.Errorf("authn: a token of the cluster's service-account issuer must name a service account, not %q", truncate(sub, 100))
+			return identity.Result{}, fmt.Errorf("authn: a token of the cluster's service-account issuer must name a service account, not %q", truncate(sub, 100))
 		}
-		return impersonate.Result{Passthrough: true, Identity: impersonate.Identity{User: sub}}, nil
+		return identity.Result{Passthrough: true, Identity: identity.Identity{User: sub}}, nil
 	}
 	return p.next.AuthenticateToken(ctx, token)
 }

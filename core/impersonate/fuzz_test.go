@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/impersonate"
 )
 
@@ -28,7 +29,7 @@ func FuzzIdentityHeaders(f *testing.F) {
 	f.Add("carol", "ops", "UPPER", "v")
 	f.Fuzz(func(t *testing.T, user, group, extraKey, extraVal string) {
 		var got *http.Request
-		authn := &fakeAuthn{identity: impersonate.Identity{
+		authn := &fakeAuthn{identity: identity.Identity{
 			User: user, Groups: []string{group}, Extra: map[string][]string{extraKey: {extraVal}},
 		}}
 		target, _ := url.Parse("http://apiserver.invalid")

@@ -17,38 +17,9 @@ import (
 	"time"
 
 	"github.com/tether-k8s/tether/core/copybuf"
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/kstatus"
 )
-
-// Identity is who the caller is, as the Authenticator established it.
-type Identity struct {
-	// User is the Kubernetes user name. Required.
-	User string
-	// UID is the user's unique ID; empty sends none.
-	UID string
-	// Groups are the user's groups.
-	Groups []string
-	// Extra holds extra attributes; keys must be lower case.
-	Extra map[string][]string
-}
-
-// Result is what an Authenticator decided about a token.
-type Result struct {
-	// Identity is the caller.
-	Identity Identity
-	// Passthrough means the token is a service-account token of this
-	// cluster: it is forwarded as it is and no one is impersonated.
-	Passthrough bool
-	// Audiences is the verified token's aud claim (OpenID tokens only),
-	// for a policy that binds a cluster to its own audience.
-	Audiences []string
-}
-
-// Authenticator validates a caller's bearer token. Its errors are shown to
-// the caller and logged, so they must not contain the token.
-type Authenticator interface {
-	AuthenticateToken(ctx context.Context, token string) (Result, error)
-}
 
 // Extra keys the handler adds to every impersonated request.
 const (
@@ -81,7 +52,7 @@ type Config struct {
 	// so a rotated token is picked up. Required.
 	Credential func(ctx context.Context) (string, error)
 	// Authenticator validates callers' tokens. Required.
-	Authenticator Authenticator
+	Authenticator identity.Authenticator
 	// AllowSystemNames lets identities have "system:" user and group names.
 	// False (the default) refuses them: a token issuer should not be able to
 	// name system:masters.
@@ -104,7 +75,7 @@ type Config struct {
 	// (403, with its error as the message) before anything is forwarded:
 	// the agent uses it to keep a tunnel to the user the relay admitted.
 	// It can only narrow access, never widen it.
-	Admit func(r *http.Request, id Identity) error
+	Admit func(r *http.Request, id identity.Identity) error
 	// RequestID, if not nil, names each request for the audit lines and
 	// the tether.io/request-id extra (the agent derives it from the
 	// relay's tunnel ID, so the relay's, the agent's and the API server's
@@ -203,7 +174,7 @@ func orDiscard(l *slog.Logger) *slog.Logger {
 // applies it. Rewrite cannot fail, so every decision is made before.
 type plan struct {
 	authorization string
-	identity      *Identity // nil in passthrough mode
+	as            *identity.Identity // nil in passthrough mode
 }
 
 type planKey struct{}
@@ -242,34 +213,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.proxy.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), planKey{}, p)))
 	h.observe(rec.status(), false)
 	h.audit.Info("impersonate: request",
-		"requestID", reqID, "user", who.User, "groups", len(who.Groups), "impersonated", p.identity != nil,
+		"requestID", reqID, "user", who.User, "groups", len(who.Groups), "impersonated", p.as != nil,
 		"verb", r.Method, "path", r.URL.Path, "status", rec.status(), "bytes", rec.bytes,
 		"durationMs", time.Since(start).Milliseconds(), "client", r.RemoteAddr)
 }
 
 // decide checks the request and returns the plan for forwarding it, the
 // caller's identity, or why it is refused.
-func (h *Handler) decide(r *http.Request, reqID string) (*plan, Identity, *refusal) {
+func (h *Handler) decide(r *http.Request, reqID string) (*plan, identity.Identity, *refusal) {
 	if ref := checkHeaders(r); ref != nil {
-		return nil, Identity{}, ref
+		return nil, identity.Identity{}, ref
 	}
 	if ref := checkUpgrade(r); ref != nil {
-		return nil, Identity{}, ref
+		return nil, identity.Identity{}, ref
 	}
 	token, ref := h.bearerToken(r.Header)
 	if ref != nil {
-		return nil, Identity{}, ref
+		return nil, identity.Identity{}, ref
 	}
 	res, err := h.cfg.Authenticator.AuthenticateToken(r.Context(), token)
 	if err != nil {
 		msg := strings.ReplaceAll(err.Error(), token, "<token>")
-		return nil, Identity{}, refuse(http.StatusUnauthorized, kstatus.ReasonUnauthorized, "the bearer token was refused: %s", msg)
+		return nil, identity.Identity{}, refuse(http.StatusUnauthorized, kstatus.ReasonUnauthorized, "the bearer token was refused: %s", msg)
 	}
 	if res.Passthrough {
 		return &plan{authorization: "Bearer " + token}, res.Identity, nil
 	}
 	id := res.Identity
-	if err := ValidateIdentity(id, h.cfg.AllowSystemNames); err != nil {
+	if err := identity.Validate(id, h.cfg.AllowSystemNames); err != nil {
 		return nil, id, refuse(http.StatusForbidden, kstatus.ReasonForbidden, "%v", err)
 	}
 	if h.cfg.Admit != nil {
@@ -289,7 +260,7 @@ func (h *Handler) decide(r *http.Request, reqID string) (*plan, Identity, *refus
 	}
 	out.Extra[ExtraRequestID] = []string{reqID}
 	out.Extra[ExtraClientAddress] = []string{r.RemoteAddr}
-	return &plan{authorization: "Bearer " + cred, identity: &out}, id, nil
+	return &plan{authorization: "Bearer " + cred, as: &out}, id, nil
 }
 
 // connectionTokensAllowed are the only tokens a Connection header may list.
@@ -405,61 +376,6 @@ func (h *Handler) bearerToken(hdr http.Header) (string, *refusal) {
 	return token, nil
 }
 
-// ErrUnsafeIdentity is wrapped by ValidateIdentity's errors.
-var ErrUnsafeIdentity = errors.New("identity cannot be impersonated safely")
-
-// ValidateIdentity reports why id cannot be sent as impersonation headers:
-// no user, a control character in any name, an extra key not in lower case,
-// or (unless allowSystem) a "system:" user or group. Authenticators call it
-// too, so that they never return an identity this handler would refuse.
-func ValidateIdentity(id Identity, allowSystem bool) error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrUnsafeIdentity, fmt.Sprintf(format, args...))
-	}
-	if id.User == "" {
-		return bad("the token maps to no user name")
-	}
-	if badHeaderValue(id.User) {
-		return bad("the user name contains a control character (CR, LF, NUL...)")
-	}
-	if badHeaderValue(id.UID) {
-		return bad("the UID contains a control character (CR, LF, NUL...)")
-	}
-	if !allowSystem && strings.HasPrefix(id.User, "system:") {
-		return bad("the user name %q is reserved (system:); configure a username prefix for the issuer", truncate(id.User, 100))
-	}
-	for _, g := range id.Groups {
-		if badHeaderValue(g) || g == "" {
-			return bad("a group name is empty or contains a control character (CR, LF, NUL...)")
-		}
-		if !allowSystem && strings.HasPrefix(g, "system:") {
-			return bad("the group name %q is reserved (system:); configure a groups prefix for the issuer", truncate(g, 100))
-		}
-	}
-	for k, vs := range id.Extra {
-		if k == "" || k != strings.ToLower(k) || badHeaderValue(k) {
-			return bad("an extra key is empty, not lower case, or contains a control character")
-		}
-		for _, v := range vs {
-			if badHeaderValue(v) {
-				return bad("the value of extra %q contains a control character (CR, LF, NUL...)", truncate(k, 100))
-			}
-		}
-	}
-	return nil
-}
-
-// badHeaderValue reports whether s holds a control character (CR, LF and
-// NUL among them), which a header value must not carry.
-func badHeaderValue(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < ' ' || s[i] == 0x7f {
-			return true
-		}
-	}
-	return false
-}
-
 // escapeExtraKey percent-encodes every byte of an extra key that may not
 // appear in a header name, and '%' itself, so that kube-apiserver's decoding
 // (lower-case, then path-unescape) gives the key back.
@@ -510,7 +426,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 		return
 	}
 	out.Set("Authorization", p.authorization)
-	if id := p.identity; id != nil {
+	if id := p.as; id != nil {
 		out.Set("Impersonate-User", id.User)
 		if id.UID != "" {
 			out.Set("Impersonate-Uid", id.UID)

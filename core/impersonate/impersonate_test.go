@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/impersonate"
 )
 
@@ -107,19 +108,19 @@ func (u *upstream) received() []*http.Request {
 // fakeAuthn accepts callerToken as alice and saToken as a service-account
 // token to pass through; it can be told to return a given identity.
 type fakeAuthn struct {
-	identity impersonate.Identity
+	identity identity.Identity
 	calls    atomic.Int32
 }
 
-func (a *fakeAuthn) AuthenticateToken(_ context.Context, token string) (impersonate.Result, error) {
+func (a *fakeAuthn) AuthenticateToken(_ context.Context, token string) (identity.Result, error) {
 	a.calls.Add(1)
 	switch token {
 	case callerToken:
-		return impersonate.Result{Identity: a.identity}, nil
+		return identity.Result{Identity: a.identity}, nil
 	case saToken:
-		return impersonate.Result{Passthrough: true, Identity: impersonate.Identity{User: "system:serviceaccount:ns:deployer"}}, nil
+		return identity.Result{Passthrough: true, Identity: identity.Identity{User: "system:serviceaccount:ns:deployer"}}, nil
 	}
-	return impersonate.Result{}, errors.New("oidc: token is expired")
+	return identity.Result{}, errors.New("oidc: token is expired")
 }
 
 type harness struct {
@@ -133,7 +134,7 @@ func newHarness(t *testing.T, mutate ...func(*impersonate.Config)) *harness {
 	t.Helper()
 	h := &harness{
 		up: newUpstream(t),
-		authn: &fakeAuthn{identity: impersonate.Identity{
+		authn: &fakeAuthn{identity: identity.Identity{
 			User: "alice@example.com", UID: "u-123", Groups: []string{"dev", "oncall"},
 			Extra: map[string][]string{"tether.io/issuer": {"https://issuer.example"}},
 		}},
@@ -299,23 +300,23 @@ func TestRefusals(t *testing.T) {
 func TestIdentityFailsClosed(t *testing.T) {
 	tests := []struct {
 		name  string
-		id    impersonate.Identity
+		id    identity.Identity
 		allow bool
 		want  string
 	}{
-		{"empty user", impersonate.Identity{}, false, "no user name"},
-		{"CR LF in user", impersonate.Identity{User: "alice\r\nImpersonate-Group: system:masters"}, false, "user"},
-		{"tab in user", impersonate.Identity{User: "al\tice"}, false, "user"},
-		{"extra key needing percent-encoding", impersonate.Identity{User: "alice", Extra: map[string][]string{"example.com/a b(c)%": {"v"}}}, false, ""},
-		{"NUL in group", impersonate.Identity{User: "alice", Groups: []string{"dev\x00"}}, false, "group"},
-		{"LF in UID", impersonate.Identity{User: "alice", UID: "1\n2"}, false, "UID"},
-		{"CR in extra value", impersonate.Identity{User: "alice", Extra: map[string][]string{"k": {"v\r"}}}, false, "extra"},
-		{"empty extra key", impersonate.Identity{User: "alice", Extra: map[string][]string{"": {"v"}}}, false, "extra"},
-		{"system:masters group", impersonate.Identity{User: "alice", Groups: []string{"system:masters"}}, false, "system:"},
-		{"system:anonymous user", impersonate.Identity{User: "system:anonymous"}, false, "system:"},
-		{"system:serviceaccount user", impersonate.Identity{User: "system:serviceaccount:kube-system:admin"}, false, "system:"},
-		{"1,000 groups are fine", impersonate.Identity{User: "alice", Groups: manyGroups(1000)}, false, ""},
-		{"system: allowed when configured", impersonate.Identity{User: "system:admin"}, true, ""},
+		{"empty user", identity.Identity{}, false, "no user name"},
+		{"CR LF in user", identity.Identity{User: "alice\r\nImpersonate-Group: system:masters"}, false, "user"},
+		{"tab in user", identity.Identity{User: "al\tice"}, false, "user"},
+		{"extra key needing percent-encoding", identity.Identity{User: "alice", Extra: map[string][]string{"example.com/a b(c)%": {"v"}}}, false, ""},
+		{"NUL in group", identity.Identity{User: "alice", Groups: []string{"dev\x00"}}, false, "group"},
+		{"LF in UID", identity.Identity{User: "alice", UID: "1\n2"}, false, "UID"},
+		{"CR in extra value", identity.Identity{User: "alice", Extra: map[string][]string{"k": {"v\r"}}}, false, "extra"},
+		{"empty extra key", identity.Identity{User: "alice", Extra: map[string][]string{"": {"v"}}}, false, "extra"},
+		{"system:masters group", identity.Identity{User: "alice", Groups: []string{"system:masters"}}, false, "system:"},
+		{"system:anonymous user", identity.Identity{User: "system:anonymous"}, false, "system:"},
+		{"system:serviceaccount user", identity.Identity{User: "system:serviceaccount:kube-system:admin"}, false, "system:"},
+		{"1,000 groups are fine", identity.Identity{User: "alice", Groups: manyGroups(1000)}, false, ""},
+		{"system: allowed when configured", identity.Identity{User: "system:admin"}, true, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -567,7 +568,7 @@ func TestConfigValidate(t *testing.T) {
 func TestAdmitNarrowsWhoMayUseTheConnection(t *testing.T) {
 	var calls atomic.Int32
 	h := newHarness(t, func(c *impersonate.Config) {
-		c.Admit = func(_ *http.Request, id impersonate.Identity) error {
+		c.Admit = func(_ *http.Request, id identity.Identity) error {
 			calls.Add(1)
 			if id.User != "tunnel-owner" {
 				return fmt.Errorf("this tunnel was opened for tunnel-owner, not %s", id.User)

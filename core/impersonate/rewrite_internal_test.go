@@ -7,11 +7,15 @@ import (
 	"net/url"
 	"sync/atomic"
 	"testing"
+
+	"github.com/tether-k8s/tether/core/identity"
 )
 
 type refuseAll struct{}
 
-func (refuseAll) AuthenticateToken(context.Context, string) (Result, error) { return Result{}, nil }
+func (refuseAll) AuthenticateToken(context.Context, string) (identity.Result, error) {
+	return identity.Result{}, nil
+}
 
 // TestRewriteWithoutAPlanSendsNothing: a request that reaches the reverse
 // proxy without ServeHTTP's decision must not go to the API server at all;

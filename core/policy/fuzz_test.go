@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/policy"
 )
 
@@ -26,7 +26,7 @@ func FuzzCheck(f *testing.F) {
 	f.Add("u", "g", "k", "v", `1`)
 	f.Add("u", "g", "k", "v", `user.groups.map(g, g + g).size() > 0 || true`)
 	f.Fuzz(func(t *testing.T, user, group, key, value, rule string) {
-		id := impersonate.Identity{User: user, Groups: []string{group}, Extra: map[string][]string{key: {value}}}
+		id := identity.Identity{User: user, Groups: []string{group}, Extra: map[string][]string{key: {value}}}
 
 		if d, _ := policy.Check(policy.Policy{}, id); d.Allowed {
 			t.Fatal("the empty policy admitted someone")

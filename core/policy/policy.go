@@ -8,8 +8,7 @@ import (
 	"sync"
 
 	"github.com/google/cel-go/cel"
-
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 )
 
 // ErrInvalid is wrapped by every error Validate returns.
@@ -117,7 +116,7 @@ type Decision struct {
 
 // Check decides whether p admits id. Rule errors count as false and are
 // returned joined, for the log (the caller is refused either way).
-func Check(p Policy, id impersonate.Identity) (Decision, error) {
+func Check(p Policy, id identity.Identity) (Decision, error) {
 	if slices.Contains(p.Users, id.User) {
 		return Decision{Allowed: true, Why: "user " + id.User}, nil
 	}

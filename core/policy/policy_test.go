@@ -4,18 +4,18 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/policy"
 )
 
 func TestCheck(t *testing.T) {
-	alice := impersonate.Identity{User: "oidc:alice", Groups: []string{"oidc:dev"}}
-	ci := impersonate.Identity{User: "oidc:repo:org/app", Extra: map[string][]string{"example.com/repository": {"org/app"}, "example.com/environment": {"prod"}}}
+	alice := identity.Identity{User: "oidc:alice", Groups: []string{"oidc:dev"}}
+	ci := identity.Identity{User: "oidc:repo:org/app", Extra: map[string][]string{"example.com/repository": {"org/app"}, "example.com/environment": {"prod"}}}
 	repoRule := `"example.com/repository" in user.extra && user.extra["example.com/repository"][0] == "org/app"`
 	tests := []struct {
 		name  string
 		p     policy.Policy
-		id    impersonate.Identity
+		id    identity.Identity
 		allow bool
 		why   string
 	}{

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tether-k8s/tether/core/agent"
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/impersonate"
 	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/proxy"
@@ -33,22 +34,22 @@ import (
 
 const callerToken = "caller-token-0123456789abcdef"
 
-type authnFunc func(string) (impersonate.Result, error)
+type authnFunc func(string) (identity.Result, error)
 
-func (f authnFunc) AuthenticateToken(_ context.Context, t string) (impersonate.Result, error) {
+func (f authnFunc) AuthenticateToken(_ context.Context, t string) (identity.Result, error) {
 	return f(t)
 }
 
 const bobToken = "bob-token-0123456789abcdef"
 
-var callers = authnFunc(func(t string) (impersonate.Result, error) {
+var callers = authnFunc(func(t string) (identity.Result, error) {
 	switch t {
 	case callerToken:
-		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}}, nil
+		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}}, nil
 	case bobToken:
-		return impersonate.Result{Identity: impersonate.Identity{User: "bob", Groups: []string{"dev"}}}, nil
+		return identity.Result{Identity: identity.Identity{User: "bob", Groups: []string{"dev"}}}, nil
 	}
-	return impersonate.Result{}, errors.New("unknown token")
+	return identity.Result{}, errors.New("unknown token")
 })
 
 // path is the whole data path in one process: a stand-in API server, an

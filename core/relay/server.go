@@ -23,7 +23,7 @@ import (
 
 	"github.com/tether-k8s/tether/core/clusterid"
 	"github.com/tether-k8s/tether/core/copybuf"
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
@@ -50,7 +50,7 @@ type ServerConfig struct {
 	Router *Router
 	// Authenticator checks callers' tokens before a tunnel opens. The agent
 	// checks them again, itself, on every request. Required.
-	Authenticator impersonate.Authenticator
+	Authenticator identity.Authenticator
 	// RelayID names this replica in Welcome frames and logs. Zero means
 	// "relay".
 	RelayID string
@@ -258,7 +258,7 @@ type ClusterInfo struct {
 // in the path and the cluster's access policy, and returns the cluster, the
 // caller and the token. It writes the refusal itself, counts it with count
 // (a result label) and returns ok=false.
-func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(result string)) (id string, who impersonate.Identity, token string, ok bool) {
+func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(result string)) (id string, who identity.Identity, token string, ok bool) {
 	id = r.PathValue("id")
 	if err := clusterid.Validate(id); err != nil {
 		count(ResultBadRequest)

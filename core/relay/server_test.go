@@ -24,7 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
@@ -47,20 +47,20 @@ const (
 
 type tokenAuthn struct{}
 
-func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (impersonate.Result, error) {
+func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (identity.Result, error) {
 	switch tok {
 	case goodToken, refreshedToken:
-		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
+		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
 	case bobToken:
-		return impersonate.Result{Identity: impersonate.Identity{User: "bob", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
+		return identity.Result{Identity: identity.Identity{User: "bob", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
 	case adminToken:
-		return impersonate.Result{Identity: impersonate.Identity{User: "root", Groups: []string{"ops", "relay-admins"}}}, nil
+		return identity.Result{Identity: identity.Identity{User: "root", Groups: []string{"ops", "relay-admins"}}}, nil
 	case audToken:
-		return impersonate.Result{Identity: impersonate.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether:strict"}}, nil
+		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether:strict"}}, nil
 	case outsiderToken:
-		return impersonate.Result{Identity: impersonate.Identity{User: "mallory", Groups: []string{"contractors"}}}, nil
+		return identity.Result{Identity: identity.Identity{User: "mallory", Groups: []string{"contractors"}}}, nil
 	}
-	return impersonate.Result{}, errors.New("oidc: token is expired")
+	return identity.Result{}, errors.New("oidc: token is expired")
 }
 
 // create creates a cluster that grants group dev (alice), and returns its

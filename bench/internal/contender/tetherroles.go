@@ -24,6 +24,7 @@ import (
 
 	"github.com/tether-k8s/tether/bench/internal/node"
 	"github.com/tether-k8s/tether/core/agent"
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/impersonate"
 	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/proxy"
@@ -40,12 +41,12 @@ const callerToken = "bench-caller-token-0123456789abcdef"
 // staticAuthn accepts callerToken as user "bench".
 type staticAuthn struct{}
 
-// AuthenticateToken implements impersonate.Authenticator.
-func (staticAuthn) AuthenticateToken(_ context.Context, t string) (impersonate.Result, error) {
+// AuthenticateToken implements identity.Authenticator.
+func (staticAuthn) AuthenticateToken(_ context.Context, t string) (identity.Result, error) {
 	if t != callerToken {
-		return impersonate.Result{}, errors.New("unknown token")
+		return identity.Result{}, errors.New("unknown token")
 	}
-	return impersonate.Result{Identity: impersonate.Identity{User: "bench", Groups: []string{"bench"}}}, nil
+	return identity.Result{Identity: identity.Identity{User: "bench", Groups: []string{"bench"}}}, nil
 }
 
 // countHandler is an slog.Handler that only counts records: the relay's
