@@ -12,7 +12,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/clustercert"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
 
@@ -26,7 +26,7 @@ func (a *Agent) useCert(cert tls.Certificate) error {
 		}
 		cert.Leaf = leaf
 	}
-	id, err := registry.ClusterIDFromCert(cert.Leaf)
+	id, err := clustercert.ClusterID(cert.Leaf)
 	if err != nil {
 		return fmt.Errorf("agent: the credential names no cluster: %w", err)
 	}

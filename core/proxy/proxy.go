@@ -26,10 +26,10 @@ import (
 
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/tether-k8s/tether/core/clustercert"
 	"github.com/tether-k8s/tether/core/clusterid"
 	"github.com/tether-k8s/tether/core/copybuf"
 	"github.com/tether-k8s/tether/core/kstatus"
-	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
 )
 
@@ -52,7 +52,7 @@ const (
 // relay connected it to the agent of another cluster than the one it asked
 // for (the agent's certificate names it): a routing bug that the proxy's
 // end-to-end TLS stops. The simulator looks for it.
-const WrongAgentMessage = registry.WrongAgentMessage
+const WrongAgentMessage = clustercert.WrongAgentMessage
 
 // Config configures a Proxy.
 type Config struct {
@@ -490,7 +490,7 @@ func (p *Proxy) dialCluster(ctx context.Context, tok string) (net.Conn, error) {
 	}
 	// The agent's certificate is its cluster credential: verified against
 	// the cluster CA and the requested cluster, not a host name.
-	agent := tls.Client(conn, registry.AgentClientTLS(p.clusterCA, p.cfg.Cluster))
+	agent := tls.Client(conn, clustercert.AgentClientTLS(p.clusterCA, p.cfg.Cluster))
 	if err := agent.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
 		return nil, fmt.Errorf("TLS to the cluster's agent: %w", err)
@@ -499,9 +499,9 @@ func (p *Proxy) dialCluster(ctx context.Context, tok string) (net.Conn, error) {
 }
 
 // verifyAgent accepts only a certificate that chains to the relay's cluster
-// CA and names the requested cluster (registry.VerifyAgent).
+// CA and names the requested cluster (clustercert.VerifyAgent).
 func (p *Proxy) verifyAgent(cs tls.ConnectionState) error {
-	return registry.VerifyAgent(p.clusterCA, p.cfg.Cluster, cs.PeerCertificates)
+	return clustercert.VerifyAgent(p.clusterCA, p.cfg.Cluster, cs.PeerCertificates)
 }
 
 // forwardError answers kubectl when the cluster could not be reached.

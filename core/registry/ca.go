@@ -13,23 +13,14 @@ import (
 	"fmt"
 	"math/big"
 	"net/url"
-	"strings"
 	"time"
 
-	"github.com/tether-k8s/tether/core/clusterid"
+	"github.com/tether-k8s/tether/core/clustercert"
 )
 
 // ErrBadCSR is wrapped by Join and Renew when the certificate signing request
 // is malformed, badly signed or uses a weak key.
 var ErrBadCSR = errors.New("bad certificate signing request")
-
-// ErrNotClusterCredential is wrapped by ClusterIDFromCert when a certificate
-// does not name exactly one valid cluster.
-var ErrNotClusterCredential = errors.New("not a tether cluster credential")
-
-// clusterURIPrefix starts the one URI SAN of a cluster credential; the
-// cluster ID follows it.
-const clusterURIPrefix = "tether://cluster/"
 
 // maxCSRBytes bounds the CSR accepted from an agent.
 const maxCSRBytes = 16 << 10
@@ -91,7 +82,7 @@ func loadAuthority(certDER, keyDER []byte) (*authority, error) {
 
 // sign issues a client certificate for clusterID to the key in csr.
 func (a *authority) sign(clusterID string, csr *x509.CertificateRequest, serial *big.Int, notBefore, notAfter time.Time) ([]byte, error) {
-	u, err := url.Parse(clusterURIPrefix + clusterID)
+	u, err := clustercert.URI(clusterID)
 	if err != nil {
 		return nil, fmt.Errorf("registry: cluster URI: %w", err)
 	}
@@ -139,31 +130,6 @@ func parseCSR(der []byte) (*x509.CertificateRequest, error) {
 		return nil, fmt.Errorf("%w: unsupported key type %T", ErrBadCSR, k)
 	}
 	return csr, nil
-}
-
-// ClusterIDFromCert returns the cluster a credential names: its one URI SAN
-// tether://cluster/ID, whose ID must be valid and equal the subject's common
-// name. It checks nothing about the signature or validity period; the TLS
-// handshake (against the registry's CA) and VerifyPeer do.
-func ClusterIDFromCert(cert *x509.Certificate) (string, error) {
-	if cert == nil {
-		return "", fmt.Errorf("%w: no certificate", ErrNotClusterCredential)
-	}
-	if len(cert.URIs) != 1 {
-		return "", fmt.Errorf("%w: %d URI SANs, want exactly 1", ErrNotClusterCredential, len(cert.URIs))
-	}
-	raw := cert.URIs[0].String()
-	id, ok := strings.CutPrefix(raw, clusterURIPrefix)
-	if !ok {
-		return "", fmt.Errorf("%w: URI SAN %q does not start with %s", ErrNotClusterCredential, raw, clusterURIPrefix)
-	}
-	if err := clusterid.Validate(id); err != nil {
-		return "", fmt.Errorf("%w: %w", ErrNotClusterCredential, err)
-	}
-	if cert.Subject.CommonName != id {
-		return "", fmt.Errorf("%w: common name %q differs from URI SAN cluster %q", ErrNotClusterCredential, cert.Subject.CommonName, id)
-	}
-	return id, nil
 }
 
 func randomSerial() (*big.Int, error) {

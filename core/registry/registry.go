@@ -22,6 +22,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/tether-k8s/tether/core/clustercert"
 	"github.com/tether-k8s/tether/core/clusterid"
 	"github.com/tether-k8s/tether/core/policy"
 )
@@ -478,7 +479,7 @@ func (r *Registry) Renew(current *x509.Certificate, csrDER []byte) (Credential, 
 // serial the cluster no longer lists (rotated, deleted, superseded) or that
 // has expired.
 func (r *Registry) VerifyPeer(cert *x509.Certificate) (string, error) {
-	id, err := ClusterIDFromCert(cert)
+	id, err := clustercert.ClusterID(cert)
 	if err != nil {
 		return "", err
 	}

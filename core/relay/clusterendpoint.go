@@ -19,9 +19,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tether-k8s/tether/core/clustercert"
 	"github.com/tether-k8s/tether/core/copybuf"
 	"github.com/tether-k8s/tether/core/kstatus"
-	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
 
@@ -272,7 +272,7 @@ func (e *clusterEndpoint) dialAgent(ctx context.Context, _, _ string) (net.Conn,
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(st, registry.AgentClientTLS(e.ca, c.cluster))
+	tc := tls.Client(st, clustercert.AgentClientTLS(e.ca, c.cluster))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = st.Close()
 		return nil, &AgentTLSError{Cluster: c.cluster, Err: err}

@@ -7,7 +7,7 @@
 // for kubeconfigs with no local tether-proxy: there the relay terminates the
 // caller's TLS, refuses Impersonate-* headers, and reverse-proxies each
 // request over TLS to one of the cluster's agents, whose certificate it
-// verifies as tether-proxy does (registry.AgentClientTLS). The agent still
+// verifies as tether-proxy does (clustercert.AgentClientTLS). The agent still
 // authenticates the caller's token itself; the relay sees the requests in
 // clear, which is that mode's trade-off.
 //

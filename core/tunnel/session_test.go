@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/tether-k8s/tether/core/clustercert"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/tunnel"
 	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
@@ -78,7 +79,7 @@ var hello = tunnel.Hello{Cluster: "prod", Agent: "agent-0", Slot: 0, Software: "
 // certificate (when there is one).
 func acceptAll(_ context.Context, h *tunnel.Hello, st tls.ConnectionState) error {
 	if len(st.PeerCertificates) > 0 {
-		id, err := registry.ClusterIDFromCert(st.PeerCertificates[0])
+		id, err := clustercert.ClusterID(st.PeerCertificates[0])
 		if err != nil {
 			return err
 		}

@@ -1,10 +1,14 @@
-package registry
+package clustercert
 
 import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/tether-k8s/tether/core/clusterid"
 )
 
 // WrongAgentMessage starts the error VerifyAgent returns when the peer is
@@ -45,7 +49,7 @@ func VerifyAgent(roots *x509.CertPool, cluster string, chain []*x509.Certificate
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return fmt.Errorf("the agent's certificate is not from the relay's cluster CA: %w", err)
 	}
-	id, err := ClusterIDFromCert(leaf)
+	id, err := ClusterID(leaf)
 	if err != nil {
 		return err
 	}
@@ -53,4 +57,47 @@ func VerifyAgent(roots *x509.CertPool, cluster string, chain []*x509.Certificate
 		return fmt.Errorf("%s %s, not %s: refusing", WrongAgentMessage, id, cluster)
 	}
 	return nil
+}
+
+// ErrNotClusterCredential is wrapped by ClusterID when a certificate does
+// not name exactly one valid cluster.
+var ErrNotClusterCredential = errors.New("not a tether cluster credential")
+
+// URIPrefix starts the one URI SAN of a cluster credential; the cluster ID
+// follows it.
+const URIPrefix = "tether://cluster/"
+
+// URI returns the URI SAN a credential for cluster id carries. It refuses an
+// invalid cluster ID.
+func URI(id string) (*url.URL, error) {
+	if err := clusterid.Validate(id); err != nil {
+		return nil, fmt.Errorf("clustercert: %w", err)
+	}
+	return url.Parse(URIPrefix + id)
+}
+
+// ClusterID returns the cluster a credential names: its one URI SAN
+// tether://cluster/ID, whose ID must be valid and equal the subject's common
+// name. It checks nothing about the signature or validity period: the TLS
+// handshake (against the relay's CA) and the relay's registry do, and
+// VerifyAgent does for callers.
+func ClusterID(cert *x509.Certificate) (string, error) {
+	if cert == nil {
+		return "", fmt.Errorf("%w: no certificate", ErrNotClusterCredential)
+	}
+	if len(cert.URIs) != 1 {
+		return "", fmt.Errorf("%w: %d URI SANs, want exactly 1", ErrNotClusterCredential, len(cert.URIs))
+	}
+	raw := cert.URIs[0].String()
+	id, ok := strings.CutPrefix(raw, URIPrefix)
+	if !ok {
+		return "", fmt.Errorf("%w: URI SAN %q does not start with %s", ErrNotClusterCredential, raw, URIPrefix)
+	}
+	if err := clusterid.Validate(id); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrNotClusterCredential, err)
+	}
+	if cert.Subject.CommonName != id {
+		return "", fmt.Errorf("%w: common name %q differs from URI SAN cluster %q", ErrNotClusterCredential, cert.Subject.CommonName, id)
+	}
+	return id, nil
 }
