@@ -158,6 +158,7 @@ func TestVerifyAgent(t *testing.T) {
 // FuzzClusterID signs certificates with fuzzed common names and URI SANs:
 // ClusterID accepts only the one shape a credential has, and then gives a
 // valid cluster ID equal to both.
+//
 //tether:fuzztime 20000x
 func FuzzClusterID(f *testing.F) {
 	c := newCA(f)
