@@ -19,7 +19,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
-	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/fixtures/cluster"
 	"github.com/tether-k8s/tether/fixtures/issuer"
 	"github.com/tether-k8s/tether/fixtures/stack"
@@ -98,7 +98,7 @@ func agentTunnel(ctx context.Context, token string) *http.Client {
 	Expect(err).NotTo(HaveOccurred())
 	toRelay := tls.Client(tcp, &tls.Config{RootCAs: roots, ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}})
 	Expect(toRelay.HandshakeContext(ctx)).To(Succeed())
-	conn, err := relay.DialTunnel(toRelay, u.Host, lc.Name(), token)
+	conn, err := relayapi.DialTunnel(toRelay, u.Host, lc.Name(), token)
 	Expect(err).NotTo(HaveOccurred(), "the relay admits the tunnel's own token")
 	toAgent := tls.Client(conn, &tls.Config{NextProtos: []string{"http/1.1"}, InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {

@@ -24,7 +24,7 @@ import (
 	"github.com/tether-k8s/tether/core/agent"
 	"github.com/tether-k8s/tether/core/authn"
 	"github.com/tether-k8s/tether/core/impersonate"
-	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
 
@@ -109,7 +109,7 @@ func (o *options) run(parent context.Context) error {
 	switch o.transport {
 	case "tcp":
 	case "websocket":
-		wsURL = "wss://" + relayURL.Host + relay.AgentWebSocketPath
+		wsURL = "wss://" + relayURL.Host + relayapi.AgentWebSocketPath
 	default:
 		return fmt.Errorf("--relay-transport %q: want tcp or websocket", o.transport)
 	}

@@ -21,7 +21,7 @@ import (
 
 	"github.com/tether-k8s/tether/cmd/internal/cli"
 	"github.com/tether-k8s/tether/core/clusterid"
-	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 )
 
 // execAPIVersion is the exec credential API kubectl and tether-proxy token
@@ -251,7 +251,7 @@ func (o *endpointOptions) writeKubeconfig(out io.Writer) error {
 	if path == "" {
 		path = defaultKubeconfig()
 	}
-	server := strings.TrimSuffix(o.relayURL, "/") + fmt.Sprintf(relay.ClusterEndpointPath, o.cluster)
+	server := strings.TrimSuffix(o.relayURL, "/") + fmt.Sprintf(relayapi.ClusterEndpointPath, o.cluster)
 
 	kc, err := clientcmd.LoadFromFile(path)
 	if errors.Is(err, os.ErrNotExist) {

@@ -20,7 +20,7 @@ import (
 	"github.com/tether-k8s/tether/cmd/internal/cli"
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/login"
-	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 )
 
 // loginOptions say where to log in: the relay's published settings, or
@@ -43,8 +43,8 @@ func (o *loginOptions) add(fs *pflag.FlagSet) {
 
 // settings returns the issuer and client ID: the flags, completed from
 // the relay's GET /v1/login.
-func (o *loginOptions) settings(ctx context.Context) (relay.LoginSettings, error) {
-	s := relay.LoginSettings{Issuer: o.issuer, ClientID: o.clientID}
+func (o *loginOptions) settings(ctx context.Context) (relayapi.LoginSettings, error) {
+	s := relayapi.LoginSettings{Issuer: o.issuer, ClientID: o.clientID}
 	if s.Issuer != "" && s.ClientID != "" {
 		return s, nil
 	}
@@ -62,7 +62,7 @@ func (o *loginOptions) settings(ctx context.Context) (relay.LoginSettings, error
 	tc.MinVersion = tls.VersionTLS12
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tc}}
 	defer hc.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(o.relayURL, "/")+relay.LoginPath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(o.relayURL, "/")+relayapi.LoginPath, nil)
 	if err != nil {
 		return s, fmt.Errorf("--relay %s: %w", o.relayURL, err)
 	}
@@ -76,9 +76,9 @@ func (o *loginOptions) settings(ctx context.Context) (relay.LoginSettings, error
 		if st, ok := kstatus.Decode(body); ok {
 			return s, fmt.Errorf("the relay at %s: %s", o.relayURL, st.Message)
 		}
-		return s, fmt.Errorf("the relay at %s answered %s to GET %s", o.relayURL, resp.Status, relay.LoginPath)
+		return s, fmt.Errorf("the relay at %s answered %s to GET %s", o.relayURL, resp.Status, relayapi.LoginPath)
 	}
-	var pub relay.LoginSettings
+	var pub relayapi.LoginSettings
 	if err := json.Unmarshal(body, &pub); err != nil {
 		return s, fmt.Errorf("the relay's login settings: %w", err)
 	}

@@ -13,11 +13,12 @@ import (
 	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 )
 
 // relayWithLogin serves a real relay handler publishing l, over TLS, and
 // returns its URL and a file holding its CA.
-func relayWithLogin(t *testing.T, l relay.LoginSettings) (string, string) {
+func relayWithLogin(t *testing.T, l relayapi.LoginSettings) (string, string) {
 	t.Helper()
 	reg, err := registry.Open(registry.Config{Path: filepath.Join(t.TempDir(), "reg.db")})
 	if err != nil {
@@ -40,7 +41,7 @@ func relayWithLogin(t *testing.T, l relay.LoginSettings) (string, string) {
 }
 
 func TestLoginSettingsFromTheRelay(t *testing.T) {
-	published := relay.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}
+	published := relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}
 	u, ca := relayWithLogin(t, published)
 	o := &loginOptions{relayURL: u, relayCA: ca}
 	got, err := o.settings(context.Background())
@@ -56,7 +57,7 @@ func TestLoginSettingsFromTheRelay(t *testing.T) {
 		t.Fatal("a relay with an unknown CA was trusted")
 	}
 
-	u, ca = relayWithLogin(t, relay.LoginSettings{})
+	u, ca = relayWithLogin(t, relayapi.LoginSettings{})
 	_, err = (&loginOptions{relayURL: u, relayCA: ca}).settings(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "--login-issuer") || !strings.Contains(err.Error(), "--issuer and --client-id") {
 		t.Fatalf("a relay publishing nothing: %v", err)

@@ -26,6 +26,7 @@ import (
 	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
 
@@ -387,7 +388,7 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 // not accept: a login at an issuer it does not trust, or for a client
 // that is not among that issuer's audiences, could only give tokens the
 // relay refuses.
-func checkLogin(l relay.LoginSettings, ac *apiserverapi.AuthenticationConfiguration) error {
+func checkLogin(l relayapi.LoginSettings, ac *apiserverapi.AuthenticationConfiguration) error {
 	if l.Issuer == "" && l.ClientID == "" {
 		return nil
 	}
@@ -449,7 +450,7 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	if err != nil {
 		return fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
 	}
-	login := relay.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID}
+	login := relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID}
 	if err := checkLogin(login, ac); err != nil {
 		return err
 	}

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/tether-k8s/tether/core/authn"
-	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 )
 
 func TestCheckLogin(t *testing.T) {
@@ -23,14 +23,14 @@ jwt:
 	}
 	tests := []struct {
 		name    string
-		login   relay.LoginSettings
+		login   relayapi.LoginSettings
 		wantErr string
 	}{
-		{name: "none", login: relay.LoginSettings{}},
-		{name: "trusted issuer and audience", login: relay.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}},
-		{name: "issuer not trusted", login: relay.LoginSettings{Issuer: "https://other.example.com", ClientID: "tether"}, wantErr: "not an issuer of --authentication-config"},
-		{name: "client not an audience", login: relay.LoginSettings{Issuer: "https://op.example.com", ClientID: "kubectl"}, wantErr: "not among the audiences"},
-		{name: "issuer alone", login: relay.LoginSettings{Issuer: "https://op.example.com"}, wantErr: "go together"},
+		{name: "none", login: relayapi.LoginSettings{}},
+		{name: "trusted issuer and audience", login: relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}},
+		{name: "issuer not trusted", login: relayapi.LoginSettings{Issuer: "https://other.example.com", ClientID: "tether"}, wantErr: "not an issuer of --authentication-config"},
+		{name: "client not an audience", login: relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "kubectl"}, wantErr: "not among the audiences"},
+		{name: "issuer alone", login: relayapi.LoginSettings{Issuer: "https://op.example.com"}, wantErr: "go together"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -26,7 +26,7 @@ import (
 	"github.com/tether-k8s/tether/core/clusterid"
 	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/kstatus"
-	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
 
@@ -207,7 +207,7 @@ func (a *Agent) join(ctx context.Context, store CredentialStore) (tls.Certificat
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("agent: create CSR: %w", err)
 	}
-	body, _ := json.Marshal(relay.JoinRequest{Token: a.cfg.JoinToken, CSR: csr})
+	body, _ := json.Marshal(relayapi.JoinRequest{Token: a.cfg.JoinToken, CSR: csr})
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: a.netDial,
 		TLSClientConfig: &tls.Config{RootCAs: a.cfg.RelayCA, MinVersion: tls.VersionTLS12}}}
 	// The join is the client's only request: close its connection after,
@@ -231,7 +231,7 @@ func (a *Agent) join(ctx context.Context, store CredentialStore) (tls.Certificat
 		}
 		return tls.Certificate{}, fmt.Errorf("agent: join refused: %s", resp.Status)
 	}
-	var jr relay.JoinResponse
+	var jr relayapi.JoinResponse
 	if err := json.Unmarshal(raw, &jr); err != nil {
 		return tls.Certificate{}, fmt.Errorf("agent: join response: %w", err)
 	}

@@ -10,7 +10,7 @@
 // flags (Impersonate-* headers) rather than forward them.
 //
 // Each connection to the cluster is a tunnel through the relay
-// (relay.DialTunnel, authenticated with the caller's token), inside which
+// (relayapi.DialTunnel, authenticated with the caller's token), inside which
 // the proxy speaks TLS to the agent itself and checks that the agent's
 // certificate names the requested cluster and chains to the CA the relay
 // published for its clusters: the relay carries only ciphertext.

@@ -30,6 +30,7 @@ import (
 	"github.com/tether-k8s/tether/core/proxy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 )
 
 const callerToken = "caller-token-0123456789abcdef"
@@ -389,7 +390,7 @@ func TestAgentOverWebSocketWhenOnlyTheRelaysHTTPSPortIsAllowed(t *testing.T) {
 	p := startPath(t, "prod", withAgent(func(c *agent.Config) {
 		u, _ := url.Parse(c.RelayAPI)
 		apiHost = u.Host
-		c.RelayWebSocketURL = "wss://" + u.Host + relay.AgentWebSocketPath
+		c.RelayWebSocketURL = "wss://" + u.Host + relayapi.AgentWebSocketPath
 		c.Proxy = func(*http.Request) (*url.URL, error) { return proxyURL, nil }
 	}))
 	if code, body := p.get(t, "/api/v1/pods"); code != 200 || body["user"] != "alice" {
@@ -509,7 +510,7 @@ func TestATunnelCarriesOnlyItsOwnUsersRequests(t *testing.T) {
 	}
 	defer raw.Close()
 	_ = raw.SetDeadline(time.Now().Add(10 * time.Second))
-	conn, err := relay.DialTunnel(raw, u.Host, "prod", callerToken) // admitted as alice
+	conn, err := relayapi.DialTunnel(raw, u.Host, "prod", callerToken) // admitted as alice
 	if err != nil {
 		t.Fatal(err)
 	}

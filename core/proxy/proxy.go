@@ -30,7 +30,7 @@ import (
 	"github.com/tether-k8s/tether/core/clusterid"
 	"github.com/tether-k8s/tether/core/copybuf"
 	"github.com/tether-k8s/tether/core/kstatus"
-	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 )
 
 // DefaultListen is where the proxy listens when Config.Listen is empty.
@@ -201,7 +201,7 @@ func (p *Proxy) dial(ctx context.Context, network, addr string) (net.Conn, error
 	return d.DialContext(ctx, network, addr)
 }
 
-func (p *Proxy) clusterInfo(ctx context.Context) (*relay.ClusterInfo, error) {
+func (p *Proxy) clusterInfo(ctx context.Context) (*relayapi.ClusterInfo, error) {
 	token, err := p.cfg.Token()
 	if err != nil {
 		return nil, fmt.Errorf("proxy: read the caller's token: %w", err)
@@ -228,7 +228,7 @@ func (p *Proxy) clusterInfo(ctx context.Context) (*relay.ClusterInfo, error) {
 		}
 		return nil, fmt.Errorf("proxy: the relay answered %s", resp.Status)
 	}
-	var info relay.ClusterInfo
+	var info relayapi.ClusterInfo
 	if err := json.Unmarshal(body, &info); err != nil {
 		return nil, fmt.Errorf("proxy: cluster details: %w", err)
 	}
@@ -483,7 +483,7 @@ func (p *Proxy) dialCluster(ctx context.Context, tok string) (net.Conn, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
 	defer stop()
-	conn, err := relay.DialTunnel(raw, p.relayHost, p.cfg.Cluster, tok)
+	conn, err := relayapi.DialTunnel(raw, p.relayHost, p.cfg.Cluster, tok)
 	if err != nil {
 		_ = raw.Close()
 		return nil, err
@@ -507,7 +507,7 @@ func (p *Proxy) verifyAgent(cs tls.ConnectionState) error {
 // forwardError answers kubectl when the cluster could not be reached.
 func (p *Proxy) forwardError(w http.ResponseWriter, r *http.Request, err error) {
 	p.log.Warn("proxy: request failed", "verb", r.Method, "path", r.URL.Path, "error", err)
-	var te *relay.TunnelError
+	var te *relayapi.TunnelError
 	if errors.As(err, &te) {
 		kstatus.Write(w, te.Status.Code, te.Status.Reason, te.Status.Message)
 		return

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
 	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
 )
@@ -340,7 +341,7 @@ func TestTunnelCapsStreamsPerCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = h.dialTunnel(t, "prod", goodToken)
-	var te *relay.TunnelError
+	var te *relayapi.TunnelError
 	if !errors.As(err, &te) {
 		t.Fatalf("alice's third tunnel: %v, want the relay's refusal", err)
 	}

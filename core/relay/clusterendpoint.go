@@ -22,6 +22,7 @@ import (
 	"github.com/tether-k8s/tether/core/clustercert"
 	"github.com/tether-k8s/tether/core/copybuf"
 	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
 
@@ -31,11 +32,6 @@ const (
 	DefaultClusterEndpointIdleTimeout = 30 * time.Second
 	DefaultClusterEndpointMaxCallers  = 256
 )
-
-// ClusterEndpointPath is the path of a cluster's endpoint on the relay's
-// API, with the cluster ID for %s: kubectl's server is
-// https://RELAY/v1/clusters/ID/k8s and its requests go below it.
-const ClusterEndpointPath = "/v1/clusters/%s/k8s"
 
 // ClusterEndpointConfig configures the relay's per-cluster HTTPS endpoint
 // (ServerConfig.ClusterEndpoint), where kubectl talks to the relay itself
@@ -155,7 +151,7 @@ func (e *clusterEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: Upgrade "+up+" is not supported: only SPDY/3.1 and websocket (exec, attach, port-forward)")
 		return
 	}
-	prefix := fmt.Sprintf(ClusterEndpointPath, id)
+	prefix := fmt.Sprintf(relayapi.ClusterEndpointPath, id)
 	rawPath, ok := strings.CutPrefix(r.URL.EscapedPath(), prefix)
 	path, err := url.PathUnescape(rawPath)
 	if !ok || !strings.HasPrefix(rawPath, "/") || err != nil {

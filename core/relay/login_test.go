@@ -11,6 +11,7 @@ import (
 
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 )
 
 func TestLoginSettings(t *testing.T) {
@@ -21,7 +22,7 @@ func TestLoginSettings(t *testing.T) {
 	t.Cleanup(func() { _ = reg.Close() })
 	router := relay.NewRouter(relay.RouterConfig{})
 	t.Cleanup(func() { _ = router.Close() })
-	serve := func(l relay.LoginSettings) (*http.Response, string) {
+	serve := func(l relayapi.LoginSettings) (*http.Response, string) {
 		t.Helper()
 		srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: tokenAuthn{}, Login: l})
 		if err != nil {
@@ -30,7 +31,7 @@ func TestLoginSettings(t *testing.T) {
 		api := httptest.NewServer(srv.Handler())
 		defer api.Close()
 		// No Authorization: the settings are public.
-		resp, err := http.Get(api.URL + relay.LoginPath)
+		resp, err := http.Get(api.URL + relayapi.LoginPath)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -39,19 +40,19 @@ func TestLoginSettings(t *testing.T) {
 		return resp, string(b)
 	}
 
-	want := relay.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}
+	want := relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}
 	resp, body := serve(want)
-	var got relay.LoginSettings
+	var got relayapi.LoginSettings
 	if resp.StatusCode != http.StatusOK || json.Unmarshal([]byte(body), &got) != nil || got != want {
 		t.Fatalf("GET /v1/login: %s %s", resp.Status, body)
 	}
 
-	resp, body = serve(relay.LoginSettings{})
+	resp, body = serve(relayapi.LoginSettings{})
 	if resp.StatusCode != http.StatusNotFound || !strings.Contains(body, "--login-issuer") || !strings.Contains(body, `"kind":"Status"`) {
 		t.Fatalf("GET /v1/login without settings: %s %s", resp.Status, body)
 	}
 
-	for _, bad := range []relay.LoginSettings{{Issuer: "https://op.example.com"}, {ClientID: "tether"}, {Issuer: "http://op.example.com", ClientID: "tether"}} {
+	for _, bad := range []relayapi.LoginSettings{{Issuer: "https://op.example.com"}, {ClientID: "tether"}, {Issuer: "http://op.example.com", ClientID: "tether"}} {
 		if _, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: tokenAuthn{}, Login: bad}); err == nil {
 			t.Errorf("NewServer accepted login settings %+v", bad)
 		}

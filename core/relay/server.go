@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -15,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,17 +25,9 @@ import (
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
-
-// TunnelProtocol is the Upgrade token a caller's proxy asks for to open a
-// tunnel to a cluster.
-const TunnelProtocol = "tether-tunnel/1"
-
-// ALPN is the TLS application protocol of agent sessions on the agent
-// endpoint (tunnel.SessionALPN); the endpoint also speaks
-// tunnel.RenewALPN.
-const ALPN = tunnel.SessionALPN
 
 // maxJoinBody bounds a join request.
 const maxJoinBody = 64 << 10
@@ -62,7 +52,7 @@ type ServerConfig struct {
 	// Login, when its Issuer is set, is published unauthenticated at
 	// GET /v1/login, so that `tether-proxy login --relay URL` needs no
 	// other setting. Zero: that endpoint answers 404.
-	Login LoginSettings
+	Login relayapi.LoginSettings
 	// AgentCertificate is the relay's certificate for agents (signed by
 	// the registry's CA). When set, Handler also accepts agents' sessions
 	// over WebSocket, for clusters whose egress passes only HTTP(S).
@@ -143,10 +133,10 @@ func slogLogger(log *slog.Logger) *stdlog.Logger {
 //	GET  /v1/clusters/{id}/tunnel      a caller's proxy opens a tunnel (Upgrade: tether-tunnel/1)
 //	*    /v1/clusters/{id}/k8s/...     kubectl's requests to the cluster, forwarded to its agent (with ClusterEndpoint)
 //	GET  /v1/agents/connect            an agent's session over WebSocket (with AgentCertificate)
-//	GET  /v1/login                     where callers log in (LoginSettings), unauthenticated
+//	GET  /v1/login                     where callers log in (relayapi.LoginSettings), unauthenticated
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+AgentWebSocketPath, s.agentWebSocket)
+	mux.HandleFunc("GET "+relayapi.AgentWebSocketPath, s.agentWebSocket)
 	mux.HandleFunc("POST /v1/join", s.join)
 	mux.HandleFunc("GET /v1/clusters/{id}", s.clusterInfo)
 	mux.HandleFunc("GET /v1/clusters/{id}/tunnel", s.tunnel)
@@ -159,39 +149,11 @@ func (s *Server) Handler() http.Handler {
 				"tether: this relay's cluster endpoint is switched off (tether-relay serve --cluster-endpoint=false): reach the cluster with tether-proxy")
 		})
 	}
-	mux.HandleFunc("GET "+LoginPath, s.login)
+	mux.HandleFunc("GET "+relayapi.LoginPath, s.login)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: no such relay endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
-}
-
-// LoginPath is where the relay publishes its LoginSettings.
-const LoginPath = "/v1/login"
-
-// LoginSettings say where callers log in: the OpenID provider and the
-// public client registered for tether there. They are no secret.
-type LoginSettings struct {
-	// Issuer is the provider's issuer URL; it must be one the
-	// authentication configuration trusts, with ClientID among its
-	// audiences.
-	Issuer string `json:"issuer"`
-	// ClientID is the public client (no secret) callers log in as.
-	ClientID string `json:"clientID"`
-}
-
-// Validate checks l: both fields or neither, and an https issuer.
-func (l LoginSettings) Validate() error {
-	if l.Issuer == "" && l.ClientID == "" {
-		return nil
-	}
-	if l.Issuer == "" || l.ClientID == "" {
-		return errors.New("relay: the login issuer and client ID go together")
-	}
-	if u, err := url.Parse(l.Issuer); err != nil || u.Scheme != "https" || u.Host == "" {
-		return fmt.Errorf("relay: login issuer %q: want an https URL", l.Issuer)
-	}
-	return nil
 }
 
 func (s *Server) login(w http.ResponseWriter, _ *http.Request) {
@@ -205,24 +167,8 @@ func (s *Server) login(w http.ResponseWriter, _ *http.Request) {
 	_ = json.NewEncoder(w).Encode(s.cfg.Login)
 }
 
-// JoinRequest is the body of POST /v1/join.
-type JoinRequest struct {
-	// Token is the join token `tether-relay cluster create` printed.
-	Token string `json:"token"`
-	// CSR is a DER certificate signing request for the agent's key.
-	CSR []byte `json:"csr"`
-}
-
-// JoinResponse is the answer to a join.
-type JoinResponse struct {
-	Cluster     string    `json:"cluster"`
-	Certificate string    `json:"certificate"`
-	CA          string    `json:"ca"`
-	NotAfter    time.Time `json:"notAfter"`
-}
-
 func (s *Server) join(w http.ResponseWriter, r *http.Request) {
-	var req JoinRequest
+	var req relayapi.JoinRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJoinBody)).Decode(&req); err != nil {
 		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: a join request is JSON {token, csr}: "+err.Error())
 		return
@@ -241,17 +187,7 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	s.cfg.Metrics.join(true)
 	s.log.Info("relay: agent joined", "cluster", cred.ClusterID, "client", r.RemoteAddr)
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(JoinResponse{Cluster: cred.ClusterID, Certificate: string(cred.CertPEM), CA: string(cred.CAPEM), NotAfter: cred.NotAfter})
-}
-
-// ClusterInfo is the answer to GET /v1/clusters/{id}.
-type ClusterInfo struct {
-	Cluster string `json:"cluster"`
-	// Connected reports whether an agent of the cluster holds a session.
-	Connected bool `json:"connected"`
-	// CA verifies the cluster's agents (the registry's CA), for the
-	// caller's end-to-end TLS with the agent.
-	CA string `json:"ca"`
+	_ = json.NewEncoder(w).Encode(relayapi.JoinResponse{Cluster: cred.ClusterID, Certificate: string(cred.CertPEM), CA: string(cred.CAPEM), NotAfter: cred.NotAfter})
 }
 
 // caller authenticates the request's bearer token, checks the cluster ID
@@ -319,14 +255,14 @@ func (s *Server) clusterInfo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(ClusterInfo{Cluster: id, Connected: s.cfg.Router.Sessions(id) > 0, CA: string(s.cfg.Registry.CAPEM())})
+	_ = json.NewEncoder(w).Encode(relayapi.ClusterInfo{Cluster: id, Connected: s.cfg.Router.Sessions(id) > 0, CA: string(s.cfg.Registry.CAPEM())})
 }
 
 // tunnel authenticates the caller, opens a stream to one of the cluster's
 // agents, answers 101 and splices bytes until either side ends.
 func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
-	if !strings.EqualFold(r.Header.Get("Upgrade"), TunnelProtocol) || !headerHasToken(r.Header, "Connection", "upgrade") {
-		kstatus.Write(w, http.StatusUpgradeRequired, kstatus.ReasonBadRequest, "tether: this endpoint needs Connection: Upgrade and Upgrade: "+TunnelProtocol)
+	if !strings.EqualFold(r.Header.Get("Upgrade"), relayapi.TunnelProtocol) || !headerHasToken(r.Header, "Connection", "upgrade") {
+		kstatus.Write(w, http.StatusUpgradeRequired, kstatus.ReasonBadRequest, "tether: this endpoint needs Connection: Upgrade and Upgrade: "+relayapi.TunnelProtocol)
 		return
 	}
 	id, who, _, ok := s.caller(w, r, s.cfg.Metrics.tunnel)
@@ -364,7 +300,7 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+TunnelProtocol+"\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+relayapi.TunnelProtocol+"\r\n\r\n"); err != nil {
 		return
 	}
 	s.cfg.Metrics.tunnel(ResultOpened)
@@ -416,9 +352,6 @@ func newID() string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
-
-// AgentWebSocketPath is where agents hold sessions over WebSocket.
-const AgentWebSocketPath = "/v1/agents/connect"
 
 // agentWebSocket carries an agent's connection over WebSocket: inside it,
 // the same mutual TLS and session as on the agent endpoint.
@@ -591,37 +524,3 @@ func (s *Server) Drain(ctx context.Context) {
 
 // Draining reports whether Drain was called: the relay's readiness.
 func (s *Server) Draining() bool { return s.draining.Load() }
-
-// DialTunnel opens a tunnel to cluster through the relay at relayURL's host
-// over conn (already connected, TLS to the relay), with the caller's token.
-// It returns conn positioned after the 101, or the relay's refusal as an
-// error carrying its Status message.
-func DialTunnel(conn net.Conn, host, cluster, token string) (net.Conn, error) {
-	req := "GET /v1/clusters/" + cluster + "/tunnel HTTP/1.1\r\nHost: " + host +
-		"\r\nConnection: Upgrade\r\nUpgrade: " + TunnelProtocol + "\r\nAuthorization: Bearer " + token + "\r\n\r\n"
-	if _, err := io.WriteString(conn, req); err != nil {
-		return nil, fmt.Errorf("relay: request tunnel: %w", err)
-	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		return nil, fmt.Errorf("relay: read tunnel response: %w", err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		if st, ok := kstatus.Decode(body); ok {
-			return nil, &TunnelError{Status: st}
-		}
-		return nil, fmt.Errorf("relay: tunnel refused: %s", resp.Status)
-	}
-	if br.Buffered() > 0 {
-		return nil, errors.New("relay: the relay sent data before the tunnel opened")
-	}
-	return conn, nil
-}
-
-// TunnelError is a relay's refusal to open a tunnel.
-type TunnelError struct{ Status kstatus.Status }
-
-func (e *TunnelError) Error() string { return e.Status.Message }

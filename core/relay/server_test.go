@@ -28,6 +28,7 @@ import (
 	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
+	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
 	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
 )
@@ -151,7 +152,7 @@ func (h *relayHarness) dialTunnel(t *testing.T, cluster, token string) (net.Conn
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	return relay.DialTunnel(conn, "relay.test", cluster, token)
+	return relayapi.DialTunnel(conn, "relay.test", cluster, token)
 }
 
 func TestTunnelSplicesToTheClustersAgent(t *testing.T) {
@@ -230,7 +231,7 @@ func TestTunnelRefusals(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := h.dialTunnel(t, tc.cluster, tc.token)
-			var te *relay.TunnelError
+			var te *relayapi.TunnelError
 			if !errors.As(err, &te) || te.Status.Code != tc.code || !strings.Contains(te.Status.Message, tc.msg) {
 				t.Fatalf("got %v, want Status %d mentioning %q", err, tc.code, tc.msg)
 			}
@@ -288,7 +289,7 @@ func TestTunnelRefusesBytesSentBeforeThe101(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_, _ = io.WriteString(conn, "GET /v1/clusters/prod/tunnel HTTP/1.1\r\nHost: r\r\nConnection: Upgrade\r\nUpgrade: "+relay.TunnelProtocol+
+	_, _ = io.WriteString(conn, "GET /v1/clusters/prod/tunnel HTTP/1.1\r\nHost: r\r\nConnection: Upgrade\r\nUpgrade: "+relayapi.TunnelProtocol+
 		"\r\nAuthorization: Bearer "+goodToken+"\r\n\r\nGET /api/v1/secrets HTTP/1.1\r\n\r\n")
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	reply, _ := io.ReadAll(conn)
@@ -313,7 +314,7 @@ func csrDER(t *testing.T) ([]byte, *ecdsa.PrivateKey) {
 	return der, key
 }
 
-func postJoin(t *testing.T, h *relayHarness, body any) (*http.Response, relay.JoinResponse) {
+func postJoin(t *testing.T, h *relayHarness, body any) (*http.Response, relayapi.JoinResponse) {
 	t.Helper()
 	b, _ := json.Marshal(body)
 	resp, err := http.Post(h.api.URL+"/v1/join", "application/json", bytes.NewReader(b))
@@ -321,7 +322,7 @@ func postJoin(t *testing.T, h *relayHarness, body any) (*http.Response, relay.Jo
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var jr relay.JoinResponse
+	var jr relayapi.JoinResponse
 	_ = json.NewDecoder(resp.Body).Decode(&jr)
 	return resp, jr
 }
@@ -333,15 +334,15 @@ func TestJoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	csr, _ := csrDER(t)
-	resp, jr := postJoin(t, h, relay.JoinRequest{Token: tok, CSR: csr})
+	resp, jr := postJoin(t, h, relayapi.JoinRequest{Token: tok, CSR: csr})
 	if resp.StatusCode != 200 || jr.Cluster != "prod" || !strings.Contains(jr.Certificate, "BEGIN CERTIFICATE") {
 		t.Fatalf("join: %d %+v", resp.StatusCode, jr)
 	}
-	if resp, _ := postJoin(t, h, relay.JoinRequest{Token: tok, CSR: csr}); resp.StatusCode != 401 {
+	if resp, _ := postJoin(t, h, relayapi.JoinRequest{Token: tok, CSR: csr}); resp.StatusCode != 401 {
 		t.Fatalf("replayed join token: %d, want 401", resp.StatusCode)
 	}
 	tok2, _ := h.reg.Rotate("prod")
-	if resp, _ := postJoin(t, h, relay.JoinRequest{Token: tok2, CSR: []byte("junk")}); resp.StatusCode != 400 {
+	if resp, _ := postJoin(t, h, relayapi.JoinRequest{Token: tok2, CSR: []byte("junk")}); resp.StatusCode != 400 {
 		t.Fatalf("bad CSR: %d, want 400", resp.StatusCode)
 	}
 	if resp, _ := postJoin(t, h, "not an object"); resp.StatusCode != 400 {
@@ -375,7 +376,7 @@ func TestServeAgents(t *testing.T) {
 		return tunneltest.Join(t, h.reg, tok)
 	}
 	connect := func(cert *tls.Certificate, claim string) (*tunnel.AgentSession, error) {
-		cfg := &tls.Config{RootCAs: serverPool, ServerName: "relay.test", NextProtos: []string{relay.ALPN}, MinVersion: tls.VersionTLS13}
+		cfg := &tls.Config{RootCAs: serverPool, ServerName: "relay.test", NextProtos: []string{tunnel.SessionALPN}, MinVersion: tls.VersionTLS13}
 		if cert != nil {
 			cfg.Certificates = []tls.Certificate{*cert}
 		}
