@@ -29,7 +29,7 @@ type options struct {
 	context           string
 	idleTunnels       int
 	idleTimeout       time.Duration
-	token             cli.TokenFlags
+	token             tokenFlags
 	logs              cli.LogFlags
 }
 

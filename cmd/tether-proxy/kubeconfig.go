@@ -36,7 +36,7 @@ type endpointOptions struct {
 	file              string
 	context           string
 	use               bool
-	token             cli.TokenFlags
+	token             tokenFlags
 	// tokenFlags holds only the token flags, to pass those given on to
 	// `tether-proxy token` in the kubeconfig.
 	tokenFlags *pflag.FlagSet

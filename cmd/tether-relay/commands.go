@@ -27,6 +27,7 @@ import (
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
 	"github.com/tether-k8s/tether/core/relayapi"
+	"github.com/tether-k8s/tether/core/tokensource"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
 
@@ -50,13 +51,13 @@ they open --data directly.`,
 	root.PersistentFlags().StringVar(&data, "data", "tether-relay.db", "the relay's state: clusters, hashed join tokens, its CA (a bbolt file, mode 0600)")
 	root.PersistentFlags().StringVar(&socket, "admin-socket", "", "the running relay's admin socket (mode 0600), which the cluster commands use (default: --data with .sock appended)")
 	var remote struct {
-		url, ca string
-		token   cli.TokenFlags
+		url, ca            string
+		tokenFile, command string
 	}
 	root.PersistentFlags().StringVar(&remote.url, "relay", "", "run the cluster commands against this relay's public API (https://host:port) instead of the local socket; the relay must run with --admin-group and your token be a member's")
 	root.PersistentFlags().StringVar(&remote.ca, "relay-ca", "", "with --relay: PEM of the CA that signed the relay's certificate (default: system roots)")
-	root.PersistentFlags().StringVar(&remote.token.File, "token-file", "", "with --relay: file holding your token (default: $TETHER_TOKEN)")
-	root.PersistentFlags().StringVar(&remote.token.Command, "token-command", "", "with --relay: command that prints your token")
+	root.PersistentFlags().StringVar(&remote.tokenFile, "token-file", "", "with --relay: file holding your token (default: $TETHER_TOKEN)")
+	root.PersistentFlags().StringVar(&remote.command, "token-command", "", "with --relay: command that prints your token")
 	socketPath := func() string {
 		if socket != "" {
 			return socket
@@ -77,8 +78,17 @@ they open --data directly.`,
 					return err
 				}
 			}
-			if a.Token, err = remote.token.Source(); err != nil {
-				return err
+			switch {
+			case remote.tokenFile != "" && remote.command != "":
+				return errors.New("--token-file and --token-command exclude each other")
+			case remote.tokenFile != "":
+				a.Token = tokensource.File("--token-file", remote.tokenFile)
+			case remote.command != "":
+				a.Token = tokensource.Command("--token-command", remote.command)
+			case strings.TrimSpace(os.Getenv("TETHER_TOKEN")) != "":
+				a.Token = tokensource.Env("$TETHER_TOKEN", "TETHER_TOKEN")
+			default:
+				return errors.New("--relay needs your token: pass --token-file or --token-command, or set TETHER_TOKEN: a token of your identity provider whose mapped groups include one of the relay's --admin-group")
 			}
 			return fn(liveAdmin{a})
 		}

@@ -13,7 +13,6 @@ import (
 func TestUsagesHaveNoBackquotes(t *testing.T) {
 	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 	new(LogFlags).Add(fs)
-	new(TokenFlags).Add(fs)
 	fs.VisitAll(func(f *pflag.Flag) {
 		if strings.Contains(f.Usage, "`") {
 			name, _ := pflag.UnquoteUsage(f)

@@ -1,4 +1,4 @@
-package proxy_test
+package tokensource_test
 
 import (
 	"encoding/base64"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tether-k8s/tether/core/proxy"
+	"github.com/tether-k8s/tether/core/tokensource"
 )
 
 func fakeJWT(exp time.Time) string {
@@ -31,12 +31,12 @@ func TestGitHubActionsToken(t *testing.T) {
 	}))
 	defer srv.Close()
 
-	t.Setenv(proxy.GitHubRequestURLEnv, srv.URL+"/token?api-version=2.0")
-	t.Setenv(proxy.GitHubRequestTokenEnv, "job-request-token")
-	if !proxy.InGitHubActions() {
+	t.Setenv(tokensource.GitHubRequestURLEnv, srv.URL+"/token?api-version=2.0")
+	t.Setenv(tokensource.GitHubRequestTokenEnv, "job-request-token")
+	if !tokensource.InGitHubActions() {
 		t.Fatal("InGitHubActions = false with the endpoint set")
 	}
-	src := proxy.GitHubActionsToken("tether", nil)
+	src := tokensource.GitHubActions("tether", nil)
 	for range 3 {
 		tok, err := src()
 		if err != nil || strings.Count(tok, ".") != 2 {
@@ -46,11 +46,11 @@ func TestGitHubActionsToken(t *testing.T) {
 	if calls.Load() != 1 {
 		t.Fatalf("%d requests to the endpoint for three tokens, want 1 (cached until near expiry)", calls.Load())
 	}
-	if _, err := proxy.GitHubActionsToken("other-audience", nil)(); err == nil || !strings.Contains(err.Error(), "403") {
+	if _, err := tokensource.GitHubActions("other-audience", nil)(); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("a refused audience: %v, want the endpoint's 403", err)
 	}
-	t.Setenv(proxy.GitHubRequestTokenEnv, "")
-	if _, err := proxy.GitHubActionsToken("tether", nil)(); err == nil || !strings.Contains(err.Error(), "id-token: write") {
+	t.Setenv(tokensource.GitHubRequestTokenEnv, "")
+	if _, err := tokensource.GitHubActions("tether", nil)(); err == nil || !strings.Contains(err.Error(), "id-token: write") {
 		t.Fatalf("outside a job with id-token permission: %v", err)
 	}
 }

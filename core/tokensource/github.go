@@ -1,4 +1,4 @@
-package proxy
+package tokensource
 
 import (
 	"context"
@@ -26,12 +26,12 @@ const (
 // that may request OIDC tokens.
 func InGitHubActions() bool { return os.Getenv(GitHubRequestURLEnv) != "" }
 
-// GitHubActionsToken returns a token source for a GitHub Actions job: it
+// GitHubActions returns a token source for a GitHub Actions job: it
 // asks the job's token endpoint for an OIDC token for audience, and reuses
 // it until a minute before it expires. hc nil means a client with a 30 s
 // timeout. No secret is stored anywhere: the job's own identity is the
 // credential.
-func GitHubActionsToken(audience string, hc *http.Client) func() (string, error) {
+func GitHubActions(audience string, hc *http.Client) Source {
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
@@ -81,16 +81,18 @@ func GitHubActionsToken(audience string, hc *http.Client) func() (string, error)
 			return "", errors.New("GitHub Actions OIDC: the token endpoint's answer has no value")
 		}
 		cached, until = out.Value, time.Now().Add(time.Minute)
-		if exp, ok := expiry(out.Value); ok {
+		if exp, ok := UnverifiedExpiry(out.Value); ok {
 			until = exp.Add(-time.Minute)
 		}
 		return cached, nil
 	}
 }
 
-// expiry reads a JWT's exp claim, unverified (only to know when to ask for
-// a new one; the relay and the agent verify it).
-func expiry(jwt string) (time.Time, bool) {
+// UnverifiedExpiry reads a JWT's exp claim without verifying anything: only
+// to know when to ask for a new token (the relay and the agent verify it).
+// It reports false for anything that is not three base64url parts with a
+// JSON payload holding a positive exp.
+func UnverifiedExpiry(jwt string) (time.Time, bool) {
 	parts := strings.Split(jwt, ".")
 	if len(parts) != 3 {
 		return time.Time{}, false
@@ -102,7 +104,7 @@ func expiry(jwt string) (time.Time, bool) {
 	var c struct {
 		Exp int64 `json:"exp"`
 	}
-	if json.Unmarshal(b, &c) != nil || c.Exp == 0 {
+	if json.Unmarshal(b, &c) != nil || c.Exp <= 0 {
 		return time.Time{}, false
 	}
 	return time.Unix(c.Exp, 0), true
