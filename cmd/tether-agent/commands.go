@@ -176,8 +176,8 @@ func (o *options) run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	if o.streamWindow > 1<<30 {
-		return fmt.Errorf("--stream-window %s: want at most 1Gi", o.streamWindow.String())
+	if err := tunnel.ValidateStreamWindow(uint64(o.streamWindow)); err != nil {
+		return fmt.Errorf("--stream-window %s: %w", o.streamWindow.String(), err)
 	}
 	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr, RelayWebSocketURL: wsURL,
 		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, RenewBefore: o.renewBefore,

@@ -25,7 +25,10 @@ func relayWithLogin(t *testing.T, l relayapi.LoginSettings) (string, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reg.Close() })
-	router := relay.NewRouter(relay.RouterConfig{})
+	router, err := relay.NewRouter(relay.RouterConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = router.Close() })
 	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: nobody{}, Login: l})
 	if err != nil {

@@ -427,8 +427,8 @@ func (o *serveOptions) routerConfig() (relay.RouterConfig, error) {
 	if o.maxStreamsPerCaller < 1 {
 		return relay.RouterConfig{}, fmt.Errorf("--max-streams-per-caller %d: want 1 or more (there is no unlimited; the default is %d)", o.maxStreamsPerCaller, relay.DefaultMaxStreamsPerCaller)
 	}
-	if o.streamWindow > 1<<30 {
-		return relay.RouterConfig{}, fmt.Errorf("--stream-window %s: want at most 1Gi", o.streamWindow.String())
+	if err := tunnel.ValidateStreamWindow(uint64(o.streamWindow)); err != nil {
+		return relay.RouterConfig{}, fmt.Errorf("--stream-window %s: %w", o.streamWindow.String(), err)
 	}
 	rcfg := relay.RouterConfig{MaxStreamsPerCluster: o.maxStreamsPerCluster, MaxStreamsPerCaller: o.maxStreamsPerCaller,
 		StreamWindow: uint32(o.streamWindow), StreamMemory: int64(o.streamMemory)}
@@ -492,7 +492,10 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 		return err
 	}
 	rcfg.Logger = log
-	router := relay.NewRouter(rcfg)
+	router, err := relay.NewRouter(rcfg)
+	if err != nil {
+		return err
+	}
 	log.Info("relay: stream limits", "streamWindow", o.streamWindow.String(), "maxStreams", router.MaxStreams(), "maxStreamsPerCluster", o.maxStreamsPerCluster,
 		"maxStreamsPerCaller", o.maxStreamsPerCaller)
 	defer router.Close()

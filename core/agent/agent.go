@@ -88,7 +88,8 @@ type Config struct {
 	// most the relay may send on one stream (a caller's upload) before the
 	// agent read it, so the most the agent holds for a stream whose request
 	// body the API server reads slowly. Zero means
-	// tunnel.DefaultStreamWindow; at least tunnel.MinStreamWindow.
+	// tunnel.DefaultStreamWindow; tunnel.ValidateStreamWindow says what is
+	// accepted.
 	StreamWindow uint32
 	// Logger receives the agent's events. Nil discards.
 	Logger *slog.Logger
@@ -109,8 +110,9 @@ func (c *Config) Validate() error {
 		return errors.New("agent: Config.Handler is nil")
 	case c.RenewBefore < 0 || c.RenewRetry < 0:
 		return fmt.Errorf("agent: Config.RenewBefore (%s) and RenewRetry (%s) must not be negative", c.RenewBefore, c.RenewRetry)
-	case c.StreamWindow != 0 && c.StreamWindow < tunnel.MinStreamWindow:
-		return fmt.Errorf("agent: Config.StreamWindow %d: want at least %d (256 KiB), or 0 for the default", c.StreamWindow, tunnel.MinStreamWindow)
+	}
+	if err := tunnel.ValidateStreamWindow(uint64(c.StreamWindow)); err != nil {
+		return fmt.Errorf("agent: Config.StreamWindow: %w", err)
 	}
 	return nil
 }

@@ -130,7 +130,10 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 	}
 	t.Cleanup(func() { _ = reg.Close() })
 	p.reg = reg
-	router := relay.NewRouter(relay.RouterConfig{})
+	router, err := relay.NewRouter(relay.RouterConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = router.Close() })
 	p.router = router
 	serving, err := reg.ServingCertificate([]string{"127.0.0.1"})

@@ -142,7 +142,7 @@ func wantCallerCap(t *testing.T, err error, user string, limit int) {
 // cluster still gets through; closing a stream gives its slot back, once.
 func TestRouterCapsStreamsPerCaller(t *testing.T) {
 	logs := &syncBuffer{}
-	r := relay.NewRouter(relay.RouterConfig{MaxStreamsPerCaller: 2, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	r := newRouter(t, relay.RouterConfig{MaxStreamsPerCaller: 2, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	t.Cleanup(func() { _ = r.Close() })
 	holdingAgent(t, r, "prod")
 	holdingAgent(t, r, "staging")
@@ -179,7 +179,7 @@ func TestRouterCapsStreamsPerCaller(t *testing.T) {
 // count as it was, also when many Opens race; so does every Close.
 func TestRouterCallerBudgetCannotLeak(t *testing.T) {
 	const perCaller = 2
-	r := relay.NewRouter(relay.RouterConfig{MaxStreamsPerCaller: perCaller, MaxStreamsPerCluster: 3,
+	r := newRouter(t, relay.RouterConfig{MaxStreamsPerCaller: perCaller, MaxStreamsPerCluster: 3,
 		StreamWindow: tunnel.MinStreamWindow, StreamMemory: 4 * tunnel.MinStreamWindow})
 	t.Cleanup(func() { _ = r.Close() })
 	holdingAgent(t, r, "prod")

@@ -20,7 +20,7 @@ func TestLoginSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reg.Close() })
-	router := relay.NewRouter(relay.RouterConfig{})
+	router := newRouter(t, relay.RouterConfig{})
 	t.Cleanup(func() { _ = router.Close() })
 	serve := func(l relayapi.LoginSettings) (*http.Response, string) {
 		t.Helper()

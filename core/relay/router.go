@@ -70,7 +70,8 @@ type RouterConfig struct {
 	// sessions (the Server uses it): the most an agent may send on a
 	// stream before the relay read it, so the most the relay holds for a
 	// stream whose caller reads slowly. Zero means
-	// tunnel.DefaultStreamWindow; at least tunnel.MinStreamWindow.
+	// tunnel.DefaultStreamWindow; tunnel.ValidateStreamWindow says what is
+	// accepted.
 	StreamWindow uint32
 	// StreamMemory bounds what all streams together may make the relay
 	// hold: the router opens at most StreamMemory / StreamWindow streams
@@ -91,35 +92,39 @@ func (c *RouterConfig) Validate() error {
 		return fmt.Errorf("relay: RouterConfig.MaxStreamsPerCluster %d: want 0 (the default, %d) or more", c.MaxStreamsPerCluster, DefaultMaxStreamsPerCluster)
 	case c.MaxStreamsPerCaller < 0:
 		return fmt.Errorf("relay: RouterConfig.MaxStreamsPerCaller %d: want 0 (the default, %d) or more", c.MaxStreamsPerCaller, DefaultMaxStreamsPerCaller)
-	case c.StreamWindow != 0 && c.StreamWindow < tunnel.MinStreamWindow:
-		return fmt.Errorf("relay: RouterConfig.StreamWindow %d: want at least %d (256 KiB), or 0 for the default", c.StreamWindow, tunnel.MinStreamWindow)
+	case tunnel.ValidateStreamWindow(uint64(c.StreamWindow)) != nil:
+		return fmt.Errorf("relay: RouterConfig.StreamWindow: %w", tunnel.ValidateStreamWindow(uint64(c.StreamWindow)))
 	case c.StreamMemory < 0:
 		return fmt.Errorf("relay: RouterConfig.StreamMemory %d: want 0 (the default) or more", c.StreamMemory)
 	}
-	d := *c
-	d.defaults()
+	d := c.withDefaults()
 	if d.StreamMemory < int64(d.StreamWindow) {
 		return fmt.Errorf("relay: RouterConfig.StreamMemory %d is less than one stream window (%d): no stream could open", d.StreamMemory, d.StreamWindow)
 	}
 	return nil
 }
 
-func (c *RouterConfig) defaults() {
-	if c.MaxStreamsPerCluster <= 0 {
+// withDefaults returns c with its zero fields set to their defaults.
+func (c RouterConfig) withDefaults() RouterConfig {
+	if c.MaxStreamsPerCluster == 0 {
 		c.MaxStreamsPerCluster = DefaultMaxStreamsPerCluster
 	}
-	if c.MaxStreamsPerCaller <= 0 {
+	if c.MaxStreamsPerCaller == 0 {
 		c.MaxStreamsPerCaller = DefaultMaxStreamsPerCaller
 	}
 	if c.StreamWindow == 0 {
 		c.StreamWindow = tunnel.DefaultStreamWindow
 	}
-	if c.StreamMemory <= 0 {
+	if c.StreamMemory == 0 {
 		c.StreamMemory = DefaultStreamMemory
 	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
 }
 
 // Router maps clusters to their agents' live sessions.
@@ -143,18 +148,14 @@ type cluster struct {
 	lastSeen time.Time
 }
 
-// NewRouter returns an empty Router. A configuration that Validate refuses
-// has its faulty fields replaced by their defaults.
-func NewRouter(cfg RouterConfig) *Router {
-	if cfg.StreamWindow != 0 && cfg.StreamWindow < tunnel.MinStreamWindow {
-		cfg.StreamWindow = 0
+// NewRouter validates cfg and returns an empty Router.
+func NewRouter(cfg RouterConfig) (*Router, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	cfg.defaults()
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Router{cfg: cfg, maxStreams: max(1, int(cfg.StreamMemory/int64(cfg.StreamWindow))), log: log, clusters: map[string]*cluster{}, callers: map[string]int{}}
+	cfg = cfg.withDefaults()
+	return &Router{cfg: cfg, maxStreams: max(1, int(cfg.StreamMemory/int64(cfg.StreamWindow))), log: cfg.Logger,
+		clusters: map[string]*cluster{}, callers: map[string]int{}}, nil
 }
 
 // StreamWindow returns the yamux stream window the relay's agent sessions

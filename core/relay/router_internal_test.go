@@ -15,7 +15,10 @@ import (
 // only while the caller has a stream open, so many callers over time do
 // not grow the router.
 func TestRouterForgetsCallersWithNoStream(t *testing.T) {
-	r := NewRouter(RouterConfig{})
+	r, err := NewRouter(RouterConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = r.Close() })
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(io.Discard, st) })

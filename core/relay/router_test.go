@@ -43,7 +43,7 @@ func open(t *testing.T, r *relay.Router, cluster string) (string, error) {
 }
 
 func TestRouterSendsEachClusterToItsOwnAgents(t *testing.T) {
-	r := relay.NewRouter(relay.RouterConfig{})
+	r := newRouter(t, relay.RouterConfig{})
 	t.Cleanup(func() { _ = r.Close() })
 	agent(t, r, "prod", 0)
 	agent(t, r, "prod", 1)
@@ -70,7 +70,7 @@ func TestRouterSendsEachClusterToItsOwnAgents(t *testing.T) {
 
 func TestRouterNotConnected(t *testing.T) {
 	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	r := relay.NewRouter(relay.RouterConfig{Now: func() time.Time { return now }})
+	r := newRouter(t, relay.RouterConfig{Now: func() time.Time { return now }})
 	t.Cleanup(func() { _ = r.Close() })
 
 	_, err := open(t, r, "prod")
@@ -105,7 +105,7 @@ func TestRouterNotConnected(t *testing.T) {
 }
 
 func TestRouterCapsStreamsPerCluster(t *testing.T) {
-	r := relay.NewRouter(relay.RouterConfig{MaxStreamsPerCluster: 2})
+	r := newRouter(t, relay.RouterConfig{MaxStreamsPerCluster: 2})
 	t.Cleanup(func() { _ = r.Close() })
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
 	// The agent holds its streams open until the test ends.
@@ -137,7 +137,7 @@ func TestRouterCapsStreamsPerCluster(t *testing.T) {
 }
 
 func TestRouterSkipsADeadSession(t *testing.T) {
-	r := relay.NewRouter(relay.RouterConfig{})
+	r := newRouter(t, relay.RouterConfig{})
 	t.Cleanup(func() { _ = r.Close() })
 	agent(t, r, "prod", 0)
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "dying", Slot: 1})
@@ -153,7 +153,7 @@ func TestRouterSkipsADeadSession(t *testing.T) {
 }
 
 func TestRouterAvoidsDrainingSessionsWhileOthersLive(t *testing.T) {
-	r := relay.NewRouter(relay.RouterConfig{})
+	r := newRouter(t, relay.RouterConfig{})
 	t.Cleanup(func() { _ = r.Close() })
 	old := agent(t, r, "prod", 0)
 	if err := old.GoAway(t.Context(), time.Minute, "moving"); err != nil {
@@ -186,7 +186,7 @@ func TestRouterBoundsWhatSlowCallersMakeItHold(t *testing.T) {
 	for _, window := range []uint32{tunnel.MinStreamWindow, 1 << 20} {
 		t.Run(fmt.Sprint(window), func(t *testing.T) {
 			memory := 3 * int64(window)
-			r := relay.NewRouter(relay.RouterConfig{StreamWindow: window, StreamMemory: memory, MaxStreamsPerCluster: 100})
+			r := newRouter(t, relay.RouterConfig{StreamWindow: window, StreamMemory: memory, MaxStreamsPerCluster: 100})
 			t.Cleanup(func() { _ = r.Close() })
 			if r.MaxStreams() != 3 {
 				t.Fatalf("MaxStreams = %d, want 3", r.MaxStreams())
@@ -236,4 +236,14 @@ func TestRouterBoundsWhatSlowCallersMakeItHold(t *testing.T) {
 			}
 		})
 	}
+}
+
+// newRouter is relay.NewRouter for a configuration the test knows is valid.
+func newRouter(t testing.TB, cfg relay.RouterConfig) *relay.Router {
+	t.Helper()
+	r, err := relay.NewRouter(cfg)
+	if err != nil {
+		t.Fatalf("NewRouter: %v", err)
+	}
+	return r
 }

@@ -124,7 +124,7 @@ func newRelayRouted(t *testing.T, rcfg relay.RouterConfig, set func(*relay.Serve
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reg.Close() })
-	router := relay.NewRouter(rcfg)
+	router := newRouter(t, rcfg)
 	t.Cleanup(func() { _ = router.Close() })
 	h := &relayHarness{reg: reg, router: router, audit: &syncBuffer{}, prom: prometheus.NewRegistry()}
 	metrics, err := relay.NewMetrics(h.prom, router)

@@ -48,7 +48,8 @@ var ErrRevoked = errors.New("tunnel: the relay refused this agent's credential; 
 // KeeperConfig configures a Keeper.
 type KeeperConfig struct {
 	// Sessions is how many sessions the agent keeps open at once, so that a
-	// relay restart or rollout costs no outage. Zero means 2.
+	// relay restart or rollout costs no outage. Zero means DefaultSessions
+	// (2); at most MaxSessions.
 	Sessions int
 	// Dial connects to the relay and returns the connection (a *tls.Conn
 	// in production, with the agent's credential and the pinned relay CA).
@@ -63,12 +64,30 @@ type KeeperConfig struct {
 	// Backoff paces reconnection after a failure.
 	Backoff Backoff
 	// StableAfter is how long a session must last for the next reconnect
-	// to start from the first backoff step again. Zero means 10s.
+	// to start from the first backoff step again. Zero means
+	// DefaultStableAfter (10s).
 	StableAfter time.Duration
 	// Rand draws backoff jitter in [0, 1). Nil means math/rand/v2.
 	Rand func() float64
 	// Logger receives connection events. Nil discards.
 	Logger *slog.Logger
+}
+
+// withDefaults returns c with its zero fields set to their defaults.
+func (c KeeperConfig) withDefaults() KeeperConfig {
+	if c.Sessions == 0 {
+		c.Sessions = DefaultSessions
+	}
+	if c.StableAfter == 0 {
+		c.StableAfter = DefaultStableAfter
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Float64
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
 }
 
 // Keeper keeps an agent's sessions to the relay open.
@@ -83,30 +102,12 @@ type Keeper struct {
 
 // NewKeeper validates cfg and returns a Keeper; Run starts it.
 func NewKeeper(cfg KeeperConfig) (*Keeper, error) {
-	if cfg.Dial == nil || cfg.Serve == nil {
-		return nil, errors.New("tunnel: KeeperConfig.Dial and Serve are required")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if cfg.Sessions < 0 || cfg.Sessions > 16 {
-		return nil, fmt.Errorf("tunnel: KeeperConfig.Sessions %d: want 1 to 16, or 0 for 2", cfg.Sessions)
-	}
-	if cfg.Sessions == 0 {
-		cfg.Sessions = 2
-	}
-	if cfg.StableAfter == 0 {
-		cfg.StableAfter = 10 * time.Second
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = rand.Float64
-	}
+	cfg = cfg.withDefaults()
 	h := cfg.Agent.Hello
-	if err := h.Validate(); err != nil {
-		return nil, fmt.Errorf("tunnel: KeeperConfig.Agent.Hello: %w", err)
-	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Keeper{cfg: cfg, log: log.With("cluster", h.Cluster, "agent", h.Agent)}, nil
+	return &Keeper{cfg: cfg, log: cfg.Logger.With("cluster", h.Cluster, "agent", h.Agent)}, nil
 }
 
 // Live returns how many sessions are established now, including those a

@@ -124,10 +124,11 @@ type RelaySession struct {
 // whose handshake it completes, or any net.Conn in tests) and returns the
 // session. On error conn is closed.
 func AcceptAgent(ctx context.Context, conn net.Conn, cfg RelayConfig) (_ *RelaySession, err error) {
-	if cfg.Authorize == nil {
-		return nil, errors.New("tunnel: RelayConfig.Authorize is nil")
+	if err := cfg.Validate(); err != nil {
+		_ = conn.Close()
+		return nil, err
 	}
-	cfg = relayDefaults(cfg)
+	cfg = cfg.withDefaults()
 	defer func() {
 		if err != nil {
 			_ = conn.Close()
@@ -167,25 +168,6 @@ func AcceptAgent(ctx context.Context, conn net.Conn, cfg RelayConfig) (_ *RelayS
 	go s.refuseAgentStreams()
 	s.log.Info("tunnel: agent session established")
 	return s, nil
-}
-
-func relayDefaults(cfg RelayConfig) RelayConfig {
-	if cfg.HandshakeTimeout == 0 {
-		cfg.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	if cfg.OpenTimeout == 0 {
-		cfg.OpenTimeout = DefaultOpenTimeout
-	}
-	if cfg.MaxRogueStreams == 0 {
-		cfg.MaxRogueStreams = DefaultMaxRogueStreams
-	}
-	if cfg.Yamux == nil {
-		cfg.Yamux = DefaultYamuxConfig()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	return cfg
 }
 
 // handshakeTLS completes the TLS handshake if conn is TLS and returns its
@@ -358,18 +340,11 @@ type AgentSession struct {
 // session. A refusal by the relay is a *RefusedError. On error conn is
 // closed.
 func ConnectAgent(ctx context.Context, conn net.Conn, cfg AgentConfig) (_ *AgentSession, err error) {
-	if err := cfg.Hello.Validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
+		_ = conn.Close()
 		return nil, err
 	}
-	if cfg.HandshakeTimeout == 0 {
-		cfg.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	if cfg.Yamux == nil {
-		cfg.Yamux = DefaultYamuxConfig()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	cfg = cfg.withDefaults()
 	defer func() {
 		if err != nil {
 			_ = conn.Close()

@@ -146,8 +146,11 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 	// Every workload runs as the one user staticAuthn knows, standing in for
 	// many callers (W5 opens 10,000 watches): the per-caller cap is not what
 	// the benchmarks measure, so it never binds here.
-	router := relay.NewRouter(relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory,
+	router, err := relay.NewRouter(relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory,
 		MaxStreamsPerCluster: args.MaxStreamsPerCluster, MaxStreamsPerCaller: math.MaxInt32})
+	if err != nil {
+		return fmt.Errorf("tether-relay: %w", err)
+	}
 	defer router.Close()
 	serving, err := reg.ServingCertificate(args.Names)
 	if err != nil {

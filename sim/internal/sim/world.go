@@ -199,7 +199,12 @@ func (w *World) StartRelay(ctx context.Context) error {
 		_ = reg.Close()
 		return err
 	}
-	router := relay.NewRouter(relay.RouterConfig{Logger: w.log})
+	router, err := relay.NewRouter(relay.RouterConfig{Logger: w.log})
+	if err != nil {
+		cancel()
+		_ = reg.Close()
+		return err
+	}
 	serving, err := reg.ServingCertificate([]string{RelayHost})
 	if err != nil {
 		cancel()
