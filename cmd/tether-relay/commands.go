@@ -66,7 +66,7 @@ they open --data directly.`,
 	}
 	// withAdmin runs fn against the running relay, or against the data
 	// file when no relay serves the socket.
-	withAdmin := func(fn func(admin) error) error {
+	withAdmin := func(fn func(relay.Admin) error) error {
 		if remote.url != "" {
 			u, err := url.Parse(remote.url)
 			if err != nil || u.Scheme != "https" || u.Host == "" {
@@ -90,10 +90,9 @@ they open --data directly.`,
 			default:
 				return errors.New("--relay needs your token: pass --token-file or --token-command, or set TETHER_TOKEN: a token of your identity provider whose mapped groups include one of the relay's --admin-group")
 			}
-			return fn(liveAdmin{a})
+			return fn(a)
 		}
-		live := liveAdmin{relay.AdminClient{Socket: socketPath()}}
-		err := fn(live)
+		err := fn(relay.AdminClient{Socket: socketPath()})
 		if !errors.Is(err, relay.ErrNoRelay) {
 			return err
 		}
@@ -102,14 +101,14 @@ they open --data directly.`,
 			return fmt.Errorf("%w\n(no relay answered on %s, so the command opened --data itself)", err, socketPath())
 		}
 		defer reg.Close()
-		return fn(fileAdmin{reg})
+		return fn(&relay.AdminService{Registry: reg})
 	}
 	root.AddCommand(newServeCommand(&data, socketPath), newClusterCommand(withAdmin), &cobra.Command{
 		Use:   "ca",
 		Short: "Print the relay's CA certificate, which agents and proxies pin (--relay-ca)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withAdmin(func(a admin) error {
+			return withAdmin(func(a relay.Admin) error {
 				pem, err := a.CA(cmd.Context())
 				if err != nil {
 					return err
@@ -122,68 +121,7 @@ they open --data directly.`,
 	return root
 }
 
-// admin is what the cluster commands need: the running relay's admin API,
-// or the registry file when the relay is not running.
-type admin interface {
-	Create(ctx context.Context, name string) (relay.AdminResult, error)
-	Rotate(ctx context.Context, name string) (relay.AdminResult, error)
-	Delete(ctx context.Context, name string) (relay.AdminResult, error)
-	Clusters(ctx context.Context) ([]relay.ClusterStatus, error)
-	Policy(ctx context.Context, name string) (relay.PolicyChange, error)
-	Grant(ctx context.Context, name string, p policy.Policy) (relay.PolicyChange, error)
-	Revoke(ctx context.Context, name string, p policy.Policy) (relay.PolicyChange, error)
-	CA(ctx context.Context) ([]byte, error)
-	// Live says whether this is a running relay (session counts are known).
-	Live() bool
-}
-
-type liveAdmin struct{ relay.AdminClient }
-
-func (liveAdmin) Live() bool { return true }
-
-type fileAdmin struct{ reg *registry.Registry }
-
-func (f fileAdmin) Live() bool { return false }
-func (f fileAdmin) Create(_ context.Context, name string) (relay.AdminResult, error) {
-	tok, err := f.reg.CreateCluster(name)
-	return relay.AdminResult{Cluster: name, JoinToken: tok}, err
-}
-func (f fileAdmin) Rotate(_ context.Context, name string) (relay.AdminResult, error) {
-	tok, err := f.reg.Rotate(name)
-	return relay.AdminResult{Cluster: name, JoinToken: tok}, err
-}
-func (f fileAdmin) Delete(_ context.Context, name string) (relay.AdminResult, error) {
-	return relay.AdminResult{Cluster: name}, f.reg.DeleteCluster(name)
-}
-func (f fileAdmin) Clusters(context.Context) ([]relay.ClusterStatus, error) {
-	cs, err := f.reg.Clusters()
-	out := make([]relay.ClusterStatus, 0, len(cs))
-	for _, c := range cs {
-		out = append(out, relay.ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.Credentials),
-			Grants: len(c.Policy.Users) + len(c.Policy.Groups) + len(c.Policy.Rules)})
-	}
-	return out, err
-}
-func (f fileAdmin) CA(context.Context) ([]byte, error) { return f.reg.CAPEM(), nil }
-func (f fileAdmin) Policy(_ context.Context, name string) (relay.PolicyChange, error) {
-	c, err := f.reg.Cluster(name)
-	return relay.PolicyChange{Cluster: name, Policy: c.Policy}, err
-}
-func (f fileAdmin) Grant(_ context.Context, name string, add policy.Policy) (relay.PolicyChange, error) {
-	p, err := f.reg.UpdatePolicy(name, func(p policy.Policy) (policy.Policy, error) { return p.Add(add), nil })
-	return relay.PolicyChange{Cluster: name, Policy: p}, err
-}
-func (f fileAdmin) Revoke(_ context.Context, name string, drop policy.Policy) (relay.PolicyChange, error) {
-	n := 0
-	p, err := f.reg.UpdatePolicy(name, func(p policy.Policy) (policy.Policy, error) {
-		var q policy.Policy
-		q, n = p.Remove(drop)
-		return q, nil
-	})
-	return relay.PolicyChange{Cluster: name, Policy: p, Removed: n}, err
-}
-
-func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
+func newClusterCommand(withAdmin func(func(relay.Admin) error) error) *cobra.Command {
 	c := &cobra.Command{Use: "cluster", Short: "Create, list, rotate and delete clusters (on the running relay, or on --data)"}
 	c.AddCommand(&cobra.Command{
 		Use:   "create NAME",
@@ -191,7 +129,7 @@ func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
 		Long:  "Create a cluster and print its join token. The token is shown once, stored only hashed, expires in 24h and works once.",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withAdmin(func(a admin) error {
+			return withAdmin(func(a relay.Admin) error {
 				res, err := a.Create(cmd.Context(), args[0])
 				if err != nil {
 					return err
@@ -207,7 +145,7 @@ func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
 		Short: "Revoke every credential of a cluster, end its sessions, and print a new join token",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withAdmin(func(a admin) error {
+			return withAdmin(func(a relay.Admin) error {
 				res, err := a.Rotate(cmd.Context(), args[0])
 				if err != nil {
 					return err
@@ -222,7 +160,7 @@ func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
 		Short: "List clusters (with live agent sessions when the relay runs)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withAdmin(func(a admin) error {
+			return withAdmin(func(a relay.Admin) error {
 				cs, err := a.Clusters(cmd.Context())
 				if err != nil {
 					return err
@@ -246,7 +184,7 @@ func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
 			Short: "Show who may reach a cluster",
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				return withAdmin(func(a admin) error {
+				return withAdmin(func(a relay.Admin) error {
 					res, err := a.Policy(cmd.Context(), args[0])
 					if err != nil {
 						return err
@@ -260,7 +198,7 @@ func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
 			Short: "Delete a cluster: its agents' credentials stop working and its sessions end",
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				return withAdmin(func(a admin) error {
+				return withAdmin(func(a relay.Admin) error {
 					res, err := a.Delete(cmd.Context(), args[0])
 					if err != nil {
 						return err
@@ -274,7 +212,7 @@ func newClusterCommand(withAdmin func(func(admin) error) error) *cobra.Command {
 }
 
 // policyCommand is grant or revoke: the same flags, adding or removing.
-func policyCommand(verb, short string, withAdmin func(func(admin) error) error) *cobra.Command {
+func policyCommand(verb, short string, withAdmin func(func(relay.Admin) error) error) *cobra.Command {
 	var p policy.Policy
 	c := &cobra.Command{
 		Use:   verb + " NAME (--user USER | --group GROUP | --rule CEL | --audience AUD)...",
@@ -294,7 +232,7 @@ authenticates every caller itself, and the cluster's RBAC decides what they may 
 			if p.Empty() && len(p.Audiences) == 0 {
 				return fmt.Errorf("%s: name at least one --user, --group, --rule or --audience", verb)
 			}
-			return withAdmin(func(a admin) error {
+			return withAdmin(func(a relay.Admin) error {
 				change := a.Grant
 				if verb == "revoke" {
 					change = a.Revoke
@@ -340,7 +278,7 @@ func printPolicy(w io.Writer, p policy.Policy) {
 	}
 }
 
-func sessionsNote(a admin, res relay.AdminResult) string {
+func sessionsNote(a relay.Admin, res relay.AdminResult) string {
 	if !a.Live() {
 		return " (the relay is not running; it refuses the old credentials when it starts)"
 	}

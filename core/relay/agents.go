@@ -1,0 +1,154 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/tunnel"
+)
+
+// agentWebSocket carries an agent's connection over WebSocket: inside it,
+// the same mutual TLS and session as on the agent endpoint.
+func (s *Server) agentWebSocket(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.AgentCertificate == nil {
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: this relay does not accept agents over WebSocket")
+		return
+	}
+	ws, err := tunnel.AcceptWebSocket(w, r)
+	if err != nil {
+		s.log.Warn("relay: agent WebSocket refused", "client", r.RemoteAddr, "error", err)
+		return
+	}
+	s.log.Debug("relay: agent connected over WebSocket", "client", r.RemoteAddr)
+	s.acceptAgent(r.Context(), tls.Server(ws, s.AgentTLSConfig(*s.cfg.AgentCertificate)))
+}
+
+// AgentTLSConfig returns the TLS configuration of the agent endpoint: TLS
+// 1.3, the relay's certificate, and client certificates required and
+// verified against the registry's CA.
+func (s *Server) AgentTLSConfig(cert tls.Certificate) *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(s.cfg.Registry.CACertificate())
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool,
+		MinVersion:   tls.VersionTLS13,
+		NextProtos:   []string{tunnel.SessionALPN, tunnel.RenewALPN},
+	}
+}
+
+// ServeAgents accepts agents' connections on l (a TLS listener with
+// AgentTLSConfig) until ctx ends or l fails, and adds each accepted session
+// to the router. It closes l and waits for the handshakes in progress.
+func (s *Server) ServeAgents(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
+	defer stop()
+	defer s.conns.Wait()
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("relay: accept agents: %w", err)
+		}
+		s.conns.Add(1)
+		go func() {
+			defer s.conns.Done()
+			s.acceptAgent(ctx, conn)
+		}()
+	}
+}
+
+func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
+	if tc, ok := conn.(*tls.Conn); ok {
+		hctx, cancel := context.WithTimeout(ctx, tunnel.DefaultHandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			s.log.Warn("relay: agent TLS handshake failed", "remote", conn.RemoteAddr(), "error", err)
+			_ = conn.Close()
+			return
+		}
+		if tc.ConnectionState().NegotiatedProtocol == tunnel.RenewALPN {
+			s.renew(tc)
+			return
+		}
+	}
+	sess, err := tunnel.AcceptAgent(ctx, conn, tunnel.RelayConfig{
+		Authorize: s.authorizeAgent,
+		Session:   newID(),
+		Relay:     s.cfg.RelayID,
+		// The router's window: its stream caps bound window × streams.
+		Yamux:  tunnel.YamuxConfig(s.cfg.Router.StreamWindow()),
+		Logger: s.log,
+	})
+	if err != nil {
+		s.log.Warn("relay: agent refused", "remote", conn.RemoteAddr(), "error", err)
+		return
+	}
+	if err := s.cfg.Router.Add(sess); err != nil {
+		_ = sess.Close()
+	}
+}
+
+// renew answers one Renew on conn with a new certificate for the cluster
+// the agent's current (verified, listed) certificate names.
+func (s *Server) renew(conn *tls.Conn) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(tunnel.DefaultHandshakeTimeout))
+	var req tunnel.Renew
+	if err := tunnel.ReadFrame(conn, &req); err != nil {
+		s.log.Warn("relay: bad renewal request", "remote", conn.RemoteAddr(), "error", err)
+		return
+	}
+	peer := conn.ConnectionState().PeerCertificates
+	if len(peer) == 0 {
+		_ = tunnel.WriteFrame(conn, &tunnel.Renewed{Reason: tunnel.ReasonRevoked, Message: "no client certificate"})
+		return
+	}
+	cred, err := s.cfg.Registry.Renew(peer[0], req.CSR)
+	if err != nil {
+		reason := tunnel.ReasonRevoked
+		if errors.Is(err, registry.ErrBadCSR) {
+			reason = tunnel.ReasonBadRequest
+		}
+		s.cfg.Metrics.renewal(false)
+		s.log.Warn("relay: renewal refused", "remote", conn.RemoteAddr(), "error", err)
+		_ = tunnel.WriteFrame(conn, &tunnel.Renewed{Reason: reason, Message: err.Error()})
+		return
+	}
+	s.cfg.Metrics.renewal(true)
+	s.log.Info("relay: agent credential renewed", "cluster", cred.ClusterID, "notAfter", cred.NotAfter, "remote", conn.RemoteAddr())
+	if err := tunnel.WriteFrame(conn, &tunnel.Renewed{OK: true, Certificate: string(cred.CertPEM)}); err != nil {
+		s.log.Warn("relay: renewal answer not delivered; the agent will retry", "cluster", cred.ClusterID, "error", err)
+	}
+}
+
+// authorizeAgent accepts an agent whose certificate the registry lists as
+// current for the very cluster its Hello names.
+func (s *Server) authorizeAgent(_ context.Context, h *tunnel.Hello, st tls.ConnectionState) error {
+	if s.draining.Load() {
+		return tunnel.Refuse(tunnel.ReasonDraining, "relay "+s.cfg.RelayID+" is shutting down; connect to another replica or retry")
+	}
+	if len(st.PeerCertificates) == 0 {
+		return tunnel.Refuse(tunnel.ReasonRevoked, "no client certificate")
+	}
+	id, err := s.cfg.Registry.VerifyPeer(st.PeerCertificates[0])
+	if err != nil {
+		return tunnel.Refuse(tunnel.ReasonRevoked, err.Error())
+	}
+	if id != h.Cluster {
+		return tunnel.Refuse(tunnel.ReasonClusterMismatch, fmt.Sprintf("the certificate is for cluster %s, not %s", id, h.Cluster))
+	}
+	return nil
+}

@@ -1,0 +1,186 @@
+package relay
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tether-k8s/tether/core/clusterid"
+	"github.com/tether-k8s/tether/core/copybuf"
+	"github.com/tether-k8s/tether/core/identity"
+	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/policy"
+	"github.com/tether-k8s/tether/core/relayapi"
+	"github.com/tether-k8s/tether/core/tunnel"
+)
+
+// caller authenticates the request's bearer token, checks the cluster ID
+// in the path and the cluster's access policy, and returns the cluster, the
+// caller and the token. It writes the refusal itself, counts it with count
+// (a result label) and returns ok=false.
+func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(result string)) (id string, who identity.Identity, token string, ok bool) {
+	id = r.PathValue("id")
+	if err := clusterid.Validate(id); err != nil {
+		count(ResultBadRequest)
+		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: "+err.Error())
+		return "", who, "", false
+	}
+	token, found := bearer(r)
+	if !found {
+		count(ResultUnauthorized)
+		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: a bearer token is required to reach a cluster")
+		return "", who, "", false
+	}
+	res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
+	if err != nil {
+		count(ResultUnauthorized)
+		why := strings.ReplaceAll(err.Error(), token, "<token>")
+		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "why", why)
+		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+why)
+		return "", who, "", false
+	}
+	c, err := s.cfg.Registry.Cluster(id)
+	if err != nil {
+		count(ResultUnknown)
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: "+err.Error())
+		return "", who, "", false
+	}
+	if err := policy.CheckAudience(c.Policy, res.Audiences); err != nil {
+		count(ResultForbidden)
+		s.log.Warn("relay: caller refused: token for another audience", "cluster", id, "user", res.Identity.User, "client", r.RemoteAddr, "why", err)
+		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether: cluster %s refuses this token: %v", id, err))
+		return "", who, "", false
+	}
+	d, perr := policy.Check(c.Policy, res.Identity)
+	if !d.Allowed {
+		count(ResultForbidden)
+		s.log.Warn("relay: caller refused by the cluster's policy", "cluster", id, "user", res.Identity.User, "groups", len(res.Identity.Groups),
+			"client", r.RemoteAddr, "why", d.Why, "ruleErrors", perr)
+		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether: %s may not reach cluster %s: %s (an administrator grants access with: tether-relay cluster grant %s --user|--group|--rule)",
+			res.Identity.User, id, d.Why, id))
+		return "", who, "", false
+	}
+	return id, res.Identity, token, true
+}
+
+// bearer returns the request's one bearer token.
+func bearer(r *http.Request) (string, bool) {
+	auth := r.Header.Values("Authorization")
+	if len(auth) != 1 {
+		return "", false
+	}
+	token, found := strings.CutPrefix(auth[0], "Bearer ")
+	return token, found && token != ""
+}
+
+func (s *Server) clusterInfo(w http.ResponseWriter, r *http.Request) {
+	id, _, _, ok := s.caller(w, r, s.cfg.Metrics.tunnel)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(relayapi.ClusterInfo{Cluster: id, Connected: s.cfg.Router.Sessions(id) > 0, CA: string(s.cfg.Registry.CAPEM())})
+}
+
+// tunnel authenticates the caller, opens a stream to one of the cluster's
+// agents, answers 101 and splices bytes until either side ends.
+func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), relayapi.TunnelProtocol) || !headerHasToken(r.Header, "Connection", "upgrade") {
+		kstatus.Write(w, http.StatusUpgradeRequired, kstatus.ReasonBadRequest, "tether: this endpoint needs Connection: Upgrade and Upgrade: "+relayapi.TunnelProtocol)
+		return
+	}
+	id, who, _, ok := s.caller(w, r, s.cfg.Metrics.tunnel)
+	if !ok {
+		return
+	}
+	reqID := newID()
+	start := time.Now()
+	st, err := s.cfg.Router.Open(r.Context(), &tunnel.Open{Cluster: id, Request: reqID, Client: r.RemoteAddr, User: who.User})
+	if err != nil {
+		s.log.Warn("relay: tunnel not opened", "cluster", id, "request", reqID, "error", err)
+		var nc *NotConnectedError
+		switch {
+		case errors.As(err, &nc):
+			s.cfg.Metrics.tunnel(ResultNotConnected)
+		case errors.Is(err, ErrTooManyStreams):
+			s.cfg.Metrics.tunnel(ResultTooMany)
+		default:
+			s.cfg.Metrics.tunnel(ResultFailed)
+		}
+		WriteError(w, err)
+		return
+	}
+	defer st.Close()
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		s.log.Error("relay: hijack", "error", err)
+		kstatus.Write(w, http.StatusInternalServerError, kstatus.ReasonInternalError, "tether: cannot take over the connection")
+		return
+	}
+	defer conn.Close()
+	if brw.Reader.Buffered() > 0 {
+		// The caller sent bytes before the 101: they belong to no one.
+		s.log.Warn("relay: caller sent data before the tunnel opened; closed", "cluster", id, "request", reqID)
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+relayapi.TunnelProtocol+"\r\n\r\n"); err != nil {
+		return
+	}
+	s.cfg.Metrics.tunnel(ResultOpened)
+	s.audit.Info("relay: tunnel opened", "request", reqID, "cluster", id, "user", who.User, "client", r.RemoteAddr)
+	in, out := splice(conn, st)
+	s.cfg.Metrics.spliced(in, out)
+	s.audit.Info("relay: tunnel", "request", reqID, "cluster", id, "user", who.User, "client", r.RemoteAddr,
+		"bytesIn", in, "bytesOut", out, "durationMs", time.Since(start).Milliseconds())
+}
+
+// splice copies both ways until both directions end, passing a half-close
+// on; it returns the bytes sent caller→agent and agent→caller. An idle
+// tunnel (a watch) holds copybuf.IdleSize per direction, not 32 KiB.
+func splice(caller, agent net.Conn) (in, out int64) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		in, _ = copybuf.Copy(agent, caller)
+		closeWrite(agent)
+	}()
+	out, _ = copybuf.Copy(caller, agent)
+	closeWrite(caller)
+	wg.Wait()
+	return in, out
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		return
+	}
+	_ = c.Close()
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func newID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,21 @@
+package relay
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/tether-k8s/tether/core/kstatus"
+)
+
+// login publishes where callers log in (GET /v1/login), unauthenticated:
+// the settings are no secret.
+func (s *Server) login(w http.ResponseWriter, _ *http.Request) {
+	if s.cfg.Login.Issuer == "" {
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound,
+			"tether: this relay publishes no login settings (it was started without --login-issuer); pass --issuer and --client-id to tether-proxy login, or ask the relay's operator for them")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(s.cfg.Login)
+}
