@@ -10,11 +10,9 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -155,68 +153,27 @@ func (o *options) run(parent context.Context) error {
 		}
 		store = agent.SecretStore{Client: cs, Namespace: ns, Name: name}
 	}
+	if err := tunnel.ValidateStreamWindow(uint64(o.streamWindow)); err != nil {
+		return fmt.Errorf("--stream-window %s: %w", o.streamWindow.String(), err)
+	}
 	oidcAuthn, err := authn.New(ctx, authn.Config{Authentication: ac, DisallowedIssuers: o.saIssuers, AllowSystemNames: o.allowSystemNames, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer oidcAuthn.Close()
-	prom := prometheus.NewRegistry()
-	metrics, err := agent.NewMetrics(prom)
-	if err != nil {
-		return err
-	}
-	handler, err := impersonate.New(impersonate.Config{
-		Observe:   metrics.Observe,
-		Admit:     agent.AdmitTunnelUser,
-		RequestID: agent.TunnelRequestID,
-		Upstream:  upstream, Transport: transport, Credential: credential,
-		Authenticator:    authn.ServiceAccountPassthrough(o.saIssuers, 0, oidcAuthn),
-		AllowSystemNames: o.allowSystemNames, Logger: log, Audit: log.With("audit", true),
-	})
-	if err != nil {
-		return err
-	}
-	if err := tunnel.ValidateStreamWindow(uint64(o.streamWindow)); err != nil {
-		return fmt.Errorf("--stream-window %s: %w", o.streamWindow.String(), err)
-	}
 	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr, RelayWebSocketURL: wsURL,
-		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Handler: handler, Sessions: o.sessions, RenewBefore: o.renewBefore,
-		StreamWindow: uint32(o.streamWindow), Logger: log})
+		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Sessions: o.sessions, RenewBefore: o.renewBefore,
+		StreamWindow: uint32(o.streamWindow), Logger: log, Prometheus: prometheus.NewRegistry(), HealthAddr: o.healthListen,
+		Forward: impersonate.Config{
+			Upstream: upstream, Transport: transport, Credential: credential,
+			Authenticator:    authn.ServiceAccountPassthrough(o.saIssuers, 0, oidcAuthn),
+			AllowSystemNames: o.allowSystemNames, Audit: log.With("audit", true),
+		}})
 	if err != nil {
 		return err
-	}
-	if err := agent.WatchSessions(prom, a); err != nil {
-		return err
-	}
-	var wg sync.WaitGroup
-	var health *http.Server
-	if o.healthListen != "" {
-		mux := http.NewServeMux()
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if !a.Ready() {
-				http.Error(w, "no relay session", http.StatusServiceUnavailable)
-				return
-			}
-			_, _ = w.Write([]byte("ok\n"))
-		})
-		mux.Handle("/metrics", promhttp.HandlerFor(prom, promhttp.HandlerOpts{}))
-		health = &http.Server{Addr: o.healthListen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := health.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
-				log.Error("agent: health endpoint", "error", err)
-			}
-		}()
 	}
 	log.Info("agent: starting", "cluster", o.cluster, "relay", o.relayAgentAddr, "apiserver", upstream.String())
-	err = a.Run(ctx)
-	if health != nil {
-		_ = health.Close()
-	}
-	wg.Wait()
-	return err
+	return a.Run(ctx)
 }
 
 // restConfig is the agent's own configuration for the API server.

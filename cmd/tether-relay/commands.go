@@ -6,20 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
-	"slices"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	apiserverapi "k8s.io/apiserver/pkg/apis/apiserver"
 
 	"github.com/tether-k8s/tether/cmd/internal/cli"
 	"github.com/tether-k8s/tether/core/authn"
@@ -332,29 +325,6 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	return c
 }
 
-// checkLogin refuses login settings the authentication configuration would
-// not accept: a login at an issuer it does not trust, or for a client
-// that is not among that issuer's audiences, could only give tokens the
-// relay refuses.
-func checkLogin(l relayapi.LoginSettings, ac *apiserverapi.AuthenticationConfiguration) error {
-	if l.Issuer == "" && l.ClientID == "" {
-		return nil
-	}
-	if l.Issuer == "" || l.ClientID == "" {
-		return errors.New("--login-issuer and --login-client-id go together")
-	}
-	for _, j := range ac.JWT {
-		if j.Issuer.URL != l.Issuer {
-			continue
-		}
-		if slices.Contains(j.Issuer.Audiences, l.ClientID) {
-			return nil
-		}
-		return fmt.Errorf("--login-client-id %q is not among the audiences of issuer %s in --authentication-config (%v): tokens from that login would be refused", l.ClientID, l.Issuer, j.Issuer.Audiences)
-	}
-	return fmt.Errorf("--login-issuer %s is not an issuer of --authentication-config: tokens from that login would be refused", l.Issuer)
-}
-
 // routerConfig checks the stream flags and returns the router's
 // configuration from them. A cap of 0 is refused rather than read as "the
 // default" or "no cap".
@@ -376,158 +346,88 @@ func (o *serveOptions) routerConfig() (relay.RouterConfig, error) {
 	return rcfg, nil
 }
 
+// options turns the flags into the relay's Options, checking each flag
+// before anything is opened.
+func (o *serveOptions) options(data, adminSocket string) (relay.Options, error) {
+	if len(o.hostnames) == 0 {
+		return relay.Options{}, errors.New("--hostname is required: the names or addresses agents and callers use to reach this relay")
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return relay.Options{}, errors.New("--tls-cert and --tls-key go together")
+	}
+	if o.authnConfig == "" {
+		return relay.Options{}, errors.New("--authentication-config is required: without it no caller can be authenticated")
+	}
+	if o.drainTimeout < 0 {
+		return relay.Options{}, fmt.Errorf("--drain-timeout %s: must not be negative (0 stops without draining)", o.drainTimeout)
+	}
+	if (o.loginIssuer == "") != (o.loginClientID == "") {
+		return relay.Options{}, errors.New("--login-issuer and --login-client-id go together")
+	}
+	raw, err := os.ReadFile(o.authnConfig)
+	if err != nil {
+		return relay.Options{}, fmt.Errorf("--authentication-config: %w", err)
+	}
+	ac, err := authn.LoadConfig(raw)
+	if err != nil {
+		return relay.Options{}, fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
+	}
+	if err := (&authn.Config{Authentication: ac}).Validate(); err != nil {
+		return relay.Options{}, fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
+	}
+	rcfg, err := o.routerConfig()
+	if err != nil {
+		return relay.Options{}, err
+	}
+	opts := relay.Options{
+		Registry: registry.Config{Path: data}, Authentication: ac, Hostnames: o.hostnames,
+		APIAddr: o.listen, AgentAddr: o.agentListen, HealthAddr: o.healthListen, AdminSocket: adminSocket,
+		RelayID: o.relayID, AdminGroups: o.adminGroups, Router: rcfg,
+		Login: relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID},
+	}
+	if o.clusterEndpoint {
+		opts.ClusterEndpoint = &relay.ClusterEndpointConfig{}
+	}
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return relay.Options{}, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		opts.APICertificate = &cert
+	}
+	if err := opts.Validate(); err != nil {
+		return relay.Options{}, loginFlagError(err, o)
+	}
+	return opts, nil
+}
+
+// loginFlagError names the flags when the login settings are what
+// Validate refused.
+func loginFlagError(err error, o *serveOptions) error {
+	if o.loginIssuer != "" && strings.Contains(err.Error(), "login") {
+		return fmt.Errorf("--login-issuer %s, --login-client-id %s: %w", o.loginIssuer, o.loginClientID, err)
+	}
+	return err
+}
+
 func (o *serveOptions) run(parent context.Context, data, adminSocket string) error {
 	log, err := o.logs.Logger(os.Stderr)
 	if err != nil {
 		return err
 	}
-	if len(o.hostnames) == 0 {
-		return errors.New("--hostname is required: the names or addresses agents and callers use to reach this relay")
-	}
-	if (o.tlsCert == "") != (o.tlsKey == "") {
-		return errors.New("--tls-cert and --tls-key go together")
-	}
-	if o.authnConfig == "" {
-		return errors.New("--authentication-config is required: without it no caller can be authenticated")
-	}
-	raw, err := os.ReadFile(o.authnConfig)
+	opts, err := o.options(data, adminSocket)
 	if err != nil {
-		return fmt.Errorf("--authentication-config: %w", err)
-	}
-	ac, err := authn.LoadConfig(raw)
-	if err != nil {
-		return fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
-	}
-	login := relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID}
-	if err := checkLogin(login, ac); err != nil {
 		return err
 	}
-	if o.drainTimeout < 0 {
-		return fmt.Errorf("--drain-timeout %s: must not be negative (0 stops without draining)", o.drainTimeout)
-	}
-	if o.relayID == "" {
-		o.relayID, _ = os.Hostname()
-	}
-	// signalled ends at SIGTERM or Ctrl-C; ctx, which the servers run on,
-	// ends after the drain.
+	opts.Logger, opts.Audit = log, log.With("audit", true)
+	// signalled ends at SIGTERM or Ctrl-C; the relay runs until then and
+	// drains after.
 	signalled, cancel := cli.SignalContext(parent)
 	defer cancel()
-	ctx, stopRun := context.WithCancel(parent)
-	defer stopRun()
-
-	reg, err := registry.Open(registry.Config{Path: data, Logger: log})
+	r, err := relay.Start(context.WithoutCancel(parent), opts)
 	if err != nil {
 		return err
 	}
-	defer reg.Close()
-	authenticator, err := authn.New(ctx, authn.Config{Authentication: ac, Logger: log})
-	if err != nil {
-		return err
-	}
-	defer authenticator.Close()
-	rcfg, err := o.routerConfig()
-	if err != nil {
-		return err
-	}
-	rcfg.Logger = log
-	router, err := relay.NewRouter(rcfg)
-	if err != nil {
-		return err
-	}
-	log.Info("relay: stream limits", "streamWindow", o.streamWindow.String(), "maxStreams", router.MaxStreams(), "maxStreamsPerCluster", o.maxStreamsPerCluster,
-		"maxStreamsPerCaller", o.maxStreamsPerCaller)
-	defer router.Close()
-	prom := prometheus.NewRegistry()
-	metrics, err := relay.NewMetrics(prom, router)
-	if err != nil {
-		return err
-	}
-	serving, err := reg.ServingCertificate(o.hostnames)
-	if err != nil {
-		return err
-	}
-	var endpoint *relay.ClusterEndpointConfig
-	if o.clusterEndpoint {
-		endpoint = &relay.ClusterEndpointConfig{}
-	}
-	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: authenticator, RelayID: o.relayID,
-		Logger: log, Audit: log.With("audit", true), Metrics: metrics, AgentCertificate: &serving, AdminGroups: o.adminGroups,
-		ClusterEndpoint: endpoint, Login: login})
-	if err != nil {
-		return err
-	}
-	defer srv.Close()
-	apiCert := serving
-	if o.tlsCert != "" {
-		if apiCert, err = tls.LoadX509KeyPair(o.tlsCert, o.tlsKey); err != nil {
-			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
-		}
-	}
-	agentL, err := tls.Listen("tcp", o.agentListen, srv.AgentTLSConfig(serving))
-	if err != nil {
-		return fmt.Errorf("--agent-listen %s: %w", o.agentListen, err)
-	}
-	apiL, err := net.Listen("tcp", o.listen)
-	if err != nil {
-		_ = agentL.Close()
-		return fmt.Errorf("--listen %s: %w", o.listen, err)
-	}
-	adminL, err := relay.ListenAdmin(adminSocket)
-	if err != nil {
-		_ = agentL.Close()
-		_ = apiL.Close()
-		return fmt.Errorf("--admin-socket: %w", err)
-	}
-	admin := &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
-	api := &http.Server{
-		Handler:           srv.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		IdleTimeout:       2 * time.Minute,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{apiCert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
-	}
-	errc := make(chan error, 2)
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); errc <- srv.ServeAgents(ctx, agentL) }()
-	go func() {
-		defer wg.Done()
-		if err := api.ServeTLS(apiL, "", ""); !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("API: %w", err)
-			return
-		}
-		errc <- nil
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := admin.Serve(adminL); !errors.Is(err, http.ErrServerClosed) {
-			log.Error("relay: admin socket", "error", err)
-		}
-	}()
-	var health *http.Server
-	if o.healthListen != "" {
-		mux := http.NewServeMux()
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if srv.Draining() {
-				http.Error(w, "draining: this relay is shutting down", http.StatusServiceUnavailable)
-				return
-			}
-			_, _ = w.Write([]byte("ok\n"))
-		})
-		mux.Handle("/metrics", promhttp.HandlerFor(prom, promhttp.HandlerOpts{}))
-		health = &http.Server{Addr: o.healthListen, ReadHeaderTimeout: 5 * time.Second, Handler: mux}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := health.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
-				log.Error("relay: health endpoint", "error", err)
-			}
-		}()
-	}
-	log.Info("relay: serving", "api", o.listen, "agents", o.agentListen, "adminSocket", adminSocket, "hostnames", strings.Join(o.hostnames, ","),
-		"clusterEndpoint", o.clusterEndpoint)
 	var first error
 	select {
 	case <-signalled.Done():
@@ -536,25 +436,11 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 			dctx, dcancel := context.WithTimeout(context.Background(), o.drainTimeout)
 			dctx, dstop := cli.SignalContext(dctx)
 			log.Info("relay: draining; a second signal stops at once", "timeout", o.drainTimeout)
-			srv.Drain(dctx)
+			r.Drain(dctx)
 			dstop()
 			dcancel()
 		}
-	case <-ctx.Done():
-	case first = <-errc:
+	case first = <-r.Done():
 	}
-	stopRun()
-	cancel()
-	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer scancel()
-	_ = api.Shutdown(sctx)
-	_ = api.Close()
-	if health != nil {
-		_ = health.Shutdown(sctx)
-	}
-	_ = admin.Shutdown(sctx)
-	_ = router.Close()
-	wg.Wait()
-	log.Info("relay: stopped")
-	return first
+	return errors.Join(first, r.Close())
 }

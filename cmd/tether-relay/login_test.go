@@ -1,15 +1,23 @@
 package main
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/tether-k8s/tether/core/authn"
+	"github.com/tether-k8s/tether/core/relay"
 	"github.com/tether-k8s/tether/core/relayapi"
+	"github.com/tether-k8s/tether/core/tunnel"
 )
 
-func TestCheckLogin(t *testing.T) {
-	ac, err := authn.LoadConfig([]byte(`apiVersion: apiserver.config.k8s.io/v1
+// TestLoginFlags: the login flags must name an issuer and an audience of
+// --authentication-config, and are refused before anything is opened.
+func TestLoginFlags(t *testing.T) {
+	dir := t.TempDir()
+	authnFile := filepath.Join(dir, "authn.yaml")
+	if err := os.WriteFile(authnFile, []byte(`apiVersion: apiserver.config.k8s.io/v1
 kind: AuthenticationConfiguration
 jwt:
 - issuer:
@@ -17,8 +25,7 @@ jwt:
     audiences: [tether]
   claimMappings:
     username: {claim: sub, prefix: "op:"}
-`))
-	if err != nil {
+`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -28,15 +35,22 @@ jwt:
 	}{
 		{name: "none", login: relayapi.LoginSettings{}},
 		{name: "trusted issuer and audience", login: relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}},
-		{name: "issuer not trusted", login: relayapi.LoginSettings{Issuer: "https://other.example.com", ClientID: "tether"}, wantErr: "not an issuer of --authentication-config"},
-		{name: "client not an audience", login: relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "kubectl"}, wantErr: "not among the audiences"},
+		{name: "issuer not trusted", login: relayapi.LoginSettings{Issuer: "https://other.example.com", ClientID: "tether"}, wantErr: "--login-issuer https://other.example.com, --login-client-id tether: relay: login issuer https://other.example.com is not an issuer of the authentication configuration"},
+		{name: "client not an audience", login: relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "kubectl"}, wantErr: "--login-issuer https://op.example.com, --login-client-id kubectl: relay: login client ID \"kubectl\" is not among the audiences"},
 		{name: "issuer alone", login: relayapi.LoginSettings{Issuer: "https://op.example.com"}, wantErr: "go together"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := checkLogin(tc.login, ac)
+			o := &serveOptions{hostnames: []string{"relay.test"}, authnConfig: authnFile, listen: "127.0.0.1:0", agentListen: "127.0.0.1:0",
+				loginIssuer: tc.login.Issuer, loginClientID: tc.login.ClientID, streamWindow: tunnel.DefaultStreamWindow,
+				streamMemory: relay.DefaultStreamMemory, maxStreamsPerCluster: 1, maxStreamsPerCaller: 1}
+			data := filepath.Join(dir, "relay.db")
+			_, err := o.options(data, "")
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
-				t.Fatalf("checkLogin: %v, want %q", err, tc.wantErr)
+				t.Fatalf("options: %v, want %q", err, tc.wantErr)
+			}
+			if _, serr := os.Stat(data); !errors.Is(serr, os.ErrNotExist) {
+				t.Fatalf("checking the flags created %s (%v): nothing may be opened before the flags are good", data, serr)
 			}
 		})
 	}

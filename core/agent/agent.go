@@ -23,8 +23,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tether-k8s/tether/core/clusterid"
 	"github.com/tether-k8s/tether/core/identity"
+	"github.com/tether-k8s/tether/core/impersonate"
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
@@ -65,9 +68,28 @@ type Config struct {
 	Store CredentialStore
 	// JoinToken is traded for a credential when CredentialDir has none.
 	JoinToken string
-	// Handler serves callers' requests (the impersonation handler).
-	// Required.
-	Handler http.Handler
+	// Forward is the request path into the API server: its URL and
+	// transport, the agent's own credential (a service account that may
+	// only impersonate), the authenticator of callers' tokens, and the
+	// audit logger. Required, except Admit and RequestID: the agent sets
+	// those itself (the request must be the user the relay admitted for
+	// its tunnel, and its ID links the relay's, the agent's and the API
+	// server's audit lines), so that no assembly can leave them out; New
+	// refuses a Forward that sets them. Observe is set from Prometheus
+	// when that is not nil.
+	Forward impersonate.Config
+	// Prometheus, when not nil, receives the agent's metrics: requests by
+	// status, relay sessions held; when it is also a Gatherer (a
+	// *prometheus.Registry), HealthAddr serves them at /metrics.
+	Prometheus prometheus.Registerer
+	// HealthAddr, when not empty, is where Run serves /healthz, /readyz
+	// and /metrics.
+	HealthAddr string
+	// WrapConn, when not nil, wraps each session's connection to the relay
+	// after its TLS handshake (the benchmarks' A/B of how frames are
+	// written). The wrapper must pass bytes through unchanged. Nil uses the
+	// connection as it is.
+	WrapConn func(*tls.Conn) net.Conn
 	// Sessions is how many relay sessions to keep open. Zero means 2.
 	Sessions int
 	// RenewBefore is how long before its expiry the agent renews its
@@ -106,22 +128,43 @@ func (c *Config) Validate() error {
 		return errors.New("agent: Config.RelayCA is nil: the relay's CA must be pinned")
 	case c.CredentialDir == "" && c.Store == nil:
 		return errors.New("agent: Config.CredentialDir and Store are empty: name where the credential is kept")
-	case c.Handler == nil:
-		return errors.New("agent: Config.Handler is nil")
+	case c.Forward.Admit != nil || c.Forward.RequestID != nil:
+		return errors.New("agent: Config.Forward.Admit and RequestID are the agent's own: leave them nil")
 	case c.RenewBefore < 0 || c.RenewRetry < 0:
 		return fmt.Errorf("agent: Config.RenewBefore (%s) and RenewRetry (%s) must not be negative", c.RenewBefore, c.RenewRetry)
 	}
 	if err := tunnel.ValidateStreamWindow(uint64(c.StreamWindow)); err != nil {
 		return fmt.Errorf("agent: Config.StreamWindow: %w", err)
 	}
+	if err := c.Forward.Validate(); err != nil {
+		return fmt.Errorf("agent: Config.Forward: %w", err)
+	}
 	return nil
+}
+
+// withDefaults returns c with its zero fields set to their defaults.
+func (c Config) withDefaults() Config {
+	if c.Name == "" {
+		c.Name, _ = os.Hostname()
+	}
+	if c.Store == nil {
+		c.Store = FileStore{Dir: c.CredentialDir}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Forward.Logger == nil {
+		c.Forward.Logger = c.Logger
+	}
+	return c
 }
 
 // Agent is a running agent.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	keeper *tunnel.Keeper
+	cfg     Config
+	log     *slog.Logger
+	keeper  *tunnel.Keeper
+	handler http.Handler // the request path, with the agent's checks
 	// cert is the credential in use; renewal replaces it.
 	cert atomic.Pointer[tls.Certificate]
 }
@@ -132,18 +175,35 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Name == "" {
-		h, _ := os.Hostname()
-		cfg.Name = h
+	cfg = cfg.withDefaults()
+	// The agent's logger names the cluster once, here; the request path's
+	// lines get it from the same logger (never twice).
+	log := cfg.Logger.With("cluster", cfg.Cluster)
+	a := &Agent{cfg: cfg, log: log}
+	fwd := cfg.Forward
+	fwd.Admit, fwd.RequestID = admitTunnelUser, tunnelRequestID
+	if fwd.Logger == cfg.Logger {
+		fwd.Logger = log
 	}
-	if cfg.Store == nil {
-		cfg.Store = FileStore{Dir: cfg.CredentialDir}
+	var metrics *Metrics
+	if cfg.Prometheus != nil {
+		var err error
+		if metrics, err = NewMetrics(cfg.Prometheus); err != nil {
+			return nil, fmt.Errorf("agent: metrics: %w", err)
+		}
+		observe := fwd.Observe
+		fwd.Observe = func(code int, refused bool) {
+			metrics.Observe(code, refused)
+			if observe != nil {
+				observe(code, refused)
+			}
+		}
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	h, err := impersonate.New(fwd)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: log.With("cluster", cfg.Cluster)}
+	a.handler = h
 	cert, err := a.credential(ctx)
 	if err != nil {
 		return nil, err
@@ -156,11 +216,17 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		Dial:     a.dial,
 		Agent: tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: cfg.Cluster, Agent: cfg.Name, Software: "tether-agent"},
 			Yamux: tunnel.YamuxConfig(cfg.StreamWindow), Logger: a.log},
-		Serve:  a.serve,
-		Logger: a.log,
+		Serve: a.serve,
+		// The keeper names the cluster and the agent in its lines itself.
+		Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.Prometheus != nil {
+		if err := watchSessions(cfg.Prometheus, a); err != nil {
+			return nil, fmt.Errorf("agent: metrics: %w", err)
+		}
 	}
 	return a, nil
 }
@@ -258,13 +324,17 @@ func (a *Agent) join(ctx context.Context, store CredentialStore) (tls.Certificat
 
 // dial connects to the relay's agent endpoint for a session.
 func (a *Agent) dial(ctx context.Context) (net.Conn, error) {
-	return a.dialALPN(ctx, tunnel.SessionALPN)
+	c, err := a.dialALPN(ctx, tunnel.SessionALPN)
+	if err != nil || a.cfg.WrapConn == nil {
+		return c, err
+	}
+	return a.cfg.WrapConn(c), nil
 }
 
 // dialALPN connects to the relay's agent endpoint (directly, through an
 // HTTP proxy if one is configured for it, or over WebSocket), and completes
 // TLS with the credential and alpn.
-func (a *Agent) dialALPN(ctx context.Context, alpn string) (net.Conn, error) {
+func (a *Agent) dialALPN(ctx context.Context, alpn string) (*tls.Conn, error) {
 	proxyFor := a.cfg.Proxy
 	if proxyFor == nil {
 		proxyFor = http.ProxyFromEnvironment
@@ -409,7 +479,7 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.AgentSession) error {
 		NextProtos:     []string{"http/1.1"},
 	})
 	srv := &http.Server{
-		Handler:           a.cfg.Handler,
+		Handler:           a.handler,
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       10 * time.Minute,
@@ -437,12 +507,12 @@ type tunnelInfo struct {
 	n        atomic.Int64
 }
 
-// AdmitTunnelUser is the impersonate.Config.Admit of an agent: it refuses a
+// admitTunnelUser is the impersonate.Config.Admit of an agent: it refuses a
 // request authenticated as another user than the one the relay admitted
 // when it opened the request's tunnel, so a tunnel opened for one user
 // cannot carry another's requests past the relay's access policy. A
 // request on a tunnel whose user the relay did not name is refused.
-func AdmitTunnelUser(r *http.Request, id identity.Identity) error {
+func admitTunnelUser(r *http.Request, id identity.Identity) error {
 	t, _ := r.Context().Value(tunnelKey{}).(*tunnelInfo)
 	switch {
 	case t == nil || t.user == "":
@@ -453,11 +523,11 @@ func AdmitTunnelUser(r *http.Request, id identity.Identity) error {
 	return nil
 }
 
-// TunnelRequestID is the impersonate.Config.RequestID of an agent: the
+// tunnelRequestID is the impersonate.Config.RequestID of an agent: the
 // relay's ID of the request's tunnel (its audit line's "request"), a dot,
 // and the request's number on that tunnel, so the relay's, the agent's and
 // the API server's audit lines link up.
-func TunnelRequestID(r *http.Request) string {
+func tunnelRequestID(r *http.Request) string {
 	t, _ := r.Context().Value(tunnelKey{}).(*tunnelInfo)
 	if t == nil || t.id == "" {
 		return ""
@@ -466,17 +536,51 @@ func TunnelRequestID(r *http.Request) string {
 }
 
 // Run keeps the agent's sessions open, and its credential renewed, until
-// ctx ends (then it returns nil) or the relay refuses the credential.
+// ctx ends (then it returns nil) or the relay refuses the credential. With
+// Config.HealthAddr it serves /healthz, /readyz (ready while a relay session
+// is up) and, with Config.Prometheus, /metrics; a health address it cannot
+// listen on is an error at once.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	if a.cfg.HealthAddr != "" {
+		l, err := net.Listen("tcp", a.cfg.HealthAddr)
+		if err != nil {
+			return fmt.Errorf("agent: listen for /healthz, /readyz and /metrics on %s: %w", a.cfg.HealthAddr, err)
+		}
+		health := &http.Server{Handler: a.healthHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := health.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error("agent: health endpoint stopped", "error", err)
+			}
+		}()
+		defer func() { _ = health.Close() }()
+	}
 	wg.Add(1)
 	go func() { defer wg.Done(); a.renewLoop(ctx) }()
 	err := a.keeper.Run(ctx)
 	cancel()
-	wg.Wait()
 	return err
+}
+
+func (a *Agent) healthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.Ready() {
+			http.Error(w, "no relay session", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	if g, ok := a.cfg.Prometheus.(prometheus.Gatherer); ok {
+		mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	}
+	return mux
 }
 
 // Ready reports whether the agent holds at least one relay session.

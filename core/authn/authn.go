@@ -98,6 +98,41 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Validate reports the first problem with c, naming the field. It checks
+// what tether adds to the configuration; New checks the issuers themselves
+// as kube-apiserver would.
+func (c *Config) Validate() error {
+	ac := c.Authentication
+	switch {
+	case ac == nil || len(ac.JWT) == 0:
+		return errors.New("authn: Config.Authentication names no jwt issuer: tether needs at least one")
+	case ac.Anonymous != nil && ac.Anonymous.Enabled:
+		return errors.New("authn: Config.Authentication enables anonymous access, which tether never allows")
+	case c.MaxTokenBytes < 0:
+		return fmt.Errorf("authn: Config.MaxTokenBytes %d is negative", c.MaxTokenBytes)
+	case c.JWKSMaxAge < 0 || c.JWKSMinRefresh < 0:
+		return errors.New("authn: Config.JWKSMaxAge and JWKSMinRefresh must not be negative")
+	}
+	return nil
+}
+
+// withDefaults returns c with its zero fields set to their defaults.
+func (c Config) withDefaults() Config {
+	if c.MaxTokenBytes == 0 {
+		c.MaxTokenBytes = DefaultMaxTokenBytes
+	}
+	if c.JWKSMaxAge == 0 {
+		c.JWKSMaxAge = DefaultJWKSMaxAge
+	}
+	if c.JWKSMinRefresh == 0 {
+		c.JWKSMinRefresh = DefaultJWKSMinRefresh
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
 // Authenticator verifies bearer tokens. It implements
 // identity.Authenticator.
 type Authenticator struct {
@@ -115,32 +150,11 @@ var _ identity.Authenticator = (*Authenticator)(nil)
 // issuer. Issuers' discovery documents are fetched in the background until
 // ctx ends; WaitReady waits for them. Cancel ctx to stop them.
 func New(ctx context.Context, cfg Config) (_ *Authenticator, err error) {
-	ac := cfg.Authentication
-	if ac == nil || len(ac.JWT) == 0 {
-		return nil, errors.New("authn: Config.Authentication names no jwt issuer: tether needs at least one")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if ac.Anonymous != nil && ac.Anonymous.Enabled {
-		return nil, errors.New("authn: Config.Authentication enables anonymous access, which tether never allows")
-	}
-	if cfg.MaxTokenBytes < 0 {
-		return nil, fmt.Errorf("authn: Config.MaxTokenBytes %d is negative", cfg.MaxTokenBytes)
-	}
-	if cfg.MaxTokenBytes == 0 {
-		cfg.MaxTokenBytes = DefaultMaxTokenBytes
-	}
-	if cfg.JWKSMaxAge < 0 || cfg.JWKSMinRefresh < 0 {
-		return nil, errors.New("authn: Config.JWKSMaxAge and JWKSMinRefresh must not be negative")
-	}
-	if cfg.JWKSMaxAge == 0 {
-		cfg.JWKSMaxAge = DefaultJWKSMaxAge
-	}
-	if cfg.JWKSMinRefresh == 0 {
-		cfg.JWKSMinRefresh = DefaultJWKSMinRefresh
-	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	cfg = cfg.withDefaults()
+	ac, log := cfg.Authentication, cfg.Logger
 	compiler := authenticationcel.NewDefaultCompiler()
 	if errs := validation.ValidateAuthenticationConfiguration(compiler, ac, cfg.DisallowedIssuers); len(errs) > 0 {
 		return nil, fmt.Errorf("authn: invalid authentication configuration: %w", errs.ToAggregate())

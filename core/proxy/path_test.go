@@ -174,17 +174,12 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 		}
 	}
 	upstream, _ := url.Parse(p.apiserver.URL)
-	h, err := impersonate.New(impersonate.Config{
-		Upstream: upstream, Transport: p.apiserver.Client().Transport, Authenticator: callers, Admit: agent.AdmitTunnelUser, RequestID: agent.TunnelRequestID,
-		Credential: func(context.Context) (string, error) { return "agent-sa-token", nil },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	p.agentDir = t.TempDir()
 	acfg := agent.Config{Cluster: "prod", Name: "agent-0", RelayAPI: api.URL, RelayAgentAddr: agentL.Addr().String(),
-		RelayCA: relayCA, CredentialDir: p.agentDir, JoinToken: token, Handler: h,
-		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }}
+		RelayCA: relayCA, CredentialDir: p.agentDir, JoinToken: token,
+		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil },
+		Forward: impersonate.Config{Upstream: upstream, Transport: p.apiserver.Client().Transport, Authenticator: callers,
+			Credential: func(context.Context) (string, error) { return "agent-sa-token", nil }}}
 	for _, o := range opts {
 		o(&rcfg, &acfg)
 	}

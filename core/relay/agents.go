@@ -83,6 +83,9 @@ func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
 			s.renew(tc)
 			return
 		}
+		if s.cfg.WrapAgentConn != nil {
+			conn = s.cfg.WrapAgentConn(tc)
+		}
 	}
 	sess, err := tunnel.AcceptAgent(ctx, conn, tunnel.RelayConfig{
 		Authorize: s.authorizeAgent,
@@ -95,6 +98,9 @@ func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
 	if err != nil {
 		s.log.Warn("relay: agent refused", "remote", conn.RemoteAddr(), "error", err)
 		return
+	}
+	if s.cfg.OnAgentSession != nil {
+		s.cfg.OnAgentSession(sess)
 	}
 	if err := s.cfg.Router.Add(sess); err != nil {
 		_ = sess.Close()

@@ -125,6 +125,8 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusInternalServerError, kstatus.ReasonInternalError, "tether: cannot take over the connection")
 		return
 	}
+	s.track(conn)
+	defer s.untrack(conn)
 	defer conn.Close()
 	if brw.Reader.Buffered() > 0 {
 		// The caller sent bytes before the 101: they belong to no one.

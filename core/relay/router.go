@@ -245,14 +245,6 @@ func (r *Router) Open(ctx context.Context, o *tunnel.Open) (net.Conn, error) {
 	user, clusterID := o.User, o.Cluster
 	r.mu.Lock()
 	c := r.clusters[o.Cluster]
-	if plantedWrongCluster {
-		for id, other := range r.clusters {
-			if id != o.Cluster && len(other.sessions) > 0 {
-				c = other
-				break
-			}
-		}
-	}
 	if c == nil || len(c.sessions) == 0 {
 		var last time.Time
 		if c != nil {

@@ -3,8 +3,10 @@ package relay
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	stdlog "log"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relayapi"
+	"github.com/tether-k8s/tether/core/tunnel"
 )
 
 // ServerConfig configures a Server.
@@ -50,6 +53,49 @@ type ServerConfig struct {
 	// a local tether-proxy: the relay terminates the caller's TLS and sees
 	// the requests in clear. Nil switches the endpoint off.
 	ClusterEndpoint *ClusterEndpointConfig
+	// WrapAgentConn, when not nil, wraps each agent connection after its
+	// TLS handshake, before the session runs on it (the benchmarks' A/B of
+	// how frames are written). The wrapper must pass bytes through
+	// unchanged and implement ConnectionState, so that the session is
+	// authorized against the agent's certificate. Nil uses the connection
+	// as it is.
+	WrapAgentConn func(*tls.Conn) net.Conn
+	// OnAgentSession, when not nil, is called with each agent session the
+	// relay authorized, before the router routes it (for tests that wait
+	// for sessions). It must not change the session: the simulator's
+	// planted bug breaks exactly that rule, to prove its invariants catch
+	// a session routed under another cluster.
+	OnAgentSession func(*tunnel.RelaySession)
+}
+
+// Validate reports the first problem with c, naming the field.
+func (c *ServerConfig) Validate() error {
+	if c.Registry == nil || c.Router == nil || c.Authenticator == nil {
+		return errors.New("relay: ServerConfig.Registry, Router and Authenticator are required")
+	}
+	if err := c.Login.Validate(); err != nil {
+		return fmt.Errorf("relay: ServerConfig.Login: %w", err)
+	}
+	if c.ClusterEndpoint != nil {
+		if err := c.ClusterEndpoint.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// withDefaults returns c with its zero fields set to their defaults.
+func (c ServerConfig) withDefaults() ServerConfig {
+	if c.RelayID == "" {
+		c.RelayID = "relay"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Audit == nil {
+		c.Audit = slog.New(slog.DiscardHandler)
+	}
+	return c
 }
 
 // Server is the relay's public face: the HTTP API for callers and joining
@@ -58,36 +104,25 @@ type Server struct {
 	cfg      ServerConfig
 	log      *slog.Logger
 	audit    *slog.Logger
-	conns    sync.WaitGroup
+	conns    sync.WaitGroup // agent connections being accepted
 	draining atomic.Bool
-	endpoint *clusterEndpoint // nil when ServerConfig.ClusterEndpoint is
-	admin    *AdminService
+	// tunnels are the callers' connections the tunnel endpoint took over
+	// (hijacked, so http.Server no longer tracks them): Close ends them
+	// and waits for their splices.
+	tunnelsMu sync.Mutex
+	tunnels   map[net.Conn]struct{}
+	spliced   sync.WaitGroup
+	endpoint  *clusterEndpoint // nil when ServerConfig.ClusterEndpoint is
+	admin     *AdminService
 }
 
 // NewServer validates cfg and returns a Server.
 func NewServer(cfg ServerConfig) (*Server, error) {
-	if cfg.Registry == nil || cfg.Router == nil || cfg.Authenticator == nil {
-		return nil, errors.New("relay: ServerConfig.Registry, Router and Authenticator are required")
-	}
-	if err := cfg.Login.Validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.RelayID == "" {
-		cfg.RelayID = "relay"
-	}
-	if cfg.ClusterEndpoint != nil {
-		if err := cfg.ClusterEndpoint.Validate(); err != nil {
-			return nil, err
-		}
-	}
-	discard := slog.New(slog.DiscardHandler)
-	s := &Server{cfg: cfg, log: discard, audit: discard}
-	if cfg.Logger != nil {
-		s.log = cfg.Logger
-	}
-	if cfg.Audit != nil {
-		s.audit = cfg.Audit
-	}
+	cfg = cfg.withDefaults()
+	s := &Server{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, tunnels: map[net.Conn]struct{}{}}
 	if cfg.ClusterEndpoint != nil {
 		s.endpoint = newClusterEndpoint(s, *cfg.ClusterEndpoint)
 	}
@@ -103,6 +138,33 @@ func (s *Server) Close() error {
 		s.endpoint.closeIdle()
 	}
 	return nil
+}
+
+// CloseTunnels ends every caller's tunnel the server holds and waits for
+// their splices to finish. Call it when the relay stops, after the router
+// closed the sessions under them.
+func (s *Server) CloseTunnels() {
+	s.tunnelsMu.Lock()
+	for c := range s.tunnels {
+		_ = c.Close()
+	}
+	s.tunnelsMu.Unlock()
+	s.spliced.Wait()
+}
+
+// track records a hijacked caller connection until untrack.
+func (s *Server) track(c net.Conn) {
+	s.tunnelsMu.Lock()
+	defer s.tunnelsMu.Unlock()
+	s.tunnels[c] = struct{}{}
+	s.spliced.Add(1)
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.tunnelsMu.Lock()
+	delete(s.tunnels, c)
+	s.tunnelsMu.Unlock()
+	s.spliced.Done()
 }
 
 func slogLogger(log *slog.Logger) *stdlog.Logger {

@@ -171,16 +171,20 @@ func AcceptAgent(ctx context.Context, conn net.Conn, cfg RelayConfig) (_ *RelayS
 }
 
 // handshakeTLS completes the TLS handshake if conn is TLS and returns its
-// state; for other connections (tests) it returns the zero state.
+// state; for other connections (tests) it returns the zero state, which
+// Authorize refuses in production (no peer certificate).
 func handshakeTLS(ctx context.Context, conn net.Conn) (tls.ConnectionState, error) {
-	tc, ok := conn.(*tls.Conn)
-	if !ok {
-		return tls.ConnectionState{}, nil
+	if hc, ok := conn.(interface{ HandshakeContext(context.Context) error }); ok {
+		if err := hc.HandshakeContext(ctx); err != nil {
+			return tls.ConnectionState{}, fmt.Errorf("tunnel: TLS handshake: %w", err)
+		}
 	}
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return tls.ConnectionState{}, fmt.Errorf("tunnel: TLS handshake: %w", err)
+	// A *tls.Conn, or a wrapper of one that reports its state (the relay's
+	// ServerConfig.WrapAgentConn).
+	if sc, ok := conn.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		return sc.ConnectionState(), nil
 	}
-	return tc.ConnectionState(), nil
+	return tls.ConnectionState{}, nil
 }
 
 // refuseAgentStreams resets every stream the agent opens; an agent that
@@ -415,7 +419,7 @@ func (s *AgentSession) checkOpen(st *yamux.Stream) {
 		})
 		return
 	}
-	if o.Cluster != s.cfg.Hello.Cluster && !plantedSkipClusterCheck {
+	if o.Cluster != s.cfg.Hello.Cluster {
 		s.log.Warn("tunnel: stream for another cluster refused", "asked", o.Cluster, "request", o.Request)
 		_ = WriteFrame(st, &OpenReply{Reason: ReasonClusterMismatch, Message: "this agent serves cluster " + s.cfg.Hello.Cluster})
 		_ = st.Close()

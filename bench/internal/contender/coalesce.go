@@ -1,6 +1,7 @@
 package contender
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"net"
 	"sync"
@@ -40,3 +41,13 @@ func (c *coalesceConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(c.buf)
 	return max(0, n-yamuxHeaderSize), err
 }
+
+// coalesceTLS is coalesceConn over a TLS connection, reporting its state:
+// the relay authorizes a session against the peer's certificate.
+type coalesceTLS struct {
+	*coalesceConn
+	tc *tls.Conn
+}
+
+// ConnectionState returns the TLS connection's state.
+func (c coalesceTLS) ConnectionState() tls.ConnectionState { return c.tc.ConnectionState() }

@@ -64,11 +64,10 @@ func swarmRole(ctx context.Context, raw json.RawMessage, c *node.Child) error {
 	if err != nil {
 		return fmt.Errorf("tether-swarm: target: %w", err)
 	}
-	h, err := impersonate.New(impersonate.Config{Upstream: upstream, Transport: &http.Transport{}, Authenticator: staticAuthn{},
-		Credential: func(context.Context) (string, error) { return "agent-sa-token", nil }})
-	if err != nil {
-		return fmt.Errorf("tether-swarm: %w", err)
-	}
+	// Every agent's request path, as the agent builds it; the swarm's
+	// agents share one transport to the target.
+	forward := impersonate.Config{Upstream: upstream, Transport: &http.Transport{}, Authenticator: staticAuthn{},
+		Credential: func(context.Context) (string, error) { return "agent-sa-token", nil }}
 	var mu sync.Mutex // serialises grow
 	var agents []*agent.Agent
 	var wg sync.WaitGroup
@@ -107,7 +106,7 @@ func swarmRole(ctx context.Context, raw json.RawMessage, c *node.Child) error {
 						continue
 					}
 					made[i], errs[i] = agent.New(ctx, agent.Config{Cluster: id, Name: "swarm", RelayAPI: args.RelayAPI,
-						RelayAgentAddr: args.RelayAgentAddr, RelayCA: relayCA, CredentialDir: dir, JoinToken: tokens[args.First+from+i], Handler: h,
+						RelayAgentAddr: args.RelayAgentAddr, RelayCA: relayCA, CredentialDir: dir, JoinToken: tokens[args.First+from+i], Forward: forward,
 						Sessions: args.Sessions,
 						Proxy:    func(*http.Request) (*url.URL, error) { return nil, nil }})
 				}

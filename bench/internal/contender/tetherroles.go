@@ -16,11 +16,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/hashicorp/yamux"
 
 	"github.com/tether-k8s/tether/bench/internal/node"
 	"github.com/tether-k8s/tether/core/agent"
@@ -30,7 +27,6 @@ import (
 	"github.com/tether-k8s/tether/core/proxy"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
-	"github.com/tether-k8s/tether/core/tunnel"
 )
 
 // callerToken is the caller's bearer token: the relay and the agent both
@@ -85,9 +81,9 @@ type tetherRelayArgs struct {
 	// MaxStreamsPerCluster, when not zero, is the router's
 	// MaxStreamsPerCluster.
 	MaxStreamsPerCluster int
-	// Coalesce accepts agents with the harness's own loop over
-	// tunnel.AcceptAgent, joining each yamux frame's header and body into
-	// one write (see coalesceConn), instead of relay.Server.ServeAgents.
+	// Coalesce wraps each agent connection (relay.Options.WrapAgentConn)
+	// to join each yamux frame's header and body into one write (see
+	// coalesceConn).
 	Coalesce bool
 }
 
@@ -98,108 +94,43 @@ type tetherRelayReady struct {
 	Tokens             []string
 }
 
-// tetherRelayRole runs tether's relay: registry, router, the API (TLS) and
-// the agent endpoint (mutual TLS), as cmd/tether-relay assembles them.
+// tetherRelayRole runs tether's relay as tether-relay serve assembles it
+// (relay.Start), on clusters it creates first.
 func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) error {
 	var args tetherRelayArgs
 	if err := json.Unmarshal(raw, &args); err != nil {
 		return fmt.Errorf("tether-relay: arguments: %w", err)
 	}
-	reg, err := registry.Open(registry.Config{Path: filepath.Join(args.Dir, "relay.db")})
+	tokens, many, err := createClusters(args)
 	if err != nil {
-		return fmt.Errorf("tether-relay: %w", err)
+		return err
 	}
-	defer reg.Close()
-	tokens := make([]string, len(args.Clusters))
-	for i, id := range args.Clusters {
-		if args.Restart {
-			break
-		}
-		if tokens[i], err = reg.CreateCluster(id); err != nil {
-			return fmt.Errorf("tether-relay: create cluster %s: %w", id, err)
-		}
-		// The caller's group may reach the cluster (the relay's access
-		// policy, as `tether-relay cluster grant --group bench` sets it).
-		if _, err := reg.UpdatePolicy(id, func(p policy.Policy) (policy.Policy, error) {
-			return p.Add(policy.Policy{Groups: []string{"bench"}}), nil
-		}); err != nil {
-			return fmt.Errorf("tether-relay: grant cluster %s: %w", id, err)
-		}
-	}
-	many := make([]string, args.ClusterCount)
-	for i := range many {
-		many[i] = args.ClusterPrefix + strconv.Itoa(i)
-	}
-	if !args.Restart && len(many) > 0 {
-		var b strings.Builder
-		for _, id := range many {
-			tok, err := reg.CreateCluster(id)
-			if err != nil {
-				return fmt.Errorf("tether-relay: create cluster %s: %w", id, err)
-			}
-			b.WriteString(tok + "\n")
-		}
-		if err := os.WriteFile(filepath.Join(args.Dir, "tokens"), []byte(b.String()), 0o600); err != nil {
-			return fmt.Errorf("tether-relay: %w", err)
-		}
-	}
-	// Every workload runs as the one user staticAuthn knows, standing in for
-	// many callers (W5 opens 10,000 watches): the per-caller cap is not what
-	// the benchmarks measure, so it never binds here.
-	router, err := relay.NewRouter(relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory,
-		MaxStreamsPerCluster: args.MaxStreamsPerCluster, MaxStreamsPerCaller: math.MaxInt32})
-	if err != nil {
-		return fmt.Errorf("tether-relay: %w", err)
-	}
-	defer router.Close()
-	serving, err := reg.ServingCertificate(args.Names)
-	if err != nil {
-		return fmt.Errorf("tether-relay: serving certificate: %w", err)
-	}
+	// The relay as tether-relay serve assembles it (relay.Start), every
+	// check on. Every workload runs as the one user staticAuthn knows,
+	// standing in for many callers (W5 opens 10,000 watches): the
+	// per-caller cap is not what the benchmarks measure, so it never binds
+	// here.
 	var tunnels atomic.Int64
-	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: staticAuthn{},
-		Audit: slog.New(countHandler{&tunnels}), AgentCertificate: &serving})
+	opts := relay.Options{
+		Registry:      registry.Config{Path: filepath.Join(args.Dir, "relay.db")},
+		Authenticator: staticAuthn{},
+		Hostnames:     args.Names,
+		APIAddr:       net.JoinHostPort(args.Bind, strconv.Itoa(args.APIPort)),
+		AgentAddr:     net.JoinHostPort(args.Bind, strconv.Itoa(args.AgentPort)),
+		RelayID:       "bench",
+		Audit:         slog.New(countHandler{&tunnels}),
+		Router: relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory,
+			MaxStreamsPerCluster: args.MaxStreamsPerCluster, MaxStreamsPerCaller: math.MaxInt32},
+	}
+	if args.Coalesce {
+		opts.WrapAgentConn = func(tc *tls.Conn) net.Conn { return coalesceTLS{&coalesceConn{Conn: tc}, tc} }
+	}
+	r, err := relay.Start(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("tether-relay: %w", err)
 	}
-	agentL, err := tls.Listen("tcp", net.JoinHostPort(args.Bind, strconv.Itoa(args.AgentPort)), srv.AgentTLSConfig(serving))
-	if err != nil {
-		return fmt.Errorf("tether-relay: listen for agents: %w", err)
-	}
-	apiL, err := net.Listen("tcp", net.JoinHostPort(args.Bind, strconv.Itoa(args.APIPort)))
-	if err != nil {
-		_ = agentL.Close()
-		return fmt.Errorf("tether-relay: listen for the API: %w", err)
-	}
-	// The API server as cmd/tether-relay configures it.
-	api := &http.Server{
-		Handler:           srv.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		IdleTimeout:       2 * time.Minute,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{serving}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if args.Coalesce {
-			errc <- acceptAgents(ctx, agentL, reg, router, tunnel.YamuxConfig(router.StreamWindow()), args.Coalesce)
-			return
-		}
-		errc <- srv.ServeAgents(ctx, agentL)
-	}()
-	go func() {
-		defer wg.Done()
-		if err := api.ServeTLS(apiL, "", ""); !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("tether-relay: API: %w", err)
-			return
-		}
-		errc <- nil
-	}()
+	defer r.Close()
+	router := r.Router()
 	c.OnStats(func() map[string]any {
 		n, connected := 0, 0
 		for _, ids := range [][]string{args.Clusters, many} {
@@ -213,80 +144,61 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 		}
 		return map[string]any{"tunnels": tunnels.Load(), "sessions": n, "connected": connected, "streams": router.Streams()}
 	})
-	err = c.Ready(tetherRelayReady{APIPort: apiL.Addr().(*net.TCPAddr).Port, AgentPort: agentL.Addr().(*net.TCPAddr).Port,
-		CA: string(reg.CAPEM()), Tokens: tokens})
+	err = c.Ready(tetherRelayReady{APIPort: r.APIAddr().(*net.TCPAddr).Port, AgentPort: r.AgentAddr().(*net.TCPAddr).Port,
+		CA: string(r.Registry().CAPEM()), Tokens: tokens})
 	if err == nil {
 		select {
 		case <-ctx.Done():
-		case err = <-errc:
+		case err = <-r.Done():
 		}
 	}
-	cancel()
-	_ = api.Close()
-	_ = agentL.Close()
-	wg.Wait()
 	return err
 }
 
-// acceptAgents is relay.Server.ServeAgents with a yamux configuration of
-// its own (for the A/Bs): mutual TLS, the registry's check of the
-// credential against the Hello, then the router.
-func acceptAgents(ctx context.Context, l net.Listener, reg *registry.Registry, router *relay.Router, ycfg *yamux.Config, coalesce bool) error {
-	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for n := 0; ; n++ {
-		conn, err := l.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("tether-relay: accept agents: %w", err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tc, ok := conn.(*tls.Conn)
-			if !ok {
-				_ = conn.Close()
-				return
-			}
-			hctx, cancel := context.WithTimeout(ctx, tunnel.DefaultHandshakeTimeout)
-			err := tc.HandshakeContext(hctx)
-			cancel()
-			if err != nil || tc.ConnectionState().NegotiatedProtocol != tunnel.SessionALPN {
-				_ = conn.Close()
-				return
-			}
-			st := tc.ConnectionState()
-			var c net.Conn = tc
-			if coalesce {
-				c = &coalesceConn{Conn: tc}
-			}
-			sess, err := tunnel.AcceptAgent(ctx, c, tunnel.RelayConfig{
-				// The state of the handshake above: with coalesce, AcceptAgent
-				// does not see a *tls.Conn.
-				Authorize: func(_ context.Context, h *tunnel.Hello, _ tls.ConnectionState) error {
-					if len(st.PeerCertificates) == 0 {
-						return tunnel.Refuse(tunnel.ReasonRevoked, "no client certificate")
-					}
-					id, err := reg.VerifyPeer(st.PeerCertificates[0])
-					if err != nil || id != h.Cluster {
-						return tunnel.Refuse(tunnel.ReasonRevoked, "credential refused")
-					}
-					return nil
-				},
-				Session: "bench-" + strconv.Itoa(n), Relay: "bench", Yamux: ycfg,
-			})
-			if err != nil {
-				return
-			}
-			if err := router.Add(sess); err != nil {
-				_ = sess.Close()
-			}
-		}()
+// createClusters creates args' clusters in the relay's registry before the
+// relay starts, and returns their join tokens and the names of the many
+// (W6); with Restart it only names them.
+func createClusters(args tetherRelayArgs) (tokens, many []string, err error) {
+	reg, err := registry.Open(registry.Config{Path: filepath.Join(args.Dir, "relay.db")})
+	if err != nil {
+		return nil, nil, fmt.Errorf("tether-relay: %w", err)
 	}
+	defer func() { err = errors.Join(err, reg.Close()) }()
+	tokens = make([]string, len(args.Clusters))
+
+	for i, id := range args.Clusters {
+		if args.Restart {
+			break
+		}
+		if tokens[i], err = reg.CreateCluster(id); err != nil {
+			return nil, nil, fmt.Errorf("tether-relay: create cluster %s: %w", id, err)
+		}
+		// The caller's group may reach the cluster (the relay's access
+		// policy, as `tether-relay cluster grant --group bench` sets it).
+		if _, err := reg.UpdatePolicy(id, func(p policy.Policy) (policy.Policy, error) {
+			return p.Add(policy.Policy{Groups: []string{"bench"}}), nil
+		}); err != nil {
+			return nil, nil, fmt.Errorf("tether-relay: grant cluster %s: %w", id, err)
+		}
+	}
+	many = make([]string, args.ClusterCount)
+	for i := range many {
+		many[i] = args.ClusterPrefix + strconv.Itoa(i)
+	}
+	if !args.Restart && len(many) > 0 {
+		var b strings.Builder
+		for _, id := range many {
+			tok, err := reg.CreateCluster(id)
+			if err != nil {
+				return nil, nil, fmt.Errorf("tether-relay: create cluster %s: %w", id, err)
+			}
+			b.WriteString(tok + "\n")
+		}
+		if err := os.WriteFile(filepath.Join(args.Dir, "tokens"), []byte(b.String()), 0o600); err != nil {
+			return nil, nil, fmt.Errorf("tether-relay: %w", err)
+		}
+	}
+	return tokens, many, nil
 }
 
 // tetherAgentArgs are the arguments of the tether-agent role.
@@ -303,9 +215,9 @@ type tetherAgentArgs struct {
 	YamuxWindow uint32
 	// FlushEvery sets impersonate.Config.FlushInterval to -1.
 	FlushEvery bool
-	// Coalesce runs the agent's sessions with the harness's own
-	// tunnel.Keeper, joining each yamux frame's header and body into one
-	// write (see coalesceConn); the agent still joins with core/agent.
+	// Coalesce wraps each session's connection (agent.Config.WrapConn) to
+	// join each yamux frame's header and body into one write (see
+	// coalesceConn).
 	Coalesce bool
 }
 
@@ -331,34 +243,26 @@ func tetherAgentRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 	if args.FlushEvery {
 		flush = -1
 	}
-	h, err := impersonate.New(impersonate.Config{Upstream: upstream, Transport: transport, Authenticator: staticAuthn{}, FlushInterval: flush,
-		Credential: func(context.Context) (string, error) { return "agent-sa-token", nil }})
-	if err != nil {
-		return fmt.Errorf("tether-agent: %w", err)
+	// The agent as tether-agent assembles it: agent.New builds the request
+	// path with the agent's own checks.
+	acfg := agent.Config{Cluster: args.Cluster, Name: "bench-agent", RelayAPI: args.RelayAPI,
+		RelayAgentAddr: args.RelayAgentAddr, RelayCA: relayCA, CredentialDir: args.Dir, JoinToken: args.Token,
+		StreamWindow: args.YamuxWindow, Proxy: func(*http.Request) (*url.URL, error) { return nil, nil },
+		Forward: impersonate.Config{Upstream: upstream, Transport: transport, Authenticator: staticAuthn{}, FlushInterval: flush,
+			Credential: func(context.Context) (string, error) { return "agent-sa-token", nil }}}
+	if args.Coalesce {
+		acfg.WrapConn = func(tc *tls.Conn) net.Conn { return coalesceTLS{&coalesceConn{Conn: tc}, tc} }
 	}
-	a, err := agent.New(ctx, agent.Config{Cluster: args.Cluster, Name: "bench-agent", RelayAPI: args.RelayAPI,
-		RelayAgentAddr: args.RelayAgentAddr, RelayCA: relayCA, CredentialDir: args.Dir, JoinToken: args.Token, Handler: h,
-		StreamWindow: args.YamuxWindow, Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }})
+	a, err := agent.New(ctx, acfg)
 	if err != nil {
 		return fmt.Errorf("tether-agent: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ran := make(chan error, 1)
-	var live func() bool
-	if !args.Coalesce {
-		go func() { ran <- a.Run(ctx) }()
-		live = a.Ready
-	} else {
-		k, err := windowKeeper(ctx, args, relayCA, h)
-		if err != nil {
-			return err
-		}
-		go func() { ran <- k.Run(ctx) }()
-		live = func() bool { return k.Live() > 0 }
-	}
+	go func() { ran <- a.Run(ctx) }()
 	deadline := time.Now().Add(30 * time.Second)
-	for !live() {
+	for !a.Ready() {
 		if time.Now().After(deadline) {
 			cancel()
 			<-ran
@@ -376,50 +280,6 @@ func tetherAgentRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 		return err
 	}
 	return <-ran
-}
-
-// windowKeeper builds the agent's sessions as core/agent does (TLS 1.3 with
-// the stored credential, ALPN tether/1; each stream served over TLS to an
-// http.Server), with the stream window args.YamuxWindow, over
-// coalesceConn.
-func windowKeeper(ctx context.Context, args tetherAgentArgs, relayCA *x509.CertPool, h http.Handler) (*tunnel.Keeper, error) {
-	certPEM, keyPEM, err := agent.FileStore{Dir: args.Dir}.Load(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("tether-agent: load the credential: %w", err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return nil, fmt.Errorf("tether-agent: credential: %w", err)
-	}
-	host, _, err := net.SplitHostPort(args.RelayAgentAddr)
-	if err != nil {
-		return nil, fmt.Errorf("tether-agent: relay address: %w", err)
-	}
-	k, err := tunnel.NewKeeper(tunnel.KeeperConfig{
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}, Config: &tls.Config{
-				Certificates: []tls.Certificate{cert}, RootCAs: relayCA, ServerName: host,
-				MinVersion: tls.VersionTLS13, NextProtos: []string{tunnel.SessionALPN}}}
-			c, err := d.DialContext(ctx, "tcp", args.RelayAgentAddr)
-			if err != nil || !args.Coalesce {
-				return c, err
-			}
-			return &coalesceConn{Conn: c}, nil
-		},
-		Agent: tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: args.Cluster, Agent: "bench-agent", Software: "tether-bench"}, Yamux: tunnel.YamuxConfig(args.YamuxWindow)},
-		Serve: func(ctx context.Context, s *tunnel.AgentSession) error {
-			l := tls.NewListener(s, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13, NextProtos: []string{"http/1.1"}})
-			srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10, IdleTimeout: 10 * time.Minute,
-				BaseContext: func(net.Listener) context.Context { return ctx }}
-			err := srv.Serve(l)
-			_ = srv.Close()
-			return err
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("tether-agent: %w", err)
-	}
-	return k, nil
 }
 
 // tetherProxyArgs are the arguments of the tether-proxy role.

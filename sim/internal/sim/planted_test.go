@@ -11,10 +11,13 @@ import (
 	"github.com/tether-k8s/tether/sim/internal/sim"
 )
 
-// Built with -tags tether_plantedbug, the relay routes streams to another
-// cluster's agent and the agent does not check: the simulator must say so.
-// The proxy's end-to-end TLS still refuses the wrong agent, so no answer
-// from another cluster arrives (right-cluster holds); no-misroute fails.
+// Built with -tags tether_plantedbug, the simulator's relay routes one of
+// cluster c0001's sessions under c0000 (planted_on.go, through the relay's
+// OnAgentSession hook: the bug is in the simulator's files, not in the
+// shipped packages). The simulator must say so: no-misroute fails, and no
+// answer from another cluster arrives (right-cluster holds), since the agent
+// refuses streams for another cluster and the proxy's end-to-end TLS would
+// refuse the wrong agent.
 var _ = Describe("a planted routing bug", func() {
 	It("is caught by the no-misroute invariant, and stopped by the proxy", func(ctx SpecContext) {
 		r := run(ctx, "relay-kill-mid-stream", 1, sim.Options{Duration: 6 * time.Second, RecoverWithin: 2 * time.Second})

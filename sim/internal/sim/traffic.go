@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tether-k8s/tether/core/proxy"
+	"github.com/tether-k8s/tether/core/tunnel"
 )
 
 // Obs is what one client saw of one operation.
@@ -34,9 +35,9 @@ type Obs struct {
 	WrongCluster string `json:"wrongCluster,omitempty"`
 	// Corrupt says what arrived differs from what was sent or served.
 	Corrupt string `json:"corrupt,omitempty"`
-	// Misrouted is true when the proxy refused an agent of another
-	// cluster: the relay routed the caller wrongly, and the proxy's
-	// end-to-end TLS caught it.
+	// Misrouted is true when the relay routed the caller wrongly: the
+	// agent it reached refused a stream naming another cluster, or the
+	// proxy's end-to-end TLS refused another cluster's agent.
 	Misrouted bool `json:"misrouted,omitempty"`
 	// Events counts watch events and log lines; MaxGap is the longest wait
 	// between two of them, or before the first, or after the last.
@@ -93,7 +94,10 @@ func Drive(ctx context.Context, c *Client, rnd *rand.Rand, rec *Recorder) {
 				opCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 				op.run(opCtx, c, rnd, &o)
 				cancel()
-				o.Misrouted = strings.Contains(o.Err, proxy.WrongAgentMessage)
+				// A misroute shows as the proxy refusing another
+				// cluster's agent, or as that agent refusing a stream
+				// that names another cluster.
+				o.Misrouted = strings.Contains(o.Err, proxy.WrongAgentMessage) || strings.Contains(o.Err, tunnel.ReasonClusterMismatch)
 				o.End = time.Now()
 				if ctx.Err() != nil && o.Err != "" && o.Corrupt == "" && o.WrongCluster == "" {
 					o.Err = "" // ended by the run's end

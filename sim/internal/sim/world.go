@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -73,7 +74,7 @@ type World struct {
 	relayCA  *x509.CertPool
 
 	mu       sync.Mutex
-	relay    *relayProc
+	relay    *relay.Relay
 	restarts []time.Time
 	revokedC map[string]bool
 	Clusters []*Cluster
@@ -97,15 +98,6 @@ type agentProc struct {
 	cancel context.CancelFunc
 	done   chan error
 	a      *agent.Agent
-}
-
-type relayProc struct {
-	reg    *registry.Registry
-	router *relay.Router
-	srv    *relay.Server
-	api    *http.Server
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
 }
 
 // NewWorld builds the world and starts every component; Close ends them.
@@ -180,68 +172,41 @@ func NewWorld(ctx context.Context, cfg WorldConfig) (*World, error) {
 	return w, nil
 }
 
-// StartRelay starts (or restarts) the relay on its data file.
+// StartRelay starts (or restarts) the relay on its data file, assembled by
+// relay.Start as tether-relay serve assembles it, on the simulated network.
 func (w *World) StartRelay(ctx context.Context) error {
-	reg, err := registry.Open(registry.Config{Path: filepath.Join(w.cfg.Dir, "relay.db"), Logger: w.log})
-	if err != nil {
-		return err
-	}
-	rctx, cancel := context.WithCancel(context.Background())
 	ac, err := authn.LoadConfig([]byte(w.authnYML))
 	if err != nil {
-		cancel()
-		_ = reg.Close()
 		return err
 	}
-	au, err := authn.New(rctx, authn.Config{Authentication: ac, DialContext: hostDial(w.Net, RelayHost), Logger: w.log})
+	host := w.Net.Host(RelayHost)
+	r, err := relay.Start(context.WithoutCancel(ctx), relay.Options{
+		Registry:       registry.Config{Path: filepath.Join(w.cfg.Dir, "relay.db"), Logger: w.log},
+		Authentication: ac,
+		Hostnames:      []string{RelayHost},
+		APIAddr:        fmt.Sprintf("%s:%d", RelayHost, relayAPI),
+		AgentAddr:      fmt.Sprintf("%s:%d", RelayHost, relayAgent),
+		RelayID:        "relay-sim",
+		Logger:         w.log,
+		OnAgentSession: plantedMisroute,
+		Listen: func(_, addr string) (net.Listener, error) {
+			_, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			n, err := strconv.Atoi(port)
+			if err != nil {
+				return nil, err
+			}
+			return host.Listen(n)
+		},
+		DialContext: host.DialContext,
+	})
 	if err != nil {
-		cancel()
-		_ = reg.Close()
 		return err
 	}
-	router, err := relay.NewRouter(relay.RouterConfig{Logger: w.log})
-	if err != nil {
-		cancel()
-		_ = reg.Close()
-		return err
-	}
-	serving, err := reg.ServingCertificate([]string{RelayHost})
-	if err != nil {
-		cancel()
-		_ = reg.Close()
-		return err
-	}
-	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: au, RelayID: "relay-sim",
-		Logger: w.log, AgentCertificate: &serving})
-	if err != nil {
-		cancel()
-		_ = reg.Close()
-		return err
-	}
-	apiL, err := w.Net.Host(RelayHost).Listen(relayAPI)
-	if err != nil {
-		cancel()
-		_ = reg.Close()
-		return err
-	}
-	agentL, err := w.Net.Host(RelayHost).Listen(relayAgent)
-	if err != nil {
-		cancel()
-		_ = apiL.Close()
-		_ = reg.Close()
-		return err
-	}
-	p := &relayProc{reg: reg, router: router, srv: srv, cancel: cancel,
-		api: &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second,
-			TLSConfig: &tls.Config{Certificates: []tls.Certificate{serving}, NextProtos: []string{"http/1.1"}}}}
-	p.wg.Add(2)
-	go func() { defer p.wg.Done(); _ = p.api.ServeTLS(apiL, "", "") }()
-	go func() {
-		defer p.wg.Done()
-		_ = srv.ServeAgents(rctx, tls.NewListener(agentL, srv.AgentTLSConfig(serving)))
-	}()
 	w.mu.Lock()
-	w.relay = p
+	w.relay = r
 	w.mu.Unlock()
 	return nil
 }
@@ -250,30 +215,26 @@ func (w *World) StartRelay(ctx context.Context) error {
 // reset, nothing drains.
 func (w *World) KillRelay() {
 	w.mu.Lock()
-	p := w.relay
+	r := w.relay
 	w.relay = nil
 	w.mu.Unlock()
-	if p == nil {
+	if r == nil {
 		return
 	}
-	p.cancel()
-	_ = p.api.Close()
 	w.Net.ResetHost(RelayHost)
-	_ = p.router.Close()
-	p.wg.Wait()
-	_ = p.reg.Close()
+	_ = r.Close()
 }
 
 // DrainRelay drains the relay for at most grace, then stops it.
 func (w *World) DrainRelay(grace time.Duration) {
 	w.mu.Lock()
-	p := w.relay
+	r := w.relay
 	w.mu.Unlock()
-	if p == nil {
+	if r == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
-	p.srv.Drain(ctx)
+	r.Drain(ctx)
 	cancel()
 	w.KillRelay()
 }
@@ -285,7 +246,7 @@ func (w *World) Relay() (*relay.Router, *registry.Registry) {
 	if w.relay == nil {
 		return nil, nil
 	}
-	return w.relay.router, w.relay.reg
+	return w.relay.Router(), w.relay.Registry()
 }
 
 // StartAgent starts agent i of cluster c.
@@ -303,16 +264,12 @@ func (w *World) StartAgent(ctx context.Context, c *Cluster, i int) error {
 		return err
 	}
 	upstream, _ := url.Parse("http://" + apiHost(c.ID) + ":6443")
-	h, err := impersonate.New(impersonate.Config{Upstream: upstream, Transport: &http.Transport{DialContext: dial}, Admit: agent.AdmitTunnelUser, RequestID: agent.TunnelRequestID,
-		Credential: func(context.Context) (string, error) { return saToken(c.ID), nil }, Authenticator: au, Logger: w.log})
-	if err != nil {
-		cancel()
-		return err
-	}
 	a, err := agent.New(ctx, agent.Config{Cluster: c.ID, Name: fmt.Sprintf("agent-%d", i), RelayAPI: fmt.Sprintf("https://%s:%d", RelayHost, relayAPI),
 		RelayAgentAddr: fmt.Sprintf("%s:%d", RelayHost, relayAgent), RelayCA: w.relayCA, Store: c.store, JoinToken: c.token,
-		Handler: h, Sessions: w.cfg.SessionsPerAgent, DialContext: dial, Logger: w.log,
-		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }})
+		Sessions: w.cfg.SessionsPerAgent, DialContext: dial, Logger: w.log,
+		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil },
+		Forward: impersonate.Config{Upstream: upstream, Transport: &http.Transport{DialContext: dial}, Authenticator: au,
+			Credential: func(context.Context) (string, error) { return saToken(c.ID), nil }}})
 	if err != nil {
 		cancel()
 		return err

@@ -1,0 +1,432 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	apiserverapi "k8s.io/apiserver/pkg/apis/apiserver"
+
+	"github.com/tether-k8s/tether/core/authn"
+	"github.com/tether-k8s/tether/core/identity"
+	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/relayapi"
+	"github.com/tether-k8s/tether/core/tunnel"
+)
+
+// Options are what a relay is assembled from. tether-relay serve turns its
+// flags into Options, and the simulator and the benchmarks fill them in
+// directly: all three run the relay Start builds, with every check on.
+type Options struct {
+	// Registry says where the relay's state is kept: clusters, hashed join
+	// tokens, the CA, credentials and access policies. Required.
+	Registry registry.Config
+	// Authentication says which tokens callers may present
+	// (apiserver.config.k8s.io AuthenticationConfiguration). Required
+	// unless Authenticator is set.
+	Authentication *apiserverapi.AuthenticationConfiguration
+	// Authenticator, when set, authenticates callers instead of one built
+	// from Authentication (the benchmarks, which do not measure JWT
+	// verification; tests).
+	Authenticator identity.Authenticator
+	// Hostnames are the DNS names or IP addresses agents and callers use to
+	// reach the relay; the relay's CA signs its serving certificate for
+	// them. Required.
+	Hostnames []string
+	// APICertificate, when set, serves the API instead of the certificate
+	// the relay's CA signs (a public CA's). The agent endpoint always uses
+	// the relay's CA, which agents pin.
+	APICertificate *tls.Certificate
+	// APIAddr is the address of the HTTPS API (callers' tunnels, joins,
+	// agents over WebSocket, the cluster endpoint). Required.
+	APIAddr string
+	// AgentAddr is the address of the agent endpoint (mutual TLS).
+	// Required.
+	AgentAddr string
+	// HealthAddr is the address of /healthz, /readyz and /metrics. Empty
+	// serves none.
+	HealthAddr string
+	// AdminSocket is the Unix socket of the local admin API (mode 0600).
+	// Empty serves none.
+	AdminSocket string
+	// RelayID names this replica in Welcome frames and logs. Zero means the
+	// host name.
+	RelayID string
+	// AdminGroups, when not empty, serves the admin API on the public API
+	// to callers in one of these mapped groups (see ServerConfig).
+	AdminGroups []string
+	// ClusterEndpoint, if not nil, serves each cluster's HTTPS endpoint for
+	// kubeconfigs with no local process (see ServerConfig).
+	ClusterEndpoint *ClusterEndpointConfig
+	// Login is published at GET /v1/login. Its issuer must be one of
+	// Authentication's, with the client ID among its audiences.
+	Login relayapi.LoginSettings
+	// Router sets the stream limits. Its Logger is Logger when nil.
+	Router RouterConfig
+	// Logger receives operational events; Audit one line per tunnel and per
+	// admin request. Nil discards.
+	Logger, Audit *slog.Logger
+	// Prometheus receives the relay's metrics, served at HealthAddr's
+	// /metrics. Nil means a registry of the relay's own.
+	Prometheus *prometheus.Registry
+
+	// Listen makes the relay's listeners (the simulator's in-memory
+	// network). Nil means net.Listen.
+	Listen func(network, addr string) (net.Listener, error)
+	// DialContext makes the relay's own connections (to the issuers of
+	// Authentication, for their keys). Nil means a net.Dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// WrapAgentConn wraps agent connections (see ServerConfig). Nil uses
+	// them as they are.
+	WrapAgentConn func(*tls.Conn) net.Conn
+	// OnAgentSession is called with each authorized agent session before it
+	// is routed (see ServerConfig). Nil: nothing is called.
+	OnAgentSession func(*tunnel.RelaySession)
+}
+
+// Validate reports the first problem with o, naming the field. It runs
+// before anything is opened or created, so that a bad setting never costs a
+// store or a CA.
+func (o *Options) Validate() error {
+	switch {
+	case len(o.Hostnames) == 0:
+		return errors.New("relay: Options.Hostnames is empty: name the DNS names or addresses agents and callers use to reach this relay")
+	case o.APIAddr == "" || o.AgentAddr == "":
+		return errors.New("relay: Options.APIAddr and AgentAddr are required")
+	case o.Authentication == nil && o.Authenticator == nil:
+		return errors.New("relay: Options.Authentication is nil: without it no caller can be authenticated")
+	}
+	if err := o.Registry.Validate(); err != nil {
+		return err
+	}
+	if err := o.Router.Validate(); err != nil {
+		return err
+	}
+	if err := o.Login.Validate(); err != nil {
+		return err
+	}
+	if o.ClusterEndpoint != nil {
+		if err := o.ClusterEndpoint.Validate(); err != nil {
+			return err
+		}
+	}
+	if o.Authentication != nil {
+		if err := (&authn.Config{Authentication: o.Authentication}).Validate(); err != nil {
+			return err
+		}
+		if err := checkLogin(o.Login, o.Authentication); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkLogin refuses login settings the authentication configuration would
+// not accept: a login at an issuer it does not trust, or for a client that
+// is not among that issuer's audiences, could only give tokens the relay
+// refuses.
+func checkLogin(l relayapi.LoginSettings, ac *apiserverapi.AuthenticationConfiguration) error {
+	if l.Issuer == "" {
+		return nil
+	}
+	for _, j := range ac.JWT {
+		if j.Issuer.URL != l.Issuer {
+			continue
+		}
+		if slices.Contains(j.Issuer.Audiences, l.ClientID) {
+			return nil
+		}
+		return fmt.Errorf("relay: login client ID %q is not among the audiences of issuer %s in the authentication configuration (%v): tokens from that login would be refused",
+			l.ClientID, l.Issuer, j.Issuer.Audiences)
+	}
+	return fmt.Errorf("relay: login issuer %s is not an issuer of the authentication configuration: tokens from that login would be refused", l.Issuer)
+}
+
+// withDefaults returns o with its zero fields set to their defaults.
+func (o Options) withDefaults() Options {
+	if o.RelayID == "" {
+		o.RelayID, _ = os.Hostname()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Audit == nil {
+		o.Audit = slog.New(slog.DiscardHandler)
+	}
+	if o.Router.Logger == nil {
+		o.Router.Logger = o.Logger
+	}
+	if o.Prometheus == nil {
+		o.Prometheus = prometheus.NewRegistry()
+	}
+	if o.Listen == nil {
+		o.Listen = net.Listen
+	}
+	return o
+}
+
+// Relay is a running relay: its registry, router and servers, and the
+// goroutines that serve them, which Close waits for.
+type Relay struct {
+	opts          Options
+	log           *slog.Logger
+	reg           *registry.Registry
+	router        *Router
+	srv           *Server
+	authenticator *authn.Authenticator // nil when Options.Authenticator is set
+	api, admin    *http.Server
+	health        *http.Server
+	agentL        net.Listener
+	apiAddr       net.Addr
+	cancel        context.CancelFunc
+	wg            sync.WaitGroup
+	errc          chan error
+	closeOnce     sync.Once
+}
+
+// Timeouts of the relay's HTTP servers.
+const (
+	// apiReadHeaderTimeout bounds a request's headers on the API.
+	apiReadHeaderTimeout = 10 * time.Second
+	// apiIdleTimeout closes an idle keep-alive connection on the API.
+	apiIdleTimeout = 2 * time.Minute
+	// apiMaxHeaderBytes bounds a request's headers (a caller's token with
+	// a thousand groups is about 13 KiB).
+	apiMaxHeaderBytes = 64 << 10
+)
+
+// Start validates opts, opens the store, and starts serving the API, the
+// agent endpoint and, when set, the health endpoint and the local admin
+// socket. Every listener is opened before Start returns, so a busy port is
+// an error here rather than a relay running without it. Call Close to stop;
+// Done reports a server that failed.
+func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	opts = opts.withDefaults()
+	r := &Relay{opts: opts, log: opts.Logger, errc: make(chan error, 3)}
+	ctx, r.cancel = context.WithCancel(ctx)
+	// Undo whatever was started when a later step fails.
+	defer func() {
+		if err != nil {
+			_ = r.Close()
+		}
+	}()
+
+	// The listeners first: nothing is created on disk for a relay that
+	// cannot serve.
+	if r.agentL, err = opts.Listen("tcp", opts.AgentAddr); err != nil {
+		return nil, fmt.Errorf("relay: listen for agents on %s: %w", opts.AgentAddr, err)
+	}
+	apiL, err := opts.Listen("tcp", opts.APIAddr)
+	if err != nil {
+		return nil, fmt.Errorf("relay: listen for the API on %s: %w", opts.APIAddr, err)
+	}
+	r.apiAddr = apiL.Addr()
+	var healthL, adminL net.Listener
+	if opts.HealthAddr != "" {
+		if healthL, err = opts.Listen("tcp", opts.HealthAddr); err != nil {
+			_ = apiL.Close()
+			return nil, fmt.Errorf("relay: listen for /healthz, /readyz and /metrics on %s: %w", opts.HealthAddr, err)
+		}
+	}
+	if opts.AdminSocket != "" {
+		if adminL, err = ListenAdmin(opts.AdminSocket); err != nil {
+			_ = apiL.Close()
+			if healthL != nil {
+				_ = healthL.Close()
+			}
+			return nil, err
+		}
+	}
+	closeListeners := func() {
+		for _, l := range []net.Listener{apiL, healthL, adminL} {
+			if l != nil {
+				_ = l.Close()
+			}
+		}
+	}
+
+	opts.Registry.Logger = cmpLogger(opts.Registry.Logger, opts.Logger)
+	if r.reg, err = registry.Open(opts.Registry); err != nil {
+		closeListeners()
+		return nil, err
+	}
+	authenticator := opts.Authenticator
+	if authenticator == nil {
+		r.authenticator, err = authn.New(ctx, authn.Config{Authentication: opts.Authentication, DialContext: opts.DialContext, Logger: opts.Logger})
+		if err != nil {
+			closeListeners()
+			return nil, err
+		}
+		authenticator = r.authenticator
+	}
+	if r.router, err = NewRouter(opts.Router); err != nil {
+		closeListeners()
+		return nil, err
+	}
+	metrics, err := NewMetrics(opts.Prometheus, r.router)
+	if err != nil {
+		closeListeners()
+		return nil, fmt.Errorf("relay: metrics: %w", err)
+	}
+	serving, err := r.reg.ServingCertificate(opts.Hostnames)
+	if err != nil {
+		closeListeners()
+		return nil, err
+	}
+	r.srv, err = NewServer(ServerConfig{Registry: r.reg, Router: r.router, Authenticator: authenticator, RelayID: opts.RelayID,
+		Logger: opts.Logger, Audit: opts.Audit, Metrics: metrics, Login: opts.Login, AgentCertificate: &serving,
+		AdminGroups: opts.AdminGroups, ClusterEndpoint: opts.ClusterEndpoint, WrapAgentConn: opts.WrapAgentConn, OnAgentSession: opts.OnAgentSession})
+	if err != nil {
+		closeListeners()
+		return nil, err
+	}
+	apiCert := serving
+	if opts.APICertificate != nil {
+		apiCert = *opts.APICertificate
+	}
+
+	r.api = &http.Server{
+		Handler:           r.srv.Handler(),
+		ReadHeaderTimeout: apiReadHeaderTimeout,
+		MaxHeaderBytes:    apiMaxHeaderBytes,
+		IdleTimeout:       apiIdleTimeout,
+		ErrorLog:          slogLogger(opts.Logger),
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{apiCert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
+	}
+	r.serve("agent endpoint", func() error {
+		return r.srv.ServeAgents(ctx, tlsListener(r.agentL, r.srv.AgentTLSConfig(serving)))
+	})
+	r.serve("API", func() error { return ignoreClosed(r.api.ServeTLS(apiL, "", "")) })
+	if adminL != nil {
+		r.admin = &http.Server{Handler: r.srv.AdminHandler(), ReadHeaderTimeout: apiReadHeaderTimeout, ErrorLog: slogLogger(opts.Logger)}
+		r.serve("admin socket", func() error { return ignoreClosed(r.admin.Serve(adminL)) })
+	}
+	if healthL != nil {
+		r.health = &http.Server{Handler: r.healthHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slogLogger(opts.Logger)}
+		r.serve("health endpoint", func() error { return ignoreClosed(r.health.Serve(healthL)) })
+	}
+	r.log.Info("relay: serving", "relay", opts.RelayID, "api", apiL.Addr().String(), "agents", r.agentL.Addr().String(),
+		"health", opts.HealthAddr, "adminSocket", opts.AdminSocket, "hostnames", strings.Join(opts.Hostnames, ","),
+		"clusterEndpoint", opts.ClusterEndpoint != nil, "maxStreams", r.router.MaxStreams(),
+		"maxStreamsPerCluster", r.router.cfg.MaxStreamsPerCluster, "maxStreamsPerCaller", r.router.cfg.MaxStreamsPerCaller)
+	return r, nil
+}
+
+func cmpLogger(l, fallback *slog.Logger) *slog.Logger {
+	if l != nil {
+		return l
+	}
+	return fallback
+}
+
+// tlsListener serves TLS on l with cfg.
+func tlsListener(l net.Listener, cfg *tls.Config) net.Listener { return tls.NewListener(l, cfg) }
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// serve runs fn in a goroutine that Close waits for; its error, if any,
+// is reported on Done.
+func (r *Relay) serve(what string, fn func() error) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		if err := fn(); err != nil {
+			select {
+			case r.errc <- fmt.Errorf("relay: %s: %w", what, err):
+			default:
+			}
+		}
+	}()
+}
+
+func (r *Relay) healthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if r.srv.Draining() {
+			http.Error(w, "draining: this relay is shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(r.opts.Prometheus, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// Done delivers the first error of a server that stopped on its own (its
+// listener failed). The relay keeps its other servers running: the owner
+// decides to Close.
+func (r *Relay) Done() <-chan error { return r.errc }
+
+// Drain refuses new agent sessions, tells the agents to move and serves
+// the open tunnels until none is left or ctx ends (see Server.Drain).
+func (r *Relay) Drain(ctx context.Context) { r.srv.Drain(ctx) }
+
+// APIAddr returns the address the API listens on (a port chosen by the
+// system when Options.APIAddr named port 0).
+func (r *Relay) APIAddr() net.Addr { return r.apiAddr }
+
+// AgentAddr returns the address the agent endpoint listens on.
+func (r *Relay) AgentAddr() net.Addr { return r.agentL.Addr() }
+
+// Router returns the relay's router (session and stream counts).
+func (r *Relay) Router() *Router { return r.router }
+
+// Registry returns the relay's registry.
+func (r *Relay) Registry() *registry.Registry { return r.reg }
+
+// Close stops every server, ends every session and tunnel, waits for the
+// relay's goroutines and closes the store. It does not drain: call Drain
+// first for a graceful stop.
+func (r *Relay) Close() error {
+	var errs []error
+	r.closeOnce.Do(func() {
+		r.cancel()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for _, s := range []*http.Server{r.api, r.health, r.admin} {
+			if s != nil {
+				_ = s.Shutdown(sctx)
+				_ = s.Close()
+			}
+		}
+		if r.agentL != nil {
+			_ = r.agentL.Close()
+		}
+		if r.router != nil {
+			errs = append(errs, r.router.Close())
+		}
+		if r.srv != nil {
+			_ = r.srv.Close()
+			r.srv.CloseTunnels()
+		}
+		r.wg.Wait()
+		if r.authenticator != nil {
+			r.authenticator.Close()
+		}
+		if r.reg != nil {
+			errs = append(errs, r.reg.Close())
+		}
+		r.log.Info("relay: stopped")
+	})
+	return errors.Join(errs...)
+}
