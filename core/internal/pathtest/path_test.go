@@ -1,4 +1,4 @@
-package proxy_test
+package pathtest_test
 
 import (
 	"bufio"
@@ -119,7 +119,8 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 	}))
 	t.Cleanup(p.apiserver.Close)
 
-	// The relay: registry, router, API on TLS, agent endpoint on mutual TLS.
+	// The clusters, then the relay as tether-relay serve assembles it
+	// (relay.Start), with a stand-in authenticator.
 	rcfg := registry.Config{Path: filepath.Join(t.TempDir(), "relay.db")}
 	for _, o := range opts {
 		o(&rcfg, nil)
@@ -128,37 +129,6 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = reg.Close() })
-	p.reg = reg
-	router, err := relay.NewRouter(relay.RouterConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = router.Close() })
-	p.router = router
-	serving, err := reg.ServingCertificate([]string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := relay.NewServer(relay.ServerConfig{Registry: reg, Router: router, Authenticator: callers, AgentCertificate: &serving})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := httptest.NewUnstartedServer(srv.Handler())
-	api.TLS = &tls.Config{Certificates: []tls.Certificate{serving}, NextProtos: []string{"http/1.1"}}
-	api.StartTLS()
-	t.Cleanup(api.Close)
-	agentL, err := tls.Listen("tcp", "127.0.0.1:0", srv.AgentTLSConfig(serving))
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeAgents(ctx, agentL) }()
-	t.Cleanup(func() { cancel(); <-served })
-	relayCA := x509.NewCertPool()
-	relayCA.AddCert(reg.CACertificate())
-
-	// The agent joins "prod" and forwards with impersonation.
 	token, err := reg.CreateCluster("prod")
 	if err != nil {
 		t.Fatal(err)
@@ -173,9 +143,24 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 			t.Fatal(err)
 		}
 	}
+	if err := reg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := relay.Start(ctx, relay.Options{Registry: rcfg, Authenticator: callers, Hostnames: []string{"127.0.0.1"},
+		APIAddr: "127.0.0.1:0", AgentAddr: "127.0.0.1:0", RelayID: "relay-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	p.reg, p.router = r.Registry(), r.Router()
+	apiURL := "https://" + r.APIAddr().String()
+	relayCA := x509.NewCertPool()
+	relayCA.AddCert(p.reg.CACertificate())
+
+	// The agent joins "prod" and forwards with impersonation.
 	upstream, _ := url.Parse(p.apiserver.URL)
 	p.agentDir = t.TempDir()
-	acfg := agent.Config{Cluster: "prod", Name: "agent-0", RelayAPI: api.URL, RelayAgentAddr: agentL.Addr().String(),
+	acfg := agent.Config{Cluster: "prod", Name: "agent-0", RelayAPI: apiURL, RelayAgentAddr: r.AgentAddr().String(),
 		RelayCA: relayCA, CredentialDir: p.agentDir, JoinToken: token,
 		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil },
 		Forward: impersonate.Config{Upstream: upstream, Transport: p.apiserver.Client().Transport, Authenticator: callers,
@@ -202,8 +187,8 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 
 	// The proxy for the requested cluster.
 	p.token.Store(callerToken)
-	p.relayURL, p.relayCA = api.URL, relayCA
-	p.proxy, err = proxy.New(ctx, proxy.Config{RelayURL: api.URL, RelayCA: relayCA, Cluster: cluster,
+	p.relayURL, p.relayCA = apiURL, relayCA
+	p.proxy, err = proxy.New(ctx, proxy.Config{RelayURL: apiURL, RelayCA: relayCA, Cluster: cluster,
 		Token: func() (string, error) { return p.token.Load().(string), nil }, Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,265 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tether-k8s/tether/core/agent"
+	"github.com/tether-k8s/tether/core/clustercert"
+	"github.com/tether-k8s/tether/core/identity"
+	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/relayapi"
+)
+
+type nobody struct{}
+
+func (nobody) AuthenticateToken(context.Context, string) (identity.Result, error) {
+	return identity.Result{}, errors.New("no one")
+}
+
+// forward is a valid request path to nowhere: these tests never send a
+// request through it.
+func forward() impersonate.Config {
+	u, _ := url.Parse("https://apiserver.invalid")
+	return impersonate.Config{Upstream: u, Transport: &http.Transport{}, Authenticator: nobody{},
+		Credential: func(context.Context) (string, error) { return "sa-token", nil }}
+}
+
+// joinRelay is a stand-in for the relay's join endpoint: it signs the CSR
+// for cluster (which may differ from what the agent serves), or refuses
+// with a Status when refuse is set.
+type joinRelay struct {
+	srv     *httptest.Server
+	pool    *x509.CertPool
+	cluster string
+	refuse  string
+	mu      sync.Mutex
+	joins   int
+}
+
+func newJoinRelay(t *testing.T, cluster string) *joinRelay {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test relay CA"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	ca, _ := x509.ParseCertificate(caDER)
+	j := &joinRelay{cluster: cluster}
+	j.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		j.mu.Lock()
+		j.joins++
+		j.mu.Unlock()
+		if r.URL.Path != relayapi.JoinPath || r.Method != http.MethodPost {
+			kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "no such endpoint")
+			return
+		}
+		if j.refuse != "" {
+			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, j.refuse)
+			return
+		}
+		var req relayapi.JoinRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, err.Error())
+			return
+		}
+		csr, err := x509.ParseCertificateRequest(req.CSR)
+		if err != nil {
+			kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, err.Error())
+			return
+		}
+		u, _ := clustercert.URI(j.cluster)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: j.cluster}, URIs: []*url.URL{u},
+			NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, csr.PublicKey, caKey)
+		if err != nil {
+			kstatus.Write(w, http.StatusInternalServerError, kstatus.ReasonInternalError, err.Error())
+			return
+		}
+		_ = json.NewEncoder(w).Encode(relayapi.JoinResponse{Cluster: j.cluster,
+			Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+			CA:          string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})), NotAfter: tmpl.NotAfter})
+	}))
+	t.Cleanup(j.srv.Close)
+	j.pool = x509.NewCertPool()
+	j.pool.AddCert(j.srv.Certificate())
+	return j
+}
+
+func (j *joinRelay) config(dir string) agent.Config {
+	return agent.Config{Cluster: "prod", Name: "agent-test", RelayAPI: j.srv.URL, RelayAgentAddr: "127.0.0.1:1", RelayCA: j.pool,
+		CredentialDir: dir, JoinToken: "tether-join.test", Forward: forward(),
+		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }}
+}
+
+func TestConfigValidate(t *testing.T) {
+	j := newJoinRelay(t, "prod")
+	tests := []struct {
+		name    string
+		change  func(*agent.Config)
+		wantErr string
+	}{
+		{name: "valid", change: func(*agent.Config) {}},
+		{name: "bad cluster", change: func(c *agent.Config) { c.Cluster = "../prod" }, wantErr: "Config.Cluster"},
+		{name: "no relay endpoint", change: func(c *agent.Config) { c.RelayAgentAddr = "" }, wantErr: "RelayAgentAddr"},
+		{name: "no pinned CA", change: func(c *agent.Config) { c.RelayCA = nil }, wantErr: "must be pinned"},
+		{name: "no store", change: func(c *agent.Config) { c.CredentialDir = "" }, wantErr: "CredentialDir and Store"},
+		{name: "stream window too small", change: func(c *agent.Config) { c.StreamWindow = 1024 }, wantErr: "StreamWindow"},
+		{name: "negative renewal", change: func(c *agent.Config) { c.RenewBefore = -time.Second }, wantErr: "RenewBefore"},
+		{name: "no request path", change: func(c *agent.Config) { c.Forward = impersonate.Config{} }, wantErr: "Config.Forward"},
+		{name: "Admit is the agent's own", change: func(c *agent.Config) {
+			c.Forward.Admit = func(*http.Request, identity.Identity) error { return nil }
+		}, wantErr: "the agent's own"},
+		{name: "RequestID is the agent's own", change: func(c *agent.Config) {
+			c.Forward.RequestID = func(*http.Request) string { return "x" }
+		}, wantErr: "the agent's own"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := j.config(t.TempDir())
+			tc.change(&c)
+			err := c.Validate()
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("Validate: %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestJoinKeepsTheCredentialAndReusesIt(t *testing.T) {
+	j := newJoinRelay(t, "prod")
+	dir := t.TempDir()
+	a, err := agent.New(t.Context(), j.config(dir))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if left := time.Until(a.CredentialNotAfter()); left < 50*time.Minute {
+		t.Fatalf("credential expires in %s", left)
+	}
+	for _, f := range []string{agent.CertFile, agent.KeyFile} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", f, st.Mode().Perm())
+		}
+	}
+	// A second start needs no token: the stored credential is used.
+	cfg := j.config(dir)
+	cfg.JoinToken = ""
+	if _, err := agent.New(t.Context(), cfg); err != nil {
+		t.Fatalf("New with the stored credential: %v", err)
+	}
+	if j.joins != 1 {
+		t.Fatalf("%d joins, want 1: the stored credential must be reused", j.joins)
+	}
+}
+
+func TestJoinRefusals(t *testing.T) {
+	t.Run("a token for another cluster", func(t *testing.T) {
+		j := newJoinRelay(t, "dev")
+		_, err := agent.New(t.Context(), j.config(t.TempDir()))
+		if err == nil || !strings.Contains(err.Error(), "the join token is for cluster dev, but this agent serves prod") {
+			t.Fatalf("New: %v", err)
+		}
+	})
+	t.Run("the relay refuses", func(t *testing.T) {
+		j := newJoinRelay(t, "prod")
+		j.refuse = "the join token was used already"
+		_, err := agent.New(t.Context(), j.config(t.TempDir()))
+		if err == nil || !strings.Contains(err.Error(), "join refused: the join token was used already") {
+			t.Fatalf("New: %v", err)
+		}
+	})
+	t.Run("no token and no credential", func(t *testing.T) {
+		j := newJoinRelay(t, "prod")
+		cfg := j.config(t.TempDir())
+		cfg.JoinToken = ""
+		_, err := agent.New(t.Context(), cfg)
+		if err == nil || !strings.Contains(err.Error(), "tether-relay cluster create prod") {
+			t.Fatalf("New: %v", err)
+		}
+	})
+	t.Run("a stored credential for another cluster", func(t *testing.T) {
+		j := newJoinRelay(t, "dev")
+		dir := t.TempDir()
+		// Store dev's credential by joining as an agent of dev.
+		cfg := j.config(dir)
+		cfg.Cluster = "dev"
+		if _, err := agent.New(t.Context(), cfg); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Cluster, cfg.JoinToken = "prod", ""
+		_, err := agent.New(t.Context(), cfg)
+		if err == nil || !strings.Contains(err.Error(), "the credential is for cluster dev, but this agent serves prod") {
+			t.Fatalf("New: %v", err)
+		}
+	})
+}
+
+// TestLogLinesNameTheClusterOnce reads the agent's JSON log lines while it
+// tries to reach a relay that is not there: each line names the cluster
+// once (a duplicate key breaks log pipelines that decode JSON strictly).
+func TestLogLinesNameTheClusterOnce(t *testing.T) {
+	j := newJoinRelay(t, "prod")
+	var buf syncBuffer
+	cfg := j.config(t.TempDir())
+	cfg.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a, err := agent.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+	defer cancel()
+	_ = a.Run(ctx)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) < 2 {
+		t.Fatalf("%d log lines, want the join and reconnect attempts:\n%s", len(lines), buf.String())
+	}
+	for _, line := range lines {
+		if n := strings.Count(line, `"cluster":`); n != 1 {
+			t.Errorf("%d cluster keys in %s", n, line)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
