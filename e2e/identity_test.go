@@ -342,14 +342,17 @@ var _ = Describe("identity: tokens, CI jobs and access", Ordered, func() {
 	It("serves the admin API remotely only to the relay's admin group, and audits it", func(ctx SpecContext) {
 		lap := lc.Host(cluster.HostLaptop)
 		dir := GinkgoT().TempDir()
-		relayCmd := func(ctx context.Context, subject, group string, args ...string) (string, error) {
-			tok, err := ts.UserToken(subject, []string{group})
+		relayCmdAs := func(ctx context.Context, mint func(string, []string) (string, error), subject, group string, args ...string) (string, error) {
+			tok, err := mint(subject, []string{group})
 			Expect(err).NotTo(HaveOccurred())
 			file := filepath.Join(dir, subject+".token")
 			Expect(os.WriteFile(file, []byte(tok), 0o600)).To(Succeed())
 			out, err := lap.Command(ctx, filepath.Join(ts.BinDir(), "tether-relay"), append([]string{"--relay", ts.RelayURL(lap),
 				"--relay-ca", ts.RelayCAFile(), "--token-file", file}, args...)...).CombinedOutput()
 			return string(out), err
+		}
+		relayCmd := func(ctx context.Context, subject, group string, args ...string) (string, error) {
+			return relayCmdAs(ctx, ts.AdminToken, subject, group, args...)
 		}
 		out, err := relayCmd(ctx, "root", stack.AdminGroup, "cluster", "list")
 		Expect(err).NotTo(HaveOccurred(), "%s", out)
@@ -367,6 +370,19 @@ var _ = Describe("identity: tokens, CI jobs and access", Ordered, func() {
 		Expect(out).To(ContainSubstring("oidc:mallory is not in an admin group of this relay"))
 		out, err = relayCmd(ctx, "mallory", stack.DemoGroup, "cluster", "policy", lc.Name())
 		Expect(err).To(HaveOccurred(), "%s", out)
+
+		// An agent that saw root's kubectl token (every agent root reached
+		// did) replays it at the admin API: refused, for its audience.
+		out, err = relayCmdAs(ctx, ts.UserToken, "root", stack.AdminGroup, "cluster", "grant", lc.Name(), "--user", "oidc:mallory")
+		Expect(err).To(HaveOccurred(), "%s", out)
+		Expect(out).To(ContainSubstring("the admin API accepts only tokens for its own audience, " + stack.AdminAudience))
+		// And an admin token never opens a tunnel, so no agent sees one.
+		adminTok, err := ts.AdminToken("demo-user", []string{stack.DemoGroup})
+		Expect(err).NotTo(HaveOccurred())
+		withToken(adminTok)
+		out, err = viaTether(ctx, nil, "get", "namespaces")
+		Expect(err).To(HaveOccurred(), "%s", out)
+		Expect(out).To(ContainSubstring("is for the admin audience " + stack.AdminAudience))
 		Expect(readFile(ts.LogFile("relay"))).To(And(
 			MatchRegexp(`msg="relay: admin request" audit=true user=oidc:root .*method=POST path=/v1/admin/clusters/`+lc.Name()+`/grant status=200`),
 			MatchRegexp(`msg="relay: admin request" audit=true user=oidc:mallory .*status=403`)))

@@ -47,7 +47,7 @@ they open --data directly.`,
 		url, ca            string
 		tokenFile, command string
 	}
-	root.PersistentFlags().StringVar(&remote.url, "relay", "", "run the cluster commands against this relay's public API (https://host:port) instead of the local socket; the relay must run with --admin-group and your token be a member's")
+	root.PersistentFlags().StringVar(&remote.url, "relay", "", "run the cluster commands against this relay's public API (https://host:port) instead of the local socket; the relay must run with --admin-group, and your token be a member's, for the relay's --admin-audience (default tether-admin)")
 	root.PersistentFlags().StringVar(&remote.ca, "relay-ca", "", "with --relay: PEM of the CA that signed the relay's certificate (default: system roots)")
 	root.PersistentFlags().StringVar(&remote.tokenFile, "token-file", "", "with --relay: file holding your token (default: $TETHER_TOKEN)")
 	root.PersistentFlags().StringVar(&remote.command, "token-command", "", "with --relay: command that prints your token")
@@ -286,6 +286,7 @@ type serveOptions struct {
 	relayID                           string
 	drainTimeout                      time.Duration
 	adminGroups                       []string
+	adminAudience                     string
 	clusterEndpoint                   bool
 	loginIssuer, loginClientID        string
 	streamWindow, streamMemory        cli.Bytes
@@ -313,6 +314,7 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	fs.StringVar(&o.relayID, "relay-id", "", "this replica's name in logs (default: host name)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM or Ctrl-C, how long to keep serving open tunnels while agents move their sessions (keep it under the pod's terminationGracePeriodSeconds); a second signal stops at once")
 	fs.StringArrayVar(&o.adminGroups, "admin-group", nil, "serve the admin API (the cluster commands) on the public API too, to callers in this mapped group (e.g. oidc:platform-admins; repeatable). Default: only on the local admin socket")
+	fs.StringVar(&o.adminAudience, "admin-audience", relay.DefaultAdminAudience, "the audience a token must be for to reach the remote admin API (--admin-group); the relay refuses tokens for it everywhere else, so an admin token never reaches an agent, and the tokens agents see cannot administer the relay. The relay's --authentication-config must accept it")
 	fs.BoolVar(&o.clusterEndpoint, "cluster-endpoint", true, "serve each cluster's HTTPS endpoint, https://RELAY/v1/clusters/ID/k8s, for kubeconfigs written by tether-proxy kubeconfig (no local process); the relay then terminates the caller's TLS and sees those requests in clear (tether-proxy's own mode keeps TLS end to end to the agent). false: callers need tether-proxy")
 	fs.StringVar(&o.loginIssuer, "login-issuer", "", "the OpenID provider callers log in at, published at GET /v1/login so that tether-proxy login --relay URL needs nothing else; one of the issuers of --authentication-config")
 	fs.StringVar(&o.loginClientID, "login-client-id", "", "the public client (no secret) callers log in as, one of that issuer's audiences; required with --login-issuer")
@@ -382,7 +384,7 @@ func (o *serveOptions) options(data, adminSocket string) (relay.Options, error) 
 	opts := relay.Options{
 		Registry: registry.Config{Path: data}, Authentication: ac, Hostnames: o.hostnames,
 		APIAddr: o.listen, AgentAddr: o.agentListen, HealthAddr: o.healthListen, AdminSocket: adminSocket,
-		RelayID: o.relayID, AdminGroups: o.adminGroups, Router: rcfg,
+		RelayID: o.relayID, AdminGroups: o.adminGroups, AdminAudience: o.adminAudience, Router: rcfg,
 		Login: relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID},
 	}
 	if o.clusterEndpoint {

@@ -153,6 +153,9 @@ func TestRemoteAdminAPIOnlyForTheAdminGroup(t *testing.T) {
 		{"no token", "", 401, "bearer token is required"},
 		{"a token the relay refuses", "stale", 401, "token is expired"},
 		{"a valid caller outside the admin group", goodToken, 403, "alice is not in an admin group of this relay"},
+		// Hole 3 of issue 15: every agent root reached with kubectl saw
+		// this token; replayed at the admin API it must be refused.
+		{"an admin's token for the callers' audience (an agent's replay)", rootCallerToken, 403, "the admin API accepts only tokens for its own audience, tether-admin"},
 		{"the admin group", adminToken, 200, `"id":"prod"`},
 	} {
 		if code, body := get(h, tc.token); code != tc.code || !strings.Contains(body, tc.says) {

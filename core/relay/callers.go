@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -45,6 +46,14 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 		why := strings.ReplaceAll(err.Error(), token, "<token>")
 		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "why", why)
 		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+why)
+		return "", who, "", false
+	}
+	if slices.Contains(res.Audiences, s.cfg.AdminAudience) {
+		count(ResultForbidden)
+		s.log.Warn("relay: caller refused: a token for the admin audience", "cluster", id, "user", res.Identity.User, "client", r.RemoteAddr)
+		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf(
+			"tether: this token is for the admin audience %s, and the cluster's agent would see it: reach clusters with a token for the callers' audience, and keep admin tokens for the admin API",
+			s.cfg.AdminAudience))
 		return "", who, "", false
 	}
 	c, err := s.cfg.Registry.Cluster(id)

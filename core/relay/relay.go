@@ -66,6 +66,10 @@ type Options struct {
 	// AdminGroups, when not empty, serves the admin API on the public API
 	// to callers in one of these mapped groups (see ServerConfig).
 	AdminGroups []string
+	// AdminAudience is the audience of tokens for the remote admin API,
+	// which the tunnel and cluster endpoints refuse (see ServerConfig).
+	// Zero means DefaultAdminAudience.
+	AdminAudience string
 	// ClusterEndpoint, if not nil, serves each cluster's HTTPS endpoint for
 	// kubeconfigs with no local process (see ServerConfig).
 	ClusterEndpoint *ClusterEndpointConfig
@@ -289,7 +293,7 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 	}
 	r.srv, err = NewServer(ServerConfig{Registry: r.reg, Router: r.router, Authenticator: authenticator, RelayID: opts.RelayID,
 		Logger: opts.Logger, Audit: opts.Audit, Metrics: metrics, Login: opts.Login, AgentCertificate: &serving,
-		AdminGroups: opts.AdminGroups, ClusterEndpoint: opts.ClusterEndpoint, WrapAgentConn: opts.WrapAgentConn, OnAgentSession: opts.OnAgentSession})
+		AdminGroups: opts.AdminGroups, AdminAudience: opts.AdminAudience, ClusterEndpoint: opts.ClusterEndpoint, WrapAgentConn: opts.WrapAgentConn, OnAgentSession: opts.OnAgentSession})
 	if err != nil {
 		closeListeners()
 		return nil, err

@@ -44,6 +44,15 @@ func (s *Server) remoteAdmin() http.Handler {
 			s.audit.Warn("relay: admin request", "user", user, "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "status", http.StatusForbidden)
 			return
 		}
+		if !slices.Contains(res.Audiences, s.cfg.AdminAudience) {
+			kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf(
+				"tether: the admin API accepts only tokens for its own audience, %s; this token is for %v, which agents may have seen: "+
+					"present a token your identity provider issued for %s (docs/security.md, \"The admin audience\")",
+				s.cfg.AdminAudience, res.Audiences, s.cfg.AdminAudience))
+			s.audit.Warn("relay: admin request", "user", user, "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path,
+				"status", http.StatusForbidden, "why", "token for another audience", "audiences", res.Audiences)
+			return
+		}
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		admin.ServeHTTP(sw, r)
 		s.audit.Info("relay: admin request", "user", user, "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path,

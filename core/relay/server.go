@@ -48,6 +48,12 @@ type ServerConfig struct {
 	// relay authenticates and whose mapped groups include one of these.
 	// Empty (the default) serves it only on the local admin socket.
 	AdminGroups []string
+	// AdminAudience is the audience a token must be for to reach the
+	// remote admin API. No other hop accepts it: the tunnel endpoint and
+	// the cluster endpoint refuse tokens for it, so an administrator's
+	// token that an agent saw (every agent sees its callers' tokens) cannot
+	// be replayed at the admin API. Zero means DefaultAdminAudience.
+	AdminAudience string
 	// ClusterEndpoint, if not nil, serves each cluster's HTTPS endpoint,
 	// /v1/clusters/{id}/k8s/..., where kubectl talks to the relay without
 	// a local tether-proxy: the relay terminates the caller's TLS and sees
@@ -86,6 +92,9 @@ func (c *ServerConfig) Validate() error {
 
 // withDefaults returns c with its zero fields set to their defaults.
 func (c ServerConfig) withDefaults() ServerConfig {
+	if c.AdminAudience == "" {
+		c.AdminAudience = DefaultAdminAudience
+	}
 	if c.RelayID == "" {
 		c.RelayID = "relay"
 	}
@@ -97,6 +106,9 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	}
 	return c
 }
+
+// DefaultAdminAudience is the audience of tokens for the remote admin API.
+const DefaultAdminAudience = "tether-admin"
 
 // Server is the relay's public face: the HTTP API for callers and joining
 // agents, and the endpoint where agents hold their sessions.

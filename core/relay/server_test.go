@@ -38,8 +38,15 @@ const (
 	outsiderToken = "outsider-token-0123456789"
 	// audToken is alice's token for audience tether:strict only.
 	audToken = "aud-token-0123456789"
-	// adminToken is root's, in group relay-admins.
+	// adminToken is root's, in group relay-admins, for the admin audience.
 	adminToken = "admin-token-0123456789"
+	// rootCallerToken is root's too, for the callers' audience: what every
+	// agent root reached with kubectl has seen.
+	rootCallerToken = "root-caller-token-0123456789"
+	// aliceAdminAudToken is alice's for the admin audience: it must never
+	// open a tunnel, or the agent at its end could replay it at the admin
+	// API.
+	aliceAdminAudToken = "alice-admin-aud-token-0123456789"
 	// refreshedToken is another valid token of alice's (a refresh).
 	refreshedToken = "caller-token-refreshed-0123456789"
 	// bobToken is bob's, in group dev like alice.
@@ -55,7 +62,11 @@ func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (identity.Res
 	case bobToken:
 		return identity.Result{Identity: identity.Identity{User: "bob", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
 	case adminToken:
-		return identity.Result{Identity: identity.Identity{User: "root", Groups: []string{"ops", "relay-admins"}}}, nil
+		return identity.Result{Identity: identity.Identity{User: "root", Groups: []string{"ops", "relay-admins"}}, Audiences: []string{"tether-admin"}}, nil
+	case aliceAdminAudToken:
+		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether", "tether-admin"}}, nil
+	case rootCallerToken:
+		return identity.Result{Identity: identity.Identity{User: "root", Groups: []string{"ops", "relay-admins"}}, Audiences: []string{"tether"}}, nil
 	case audToken:
 		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether:strict"}}, nil
 	case outsiderToken:
@@ -226,6 +237,7 @@ func TestTunnelRefusals(t *testing.T) {
 		{"a cluster that grants no one", "closed", goodToken, 403, "grants access to no one"},
 		{"a granted caller with a token for another cluster's audience", "strict", goodToken, 403, "token is for audience [tether], not [tether:strict]"},
 		{"a token for the audience of the cluster: admitted", "strict", audToken, 503, "not connected"},
+		{"a token for the admin audience (an agent would see it)", "prod", aliceAdminAudToken, 403, "is for the admin audience tether-admin"},
 		{"not connected", "prod", goodToken, 503, "not connected"},
 	}
 	for _, tc := range tests {
@@ -242,7 +254,7 @@ func TestTunnelRefusals(t *testing.T) {
 # HELP tether_relay_tunnels_total Callers' tunnel requests, by result.
 # TYPE tether_relay_tunnels_total counter
 tether_relay_tunnels_total{result="bad_request"} 2
-tether_relay_tunnels_total{result="forbidden"} 3
+tether_relay_tunnels_total{result="forbidden"} 4
 tether_relay_tunnels_total{result="not_connected"} 2
 tether_relay_tunnels_total{result="unauthorized"} 2
 tether_relay_tunnels_total{result="unknown_cluster"} 1
