@@ -292,6 +292,8 @@ type serveOptions struct {
 	streamWindow, streamMemory        cli.Bytes
 	maxStreamsPerCluster              int
 	maxStreamsPerCaller               int
+	maxSessionsPerCluster             int
+	maxSessionsPerCredential          int
 	logs                              cli.LogFlags
 }
 
@@ -323,6 +325,8 @@ func newServeCommand(data *string, socketPath func() string) *cobra.Command {
 	fs.Var(&o.streamMemory, "stream-memory", "the most all streams may make the relay buffer: it opens at most --stream-memory / --stream-window streams in all")
 	fs.IntVar(&o.maxStreamsPerCluster, "max-streams-per-cluster", relay.DefaultMaxStreamsPerCluster, "the most streams (requests, watches, exec sessions) open to one cluster at once")
 	fs.IntVar(&o.maxStreamsPerCaller, "max-streams-per-caller", relay.DefaultMaxStreamsPerCaller, "the most streams one caller (one authenticated user name, whatever its tokens) holds open at once, to all clusters together; each idle tunnel tether-proxy keeps holds one")
+	fs.IntVar(&o.maxSessionsPerCluster, "max-sessions-per-cluster", relay.DefaultMaxSessionsPerCluster, "the most agent sessions one cluster holds at once; an agent over it is refused (TooManySessions) and told why")
+	fs.IntVar(&o.maxSessionsPerCredential, "max-sessions-per-credential", relay.DefaultMaxSessionsPerCredential, "the most agent sessions one agent credential holds at once (an agent keeps 2; agent replicas sharing one credential Secret share the cap)")
 	o.logs.Add(fs)
 	return c
 }
@@ -340,8 +344,12 @@ func (o *serveOptions) routerConfig() (relay.RouterConfig, error) {
 	if err := tunnel.ValidateStreamWindow(uint64(o.streamWindow)); err != nil {
 		return relay.RouterConfig{}, fmt.Errorf("--stream-window %s: %w", o.streamWindow.String(), err)
 	}
+	if o.maxSessionsPerCluster < 1 || o.maxSessionsPerCredential < 1 {
+		return relay.RouterConfig{}, fmt.Errorf("--max-sessions-per-cluster %d, --max-sessions-per-credential %d: want 1 or more", o.maxSessionsPerCluster, o.maxSessionsPerCredential)
+	}
 	rcfg := relay.RouterConfig{MaxStreamsPerCluster: o.maxStreamsPerCluster, MaxStreamsPerCaller: o.maxStreamsPerCaller,
-		StreamWindow: uint32(o.streamWindow), StreamMemory: int64(o.streamMemory)}
+		StreamWindow: uint32(o.streamWindow), StreamMemory: int64(o.streamMemory),
+		MaxSessionsPerCluster: o.maxSessionsPerCluster, MaxSessionsPerCredential: o.maxSessionsPerCredential}
 	if err := rcfg.Validate(); err != nil {
 		return relay.RouterConfig{}, fmt.Errorf("--stream-window %s, --stream-memory %s: %w", o.streamWindow.String(), o.streamMemory.String(), err)
 	}

@@ -43,7 +43,7 @@ jwt:
 		t.Run(tc.name, func(t *testing.T) {
 			o := &serveOptions{hostnames: []string{"relay.test"}, authnConfig: authnFile, listen: "127.0.0.1:0", agentListen: "127.0.0.1:0",
 				loginIssuer: tc.login.Issuer, loginClientID: tc.login.ClientID, streamWindow: tunnel.DefaultStreamWindow,
-				streamMemory: relay.DefaultStreamMemory, maxStreamsPerCluster: 1, maxStreamsPerCaller: 1}
+				streamMemory: relay.DefaultStreamMemory, maxStreamsPerCluster: 1, maxStreamsPerCaller: 1, maxSessionsPerCluster: 1, maxSessionsPerCredential: 1}
 			data := filepath.Join(dir, "relay.db")
 			_, err := o.options(data, "")
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {

@@ -14,7 +14,8 @@ func TestServeStreamFlags(t *testing.T) {
 	if f := c.Flags().Lookup("max-streams-per-caller"); f == nil || f.DefValue != strconv.Itoa(relay.DefaultMaxStreamsPerCaller) {
 		t.Fatalf("--max-streams-per-caller: %+v, want a flag defaulting to %d", f, relay.DefaultMaxStreamsPerCaller)
 	}
-	ok := serveOptions{maxStreamsPerCluster: 1024, maxStreamsPerCaller: 512, streamWindow: tunnel.DefaultStreamWindow, streamMemory: relay.DefaultStreamMemory}
+	ok := serveOptions{maxStreamsPerCluster: 1024, maxStreamsPerCaller: 512, streamWindow: tunnel.DefaultStreamWindow, streamMemory: relay.DefaultStreamMemory,
+		maxSessionsPerCluster: relay.DefaultMaxSessionsPerCluster, maxSessionsPerCredential: relay.DefaultMaxSessionsPerCredential}
 	tests := []struct {
 		name string
 		set  func(*serveOptions)
@@ -25,6 +26,8 @@ func TestServeStreamFlags(t *testing.T) {
 		{"per-caller negative", func(o *serveOptions) { o.maxStreamsPerCaller = -1 }, "--max-streams-per-caller -1: want 1 or more"},
 		{"per-cluster 0", func(o *serveOptions) { o.maxStreamsPerCluster = 0 }, "--max-streams-per-cluster 0: want 1 or more"},
 		{"per-caller above per-cluster", func(o *serveOptions) { o.maxStreamsPerCaller = 4096 }, ""},
+		{"sessions per cluster 0", func(o *serveOptions) { o.maxSessionsPerCluster = 0 }, "--max-sessions-per-cluster 0"},
+		{"sessions per credential negative", func(o *serveOptions) { o.maxSessionsPerCredential = -1 }, "--max-sessions-per-credential -1: want 1 or more"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

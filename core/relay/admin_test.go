@@ -64,7 +64,7 @@ func TestAdminAPIOverItsSocket(t *testing.T) {
 	}
 
 	rs, _ := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
-	if err := h.router.Add(rs); err != nil {
+	if err := h.router.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	list, err := a.Clusters(ctx)

@@ -87,10 +87,20 @@ func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
 			conn = s.cfg.WrapAgentConn(tc)
 		}
 	}
+	// The credential the session's handshake verified: the router keeps it
+	// to cap sessions per credential, end the session when it expires, and
+	// check it again when the registry changes.
+	var leaf *x509.Certificate
 	sess, err := tunnel.AcceptAgent(ctx, conn, tunnel.RelayConfig{
-		Authorize: s.authorizeAgent,
-		Session:   newID(),
-		Relay:     s.cfg.RelayID,
+		Authorize: func(ctx context.Context, h *tunnel.Hello, st tls.ConnectionState) error {
+			if err := s.authorizeAgent(ctx, h, st); err != nil {
+				return err
+			}
+			leaf = st.PeerCertificates[0]
+			return nil
+		},
+		Session: newID(),
+		Relay:   s.cfg.RelayID,
 		// The router's window: its stream caps bound window × streams.
 		Yamux:  tunnel.YamuxConfig(s.cfg.Router.StreamWindow()),
 		Logger: s.log,
@@ -102,9 +112,25 @@ func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
 	if s.cfg.OnAgentSession != nil {
 		s.cfg.OnAgentSession(sess)
 	}
-	if err := s.cfg.Router.Add(sess); err != nil {
+	if err := s.cfg.Router.Add(sess, leaf); err != nil {
+		s.log.Warn("relay: agent session not routed", "cluster", sess.Hello.Cluster, "agent", sess.Hello.Agent, "error", err)
+		_ = sess.Close()
+		return
+	}
+	// The credential was verified before the session was routed; a rotate
+	// or delete in between ended the cluster's routed sessions, not this
+	// one. Check again now that it is routed, so none slips through.
+	if _, err := s.cfg.Registry.VerifyPeer(leaf); err != nil {
+		s.log.Warn("relay: agent session ended: its credential was revoked while it connected", "cluster", sess.Hello.Cluster, "agent", sess.Hello.Agent, "error", err)
 		_ = sess.Close()
 	}
+}
+
+// current reports whether cert is still a current credential of its
+// cluster (Router.Revalidate's check).
+func (s *Server) current(cert *x509.Certificate) error {
+	_, err := s.cfg.Registry.VerifyPeer(cert)
+	return err
 }
 
 // renew answers one Renew on conn with a new certificate for the cluster
@@ -138,6 +164,11 @@ func (s *Server) renew(conn *tls.Conn) {
 	if err := tunnel.WriteFrame(conn, &tunnel.Renewed{OK: true, Certificate: string(cred.CertPEM)}); err != nil {
 		s.log.Warn("relay: renewal answer not delivered; the agent will retry", "cluster", cred.ClusterID, "error", err)
 	}
+	// A renewal can leave a credential no longer current (the oldest
+	// overlapping one, or the presenting one): its sessions move.
+	if n := s.cfg.Router.Revalidate(cred.ClusterID, s.current, false); n > 0 {
+		s.log.Info("relay: sessions on superseded credentials told to move", "cluster", cred.ClusterID, "sessions", n)
+	}
 }
 
 // authorizeAgent accepts an agent whose certificate the registry lists as
@@ -155,6 +186,9 @@ func (s *Server) authorizeAgent(_ context.Context, h *tunnel.Hello, st tls.Conne
 	}
 	if id != h.Cluster {
 		return tunnel.Refuse(tunnel.ReasonClusterMismatch, fmt.Sprintf("the certificate is for cluster %s, not %s", id, h.Cluster))
+	}
+	if err := s.cfg.Router.CanAdd(id, st.PeerCertificates[0]); err != nil {
+		return tunnel.Refuse(tunnel.ReasonTooManySessions, err.Error())
 	}
 	return nil
 }

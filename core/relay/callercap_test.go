@@ -33,7 +33,7 @@ func holdingAgent(t *testing.T, r *relay.Router, cluster string) {
 	t.Helper()
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: cluster, Agent: "agent-" + cluster})
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(io.Discard, st) })
-	if err := r.Add(rs); err != nil {
+	if err := r.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -91,7 +91,7 @@ func rawAgent(t *testing.T, r *relay.Router, cluster string, answer func(st net.
 		}
 	}()
 	t.Cleanup(func() { _ = got.s.Close(); _ = mux.Close(); <-done })
-	if err := r.Add(got.s); err != nil {
+	if err := r.Add(got.s, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -192,7 +192,7 @@ func TestRouterCallerBudgetCannotLeak(t *testing.T) {
 	})
 	rawAgent(t, r, "silent", nil)
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "dead", Agent: "agent-dead"})
-	if err := r.Add(rs); err != nil {
+	if err := r.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	_ = as.Close() // the agent's end dies; the relay may not have noticed yet
@@ -330,7 +330,7 @@ func TestTunnelCapsStreamsPerCaller(t *testing.T) {
 	h.create(t, "prod")
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(st, st) }) // echo until the caller half-closes
-	if err := h.router.Add(rs); err != nil {
+	if err := h.router.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	first, err := h.dialTunnel(t, "prod", goodToken)

@@ -90,7 +90,7 @@ func startAgent(t *testing.T, h *relayHarness, cluster string, cert tls.Certific
 		}
 	})
 	t.Cleanup(func() { close(a.done); _ = srv.Close(); <-served })
-	if err := h.router.Add(rs); err != nil {
+	if err := h.router.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	return a

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,11 +34,25 @@ const (
 	// to the caller's peak of concurrent requests; 512 leaves 256 more for
 	// the watches, logs -f and exec sessions in use at that peak.
 	DefaultMaxStreamsPerCaller = 512
+	// DefaultMaxSessionsPerCredential bounds the sessions one agent
+	// credential holds: an agent keeps 2 (at most tunnel.MaxSessions), and
+	// agent replicas that share a credential Secret share the cap.
+	DefaultMaxSessionsPerCredential = 16
+	// DefaultMaxSessionsPerCluster bounds the sessions one cluster holds.
+	DefaultMaxSessionsPerCluster = 64
+	// DefaultSupersededGrace is how long a session whose credential is no
+	// longer current (renewed away) keeps serving after the relay told it
+	// to move: long enough for the agent to open its replacement.
+	DefaultSupersededGrace = 30 * time.Second
 )
 
 // ErrTooManyStreams is returned by Open when the caller, the cluster, or
 // the relay has its maximum of open streams.
 var ErrTooManyStreams = errors.New("relay: too many open streams")
+
+// ErrTooManySessions is returned by Add and CanAdd when the session's
+// credential or cluster holds its maximum of sessions.
+var ErrTooManySessions = errors.New("relay: too many agent sessions")
 
 // NotConnectedError is returned by Open when no agent of the cluster holds a
 // session.
@@ -77,6 +92,17 @@ type RouterConfig struct {
 	// hold: the router opens at most StreamMemory / StreamWindow streams
 	// in all. Zero means DefaultStreamMemory.
 	StreamMemory int64
+	// MaxSessionsPerCredential bounds the sessions one agent credential
+	// (one certificate) holds at once. Zero means
+	// DefaultMaxSessionsPerCredential.
+	MaxSessionsPerCredential int
+	// MaxSessionsPerCluster bounds the sessions one cluster's agents hold
+	// at once. Zero means DefaultMaxSessionsPerCluster.
+	MaxSessionsPerCluster int
+	// SupersededGrace is how long a session whose credential stopped
+	// being current (the agent renewed it) serves after GoAway, before the
+	// relay ends it. Zero means DefaultSupersededGrace.
+	SupersededGrace time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 	// Logger receives session arrivals and departures, and the streams
@@ -94,6 +120,11 @@ func (c *RouterConfig) Validate() error {
 		return fmt.Errorf("relay: RouterConfig.MaxStreamsPerCaller %d: want 0 (the default, %d) or more", c.MaxStreamsPerCaller, DefaultMaxStreamsPerCaller)
 	case tunnel.ValidateStreamWindow(uint64(c.StreamWindow)) != nil:
 		return fmt.Errorf("relay: RouterConfig.StreamWindow: %w", tunnel.ValidateStreamWindow(uint64(c.StreamWindow)))
+	case c.MaxSessionsPerCredential < 0 || c.MaxSessionsPerCluster < 0:
+		return fmt.Errorf("relay: RouterConfig.MaxSessionsPerCredential (%d) and MaxSessionsPerCluster (%d): want 0 (the defaults, %d and %d) or more",
+			c.MaxSessionsPerCredential, c.MaxSessionsPerCluster, DefaultMaxSessionsPerCredential, DefaultMaxSessionsPerCluster)
+	case c.SupersededGrace < 0:
+		return fmt.Errorf("relay: RouterConfig.SupersededGrace %s must not be negative", c.SupersededGrace)
 	case c.StreamMemory < 0:
 		return fmt.Errorf("relay: RouterConfig.StreamMemory %d: want 0 (the default) or more", c.StreamMemory)
 	}
@@ -118,6 +149,15 @@ func (c RouterConfig) withDefaults() RouterConfig {
 	if c.StreamMemory == 0 {
 		c.StreamMemory = DefaultStreamMemory
 	}
+	if c.MaxSessionsPerCredential == 0 {
+		c.MaxSessionsPerCredential = DefaultMaxSessionsPerCredential
+	}
+	if c.MaxSessionsPerCluster == 0 {
+		c.MaxSessionsPerCluster = DefaultMaxSessionsPerCluster
+	}
+	if c.SupersededGrace == 0 {
+		c.SupersededGrace = DefaultSupersededGrace
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -138,7 +178,25 @@ type Router struct {
 	// callers counts the streams open per Open.User; a caller's entry
 	// goes when its count is back to zero.
 	callers map[string]int
+	// creds are the credentials sessions presented, and perCred counts
+	// the sessions per credential (cluster and serial).
+	creds   map[*tunnel.RelaySession]*sessionCred
+	perCred map[string]int
 	closed  bool
+	// moving owns the goroutines that tell sessions on a superseded
+	// credential to move, then end them; Close waits for them.
+	moving sync.WaitGroup
+}
+
+// sessionCred is what the router keeps of a session's credential.
+type sessionCred struct {
+	cert   *x509.Certificate
+	key    string      // cluster and serial: perCred's key
+	expiry *time.Timer // ends the session when the credential expires
+}
+
+func credKey(cluster string, cert *x509.Certificate) string {
+	return cluster + "/" + cert.SerialNumber.Text(16)
 }
 
 type cluster struct {
@@ -155,7 +213,7 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	}
 	cfg = cfg.withDefaults()
 	return &Router{cfg: cfg, maxStreams: max(1, int(cfg.StreamMemory/int64(cfg.StreamWindow))), log: cfg.Logger,
-		clusters: map[string]*cluster{}, callers: map[string]int{}}, nil
+		clusters: map[string]*cluster{}, callers: map[string]int{}, creds: map[*tunnel.RelaySession]*sessionCred{}, perCred: map[string]int{}}, nil
 }
 
 // StreamWindow returns the yamux stream window the relay's agent sessions
@@ -166,13 +224,42 @@ func (r *Router) StreamWindow() uint32 { return r.cfg.StreamWindow }
 // StreamMemory / StreamWindow.
 func (r *Router) MaxStreams() int { return r.maxStreams }
 
-// Add routes the session's cluster to it until the session ends.
-func (r *Router) Add(s *tunnel.RelaySession) error {
+// CanAdd reports whether a session of cluster presenting cred would be
+// routed now, or the ErrTooManySessions it would be refused with: the
+// relay's agent endpoint asks before it welcomes an agent, so that the
+// agent hears why. Add decides.
+func (r *Router) CanAdd(cluster string, cred *x509.Certificate) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.admitLocked(cluster, cred)
+}
+
+func (r *Router) admitLocked(cluster string, cred *x509.Certificate) error {
+	if c := r.clusters[cluster]; c != nil && len(c.sessions) >= r.cfg.MaxSessionsPerCluster {
+		return fmt.Errorf("%w: cluster %s holds %d, the relay's --max-sessions-per-cluster: stop the extra agents, or ask the relay's operator to raise it",
+			ErrTooManySessions, cluster, r.cfg.MaxSessionsPerCluster)
+	}
+	if cred != nil && r.perCred[credKey(cluster, cred)] >= r.cfg.MaxSessionsPerCredential {
+		return fmt.Errorf("%w: this credential of cluster %s holds %d, the relay's --max-sessions-per-credential: an agent keeps 2 (--sessions); agents sharing one credential share the cap",
+			ErrTooManySessions, cluster, r.cfg.MaxSessionsPerCredential)
+	}
+	return nil
+}
+
+// Add routes the session's cluster to it until the session ends. cred is
+// the certificate the agent presented: the session counts against its
+// MaxSessionsPerCredential, and ends when it expires. Nil (a session
+// without TLS, in tests) counts only against the cluster.
+func (r *Router) Add(s *tunnel.RelaySession, cred *x509.Certificate) error {
 	id := s.Hello.Cluster
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		return errors.New("relay: router closed")
+	}
+	if err := r.admitLocked(id, cred); err != nil {
+		r.mu.Unlock()
+		return err
 	}
 	c := r.clusters[id]
 	if c == nil {
@@ -181,6 +268,17 @@ func (r *Router) Add(s *tunnel.RelaySession) error {
 	}
 	c.sessions = append(c.sessions, s)
 	n := len(c.sessions)
+	if cred != nil {
+		sc := &sessionCred{cert: cred, key: credKey(id, cred)}
+		r.perCred[sc.key]++
+		// The credential was verified at the handshake: it must not
+		// outlive its expiry in a session either.
+		sc.expiry = time.AfterFunc(cred.NotAfter.Sub(r.cfg.Now()), func() {
+			r.log.Warn("relay: agent session ended: its credential expired", "cluster", id, "agent", s.Hello.Agent, "notAfter", cred.NotAfter)
+			_ = s.Close()
+		})
+		r.creds[s] = sc
+	}
 	r.mu.Unlock()
 	r.log.Info("relay: agent session added", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "sessions", n)
 	// Unrouted when it ends, by the session's own goroutine: no watcher
@@ -193,6 +291,15 @@ func (r *Router) remove(s *tunnel.RelaySession) {
 	id := s.Hello.Cluster
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if sc := r.creds[s]; sc != nil {
+		sc.expiry.Stop()
+		delete(r.creds, s)
+		if r.perCred[sc.key] <= 1 {
+			delete(r.perCred, sc.key)
+		} else {
+			r.perCred[sc.key]--
+		}
+	}
 	c := r.clusters[id]
 	if c == nil {
 		return
@@ -205,6 +312,53 @@ func (r *Router) remove(s *tunnel.RelaySession) {
 	}
 	c.lastSeen = r.cfg.Now()
 	r.log.Info("relay: agent session removed", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "sessions", len(c.sessions))
+}
+
+// Revalidate checks the credential of each of cluster's sessions with
+// current (the registry's VerifyPeer) and moves those it refuses: each is
+// told to move (GoAway), so that its agent opens a replacement with its
+// current credential, and ends after SupersededGrace, or at once when
+// revoked is true (the credential was revoked, not renewed). It returns how
+// many sessions it moved.
+func (r *Router) Revalidate(cluster string, current func(*x509.Certificate) error, revoked bool) int {
+	r.mu.Lock()
+	var stale []*tunnel.RelaySession
+	var whys []error
+	if c := r.clusters[cluster]; c != nil {
+		for _, s := range c.sessions {
+			if sc := r.creds[s]; sc != nil {
+				if err := current(sc.cert); err != nil {
+					stale, whys = append(stale, s), append(whys, err)
+				}
+			}
+		}
+	}
+	r.mu.Unlock()
+	for i, s := range stale {
+		r.log.Warn("relay: agent session's credential is no longer current; moving the session", "cluster", cluster, "agent", s.Hello.Agent,
+			"slot", s.Hello.Slot, "revoked", revoked, "why", whys[i])
+		if revoked {
+			_ = s.Close()
+			continue
+		}
+		grace := r.cfg.SupersededGrace
+		r.moving.Add(1)
+		go func() {
+			defer r.moving.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), grace)
+			defer cancel()
+			if err := s.GoAway(ctx, grace, "this session's credential was renewed: reconnect with the current one"); err != nil {
+				_ = s.Close()
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-s.CloseChan():
+			}
+			_ = s.Close()
+		}()
+	}
+	return len(stale)
 }
 
 // counts returns the number of live sessions and of clusters with at least
@@ -390,6 +544,7 @@ func (r *Router) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	r.moving.Wait()
 	return errors.Join(errs...)
 }
 

@@ -22,7 +22,7 @@ func TestRouterForgetsCallersWithNoStream(t *testing.T) {
 	t.Cleanup(func() { _ = r.Close() })
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(io.Discard, st) })
-	if err := r.Add(rs); err != nil {
+	if err := r.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)

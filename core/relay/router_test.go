@@ -23,7 +23,7 @@ func agent(t *testing.T, r *relay.Router, cluster string, slot int) *tunnel.Rela
 	t.Helper()
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: cluster, Agent: "agent-" + cluster, Slot: slot})
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { fmt.Fprintf(st, "%s/%d", cluster, slot) })
-	if err := r.Add(rs); err != nil {
+	if err := r.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	return rs
@@ -112,7 +112,7 @@ func TestRouterCapsStreamsPerCluster(t *testing.T) {
 	hold := make(chan struct{})
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { <-hold })
 	t.Cleanup(func() { close(hold) })
-	if err := r.Add(rs); err != nil {
+	if err := r.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	o := &tunnel.Open{Cluster: "prod", Request: "r", Client: "c"}
@@ -141,7 +141,7 @@ func TestRouterSkipsADeadSession(t *testing.T) {
 	t.Cleanup(func() { _ = r.Close() })
 	agent(t, r, "prod", 0)
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "dying", Slot: 1})
-	if err := r.Add(rs); err != nil {
+	if err := r.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	_ = as.Close() // the agent's end dies; the relay may not have noticed yet
@@ -205,7 +205,7 @@ func TestRouterBoundsWhatSlowCallersMakeItHold(t *testing.T) {
 					}
 				}
 			})
-			if err := r.Add(rs); err != nil {
+			if err := r.Add(rs, nil); err != nil {
 				t.Fatal(err)
 			}
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)

@@ -173,7 +173,7 @@ func TestTunnelSplicesToTheClustersAgent(t *testing.T) {
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) {
 		_, _ = io.Copy(st, st) // echo until the caller half-closes
 	})
-	if err := h.router.Add(rs); err != nil {
+	if err := h.router.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := h.dialTunnel(t, "prod", goodToken)
@@ -293,7 +293,7 @@ func TestTunnelRefusesBytesSentBeforeThe101(t *testing.T) {
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
 	got := make(chan string, 1)
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { b, _ := io.ReadAll(st); got <- string(b) })
-	if err := h.router.Add(rs); err != nil {
+	if err := h.router.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := net.Dial("tcp", h.api.Listener.Addr().String())
@@ -471,7 +471,7 @@ func echoRelay(t *testing.T) (*relayHarness, *tunnel.AgentSession) {
 	h.create(t, "prod")
 	rs, as := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(st, st) })
-	if err := h.router.Add(rs); err != nil {
+	if err := h.router.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	return h, as
