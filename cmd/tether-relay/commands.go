@@ -238,8 +238,11 @@ authenticates every caller itself, and the cluster's RBAC decides what they may 
 					fmt.Fprintf(cmd.ErrOrStderr(), "nothing to revoke: the policy of %s names none of those\n", args[0])
 				}
 				printPolicy(cmd.OutOrStdout(), res.Policy)
-				if verb == "revoke" {
-					fmt.Fprintln(cmd.ErrOrStderr(), "New tunnels are refused from now on; a tunnel already open runs until it closes.")
+				switch {
+				case res.TunnelsEnded > 0:
+					fmt.Fprintf(cmd.ErrOrStderr(), "%d open tunnel(s) of callers the policy no longer admits were ended.\n", res.TunnelsEnded)
+				case !a.Live():
+					fmt.Fprintln(cmd.ErrOrStderr(), "The relay is not running: the policy applies to every tunnel from its start.")
 				}
 				return nil
 			})

@@ -272,7 +272,11 @@ func (a *Authenticator) AuthenticateToken(ctx context.Context, token string) (id
 	if err := identity.Validate(id, a.cfg.AllowSystemNames); err != nil {
 		return identity.Result{}, fmt.Errorf("authn: %w", err)
 	}
-	return identity.Result{Identity: id, Audiences: claims.Audience}, nil
+	res := identity.Result{Identity: id, Audiences: claims.Audience}
+	if exp, err := claims.Expiry.Int64(); err == nil && exp > 0 {
+		res.Expires = time.Unix(exp, 0)
+	}
+	return res, nil
 }
 
 // tokenClaims are the claims read for the extras and the error messages.
@@ -280,6 +284,9 @@ type tokenClaims struct {
 	Issuer   string    `json:"iss"`
 	Subject  string    `json:"sub"`
 	Audience audiences `json:"aud"`
+	// Expiry is read for Result.Expires once the token is verified (the
+	// JWT authenticator checked it).
+	Expiry json.Number `json:"exp"`
 }
 
 // audiences is an aud claim: a string or an array of strings.

@@ -1,6 +1,9 @@
 package identity
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Identity is who the caller is, as an Authenticator established it.
 type Identity struct {
@@ -24,6 +27,10 @@ type Result struct {
 	// Audiences is the verified token's aud claim (OpenID tokens only),
 	// for a policy that binds a cluster to its own audience.
 	Audiences []string
+	// Expires is when the verified token expires (its exp claim): the
+	// relay ends a tunnel the token opened then. Zero means unknown (a
+	// service-account token passed through unverified).
+	Expires time.Time
 }
 
 // Authenticator validates a caller's bearer token. Its errors are shown to

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -27,6 +28,9 @@ type PolicyChange struct {
 	Policy  policy.Policy `json:"policy"`
 	// Removed is how many entries a revoke removed.
 	Removed int `json:"removed"`
+	// TunnelsEnded is how many open tunnels the change ended: those of
+	// callers the new policy no longer admits (a running relay only).
+	TunnelsEnded int `json:"tunnelsEnded"`
 }
 
 // CreateClusterRequest is the body of POST /v1/admin/clusters.
@@ -84,8 +88,9 @@ type AdminService struct {
 	// offline mode: the relay is not running, and refuses the old
 	// credentials when it starts.
 	Router *Router
-	// Logger receives one line per change. Nil discards.
-	Logger *slog.Logger
+	// Logger receives one line per change; Audit one per tunnel a policy
+	// change ended. Nil discards.
+	Logger, Audit *slog.Logger
 }
 
 var _ Admin = (*AdminService)(nil)
@@ -172,7 +177,8 @@ func (a *AdminService) Grant(_ context.Context, id string, add policy.Policy) (P
 		return PolicyChange{}, err
 	}
 	a.log().Info("relay: access policy changed", "cluster", id, "change", "grant", "users", add.Users, "groups", add.Groups, "rules", len(add.Rules), "audiences", add.Audiences)
-	return PolicyChange{Cluster: id, Policy: p}, nil
+	// A grant can end tunnels too: an audience it adds is a requirement.
+	return PolicyChange{Cluster: id, Policy: p, TunnelsEnded: a.recheck(id, p)}, nil
 }
 
 // Revoke implements Admin.
@@ -187,7 +193,32 @@ func (a *AdminService) Revoke(_ context.Context, id string, drop policy.Policy) 
 		return PolicyChange{}, err
 	}
 	a.log().Info("relay: access policy changed", "cluster", id, "change", "revoke", "users", drop.Users, "groups", drop.Groups, "rules", len(drop.Rules), "audiences", drop.Audiences, "removed", removed)
-	return PolicyChange{Cluster: id, Policy: p, Removed: removed}, nil
+	return PolicyChange{Cluster: id, Policy: p, Removed: removed, TunnelsEnded: a.recheck(id, p)}, nil
+}
+
+// recheck ends the cluster's open tunnels whose callers p no longer admits,
+// as the relay would refuse them if they opened now, and returns how many.
+func (a *AdminService) recheck(id string, p policy.Policy) int {
+	if a.Router == nil {
+		return 0
+	}
+	cuts := a.Router.Recheck(id, func(o StreamOwner) error {
+		if err := policy.CheckAudience(p, o.Audiences); err != nil {
+			return err
+		}
+		if d, _ := policy.Check(p, o.Identity); !d.Allowed {
+			return errors.New(d.Why)
+		}
+		return nil
+	})
+	audit := a.Audit
+	if audit == nil {
+		audit = slog.New(slog.DiscardHandler)
+	}
+	for _, c := range cuts {
+		audit.Warn("relay: tunnel ended: the caller is no longer admitted to the cluster", "cluster", id, "user", c.Owner.Identity.User, "why", c.Why)
+	}
+	return len(cuts)
 }
 
 // CA implements Admin.

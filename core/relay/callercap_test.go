@@ -102,7 +102,7 @@ func openAs(t *testing.T, r *relay.Router, cluster, user string) (net.Conn, erro
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	c, err := r.Open(ctx, &tunnel.Open{Cluster: cluster, Request: "req", Client: "203.0.113.1:1", User: user})
+	c, err := r.Open(ctx, &tunnel.Open{Cluster: cluster, Request: "req", Client: "203.0.113.1:1", User: user}, relay.StreamOwner{})
 	if err == nil {
 		t.Cleanup(func() { _ = c.Close() })
 	}
@@ -214,7 +214,7 @@ func TestRouterCallerBudgetCannotLeak(t *testing.T) {
 		{"the caller gives up", func() error {
 			ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 			defer cancel()
-			c, err := r.Open(ctx, &tunnel.Open{Cluster: "silent", Request: "req", Client: "c", User: "alice"})
+			c, err := r.Open(ctx, &tunnel.Open{Cluster: "silent", Request: "req", Client: "c", User: "alice"}, relay.StreamOwner{})
 			if err == nil {
 				_ = c.Close()
 			}
@@ -266,7 +266,7 @@ func TestRouterCallerBudgetCannotLeak(t *testing.T) {
 		wg.Go(func() {
 			for range 8 {
 				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-				c, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: "req", Client: "c", User: "alice"})
+				c, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: "req", Client: "c", User: "alice"}, relay.StreamOwner{})
 				cancel()
 				if err != nil {
 					if !errors.Is(err, relay.ErrTooManyStreams) || !strings.Contains(err.Error(), "--max-streams-per-caller") {

@@ -27,7 +27,7 @@ import (
 // in the path and the cluster's access policy, and returns the cluster, the
 // caller and the token. It writes the refusal itself, counts it with count
 // (a result label) and returns ok=false.
-func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(result string)) (id string, who identity.Identity, token string, ok bool) {
+func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(result string)) (id string, who identity.Result, token string, ok bool) {
 	id = r.PathValue("id")
 	if err := clusterid.Validate(id); err != nil {
 		count(ResultBadRequest)
@@ -77,7 +77,7 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 			res.Identity.User, id, d.Why, id))
 		return "", who, "", false
 	}
-	return id, res.Identity, token, true
+	return id, res, token, true
 }
 
 // bearer returns the request's one bearer token.
@@ -106,13 +106,14 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusUpgradeRequired, kstatus.ReasonBadRequest, "tether: this endpoint needs Connection: Upgrade and Upgrade: "+relayapi.TunnelProtocol)
 		return
 	}
-	id, who, _, ok := s.caller(w, r, s.cfg.Metrics.tunnel)
+	id, res, _, ok := s.caller(w, r, s.cfg.Metrics.tunnel)
 	if !ok {
 		return
 	}
 	reqID := newID()
 	start := time.Now()
-	st, err := s.cfg.Router.Open(r.Context(), &tunnel.Open{Cluster: id, Request: reqID, Client: r.RemoteAddr, User: who.User})
+	who := res.Identity
+	st, err := s.cfg.Router.Open(r.Context(), &tunnel.Open{Cluster: id, Request: reqID, Client: r.RemoteAddr, User: who.User}, ownerOf(res))
 	if err != nil {
 		s.log.Warn("relay: tunnel not opened", "cluster", id, "request", reqID, "error", err)
 		var nc *NotConnectedError
@@ -194,4 +195,9 @@ func newID() string {
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// ownerOf is whom a caller's stream is for.
+func ownerOf(res identity.Result) StreamOwner {
+	return StreamOwner{Identity: res.Identity, Audiences: res.Audiences, Expires: res.Expires}
 }

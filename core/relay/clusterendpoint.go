@@ -103,6 +103,7 @@ type agentPool struct {
 // the rewrite and the audit line.
 type call struct {
 	cluster, user, token, client string
+	owner                        StreamOwner
 	// path and rawPath are the request's path below the endpoint.
 	path, rawPath string
 	pool          *agentPool
@@ -133,7 +134,8 @@ func newClusterEndpoint(s *Server, cfg ClusterEndpointConfig) *clusterEndpoint {
 func (e *clusterEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	count := e.s.cfg.Metrics.clusterRequest
-	id, who, token, ok := e.s.caller(w, r, count)
+	id, res, token, ok := e.s.caller(w, r, count)
+	who := res.Identity
 	if !ok {
 		return
 	}
@@ -159,7 +161,7 @@ func (e *clusterEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: a cluster request's path is "+prefix+"/ followed by the Kubernetes API path")
 		return
 	}
-	c := &call{cluster: id, user: who.User, token: token, client: r.RemoteAddr, path: path, rawPath: rawPath}
+	c := &call{cluster: id, user: who.User, owner: ownerOf(res), token: token, client: r.RemoteAddr, path: path, rawPath: rawPath}
 	c.pool = e.pool(id, token)
 	ctx := context.WithValue(r.Context(), callKey{}, c)
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
@@ -264,7 +266,7 @@ func (e *clusterEndpoint) dialAgent(ctx context.Context, _, _ string) (net.Conn,
 		return nil, errors.New("relay: dial an agent without a caller")
 	}
 	tunnelID := newID()
-	st, err := e.s.cfg.Router.Open(ctx, &tunnel.Open{Cluster: c.cluster, Request: tunnelID, Client: c.client, User: c.user})
+	st, err := e.s.cfg.Router.Open(ctx, &tunnel.Open{Cluster: c.cluster, Request: tunnelID, Client: c.client, User: c.user}, c.owner)
 	if err != nil {
 		return nil, err
 	}

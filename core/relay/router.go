@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
@@ -188,6 +189,31 @@ type Router struct {
 	moving sync.WaitGroup
 }
 
+// StreamOwner is whom a stream is for: the caller the relay authenticated
+// and admitted. The router ends the stream when the caller is no longer
+// admitted (Recheck) or when the token that opened it expires.
+type StreamOwner struct {
+	// Identity is the caller, as the relay's authenticator mapped it.
+	Identity identity.Identity
+	// Audiences are the audiences of the caller's token.
+	Audiences []string
+	// Expires is when the token that opened the stream expires. Zero:
+	// never (a test's stand-in authenticator).
+	Expires time.Time
+}
+
+// openStream is what the router keeps of an open stream.
+type openStream struct {
+	owner  StreamOwner
+	expiry *time.Timer // nil without Expires
+}
+
+// Cut is a stream Recheck ended, and why.
+type Cut struct {
+	Owner StreamOwner
+	Why   error
+}
+
 // sessionCred is what the router keeps of a session's credential.
 type sessionCred struct {
 	cert   *x509.Certificate
@@ -200,6 +226,8 @@ func credKey(cluster string, cert *x509.Certificate) string {
 }
 
 type cluster struct {
+	// open are the streams open to the cluster, with whom each is for.
+	open     map[*countedConn]*openStream
 	sessions []*tunnel.RelaySession
 	next     int
 	streams  int
@@ -395,7 +423,7 @@ func (r *Router) Sessions(clusterID string) int {
 // ErrTooManyStreams. o.User must be the name the relay's authenticator
 // produced for the caller, never anything the caller states itself: it is
 // whose budget the stream takes.
-func (r *Router) Open(ctx context.Context, o *tunnel.Open) (net.Conn, error) {
+func (r *Router) Open(ctx context.Context, o *tunnel.Open, owner StreamOwner) (net.Conn, error) {
 	user, clusterID := o.User, o.Cluster
 	r.mu.Lock()
 	c := r.clusters[o.Cluster]
@@ -448,7 +476,10 @@ func (r *Router) Open(ctx context.Context, o *tunnel.Open) (net.Conn, error) {
 	for _, s := range order {
 		st, err := s.Open(ctx, o)
 		if err == nil {
-			return &countedConn{Conn: st, release: func() { r.release(clusterID, user) }}, nil
+			cc := &countedConn{Conn: st}
+			cc.release = func() { r.untrack(clusterID, cc); r.release(clusterID, user) }
+			r.track(clusterID, cc, owner)
+			return cc, nil
 		}
 		var ref *tunnel.RefusedError
 		if errors.As(err, &ref) || ctx.Err() != nil {
@@ -459,6 +490,59 @@ func (r *Router) Open(ctx context.Context, o *tunnel.Open) (net.Conn, error) {
 	}
 	r.release(clusterID, user)
 	return nil, fmt.Errorf("relay: no session of cluster %s could open a stream: %w", clusterID, errors.Join(errs...))
+}
+
+// track records an open stream and, when its token expires, ends it then.
+func (r *Router) track(clusterID string, cc *countedConn, owner StreamOwner) {
+	ost := &openStream{owner: owner}
+	if !owner.Expires.IsZero() {
+		ost.expiry = time.AfterFunc(owner.Expires.Sub(r.cfg.Now()), func() {
+			r.log.Info("relay: stream ended: the token that opened it expired", "cluster", clusterID, "user", owner.Identity.User, "expired", owner.Expires)
+			_ = cc.Close()
+		})
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.clusters[clusterID]
+	if c.open == nil {
+		c.open = map[*countedConn]*openStream{}
+	}
+	c.open[cc] = ost
+}
+
+func (r *Router) untrack(clusterID string, cc *countedConn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.clusters[clusterID]; c != nil {
+		if ost := c.open[cc]; ost != nil {
+			if ost.expiry != nil {
+				ost.expiry.Stop()
+			}
+			delete(c.open, cc)
+		}
+	}
+}
+
+// Recheck ends every stream open to cluster whose owner admit refuses (the
+// cluster's access policy changed), and returns them with why. A revoked
+// caller keeps no tunnel: a refreshed token of theirs finds none open, and
+// a new one is refused.
+func (r *Router) Recheck(cluster string, admit func(StreamOwner) error) []Cut {
+	r.mu.Lock()
+	var cuts []Cut
+	var conns []*countedConn
+	if c := r.clusters[cluster]; c != nil {
+		for cc, ost := range c.open {
+			if err := admit(ost.owner); err != nil {
+				cuts, conns = append(cuts, Cut{Owner: ost.owner, Why: err}), append(conns, cc)
+			}
+		}
+	}
+	r.mu.Unlock()
+	for _, cc := range conns {
+		_ = cc.Close()
+	}
+	return cuts
 }
 
 func (r *Router) release(clusterID, user string) {

@@ -29,18 +29,18 @@ func TestRouterForgetsCallersWithNoStream(t *testing.T) {
 	defer cancel()
 	for i := range 50 {
 		user := fmt.Sprint("user-", i)
-		a, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: "r", Client: "c", User: user})
+		a, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: "r", Client: "c", User: user}, StreamOwner{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: "r", Client: "c", User: user})
+		b, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: "r", Client: "c", User: user}, StreamOwner{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		_ = a.Close()
 		_ = b.Close()
 		_ = b.Close()
-		if _, err := r.Open(ctx, &tunnel.Open{Cluster: "nowhere", Request: "r", Client: "c", User: user}); err == nil {
+		if _, err := r.Open(ctx, &tunnel.Open{Cluster: "nowhere", Request: "r", Client: "c", User: user}, StreamOwner{}); err == nil {
 			t.Fatal("a stream opened to a cluster with no agent")
 		}
 	}

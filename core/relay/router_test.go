@@ -33,7 +33,7 @@ func open(t *testing.T, r *relay.Router, cluster string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	c, err := r.Open(ctx, &tunnel.Open{Cluster: cluster, Request: "req", Client: "203.0.113.1:1"})
+	c, err := r.Open(ctx, &tunnel.Open{Cluster: cluster, Request: "req", Client: "203.0.113.1:1"}, relay.StreamOwner{})
 	if err != nil {
 		return "", err
 	}
@@ -116,22 +116,22 @@ func TestRouterCapsStreamsPerCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := &tunnel.Open{Cluster: "prod", Request: "r", Client: "c"}
-	a, err := r.Open(t.Context(), o)
+	a, err := r.Open(t.Context(), o, relay.StreamOwner{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Open(t.Context(), o); err != nil {
+	if _, err := r.Open(t.Context(), o, relay.StreamOwner{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Open(t.Context(), o); !errors.Is(err, relay.ErrTooManyStreams) {
+	if _, err := r.Open(t.Context(), o, relay.StreamOwner{}); !errors.Is(err, relay.ErrTooManyStreams) {
 		t.Fatalf("third stream: %v, want ErrTooManyStreams", err)
 	}
 	_ = a.Close()
 	_ = a.Close() // a second Close must not free a second slot
-	if _, err := r.Open(t.Context(), o); err != nil {
+	if _, err := r.Open(t.Context(), o, relay.StreamOwner{}); err != nil {
 		t.Fatalf("after closing one: %v", err)
 	}
-	if _, err := r.Open(t.Context(), o); !errors.Is(err, relay.ErrTooManyStreams) {
+	if _, err := r.Open(t.Context(), o, relay.StreamOwner{}); !errors.Is(err, relay.ErrTooManyStreams) {
 		t.Fatalf("double Close freed two slots: %v", err)
 	}
 }
@@ -211,13 +211,13 @@ func TestRouterBoundsWhatSlowCallersMakeItHold(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 			defer cancel()
 			for i := range 3 {
-				c, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: fmt.Sprint("slow-", i), Client: "203.0.113.1:1"})
+				c, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: fmt.Sprint("slow-", i), Client: "203.0.113.1:1"}, relay.StreamOwner{})
 				if err != nil {
 					t.Fatalf("stream %d: %v", i, err)
 				}
 				t.Cleanup(func() { _ = c.Close() })
 			}
-			if _, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: "one-too-many", Client: "203.0.113.1:1"}); !errors.Is(err, relay.ErrTooManyStreams) {
+			if _, err := r.Open(ctx, &tunnel.Open{Cluster: "prod", Request: "one-too-many", Client: "203.0.113.1:1"}, relay.StreamOwner{}); !errors.Is(err, relay.ErrTooManyStreams) {
 				t.Fatalf("a stream beyond StreamMemory / StreamWindow: %v, want ErrTooManyStreams", err)
 			}
 			// The agent fills every window: the OpenReply took a few bytes of

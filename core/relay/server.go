@@ -138,7 +138,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.ClusterEndpoint != nil {
 		s.endpoint = newClusterEndpoint(s, *cfg.ClusterEndpoint)
 	}
-	s.admin = &AdminService{Registry: cfg.Registry, Router: cfg.Router, Logger: s.log}
+	s.admin = &AdminService{Registry: cfg.Registry, Router: cfg.Router, Logger: s.log, Audit: s.audit}
 	return s, nil
 }
 

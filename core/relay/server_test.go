@@ -47,6 +47,8 @@ const (
 	// open a tunnel, or the agent at its end could replay it at the admin
 	// API.
 	aliceAdminAudToken = "alice-admin-aud-token-0123456789"
+	// shortToken is alice's, expiring a second after it is authenticated.
+	shortToken = "short-token-0123456789"
 	// refreshedToken is another valid token of alice's (a refresh).
 	refreshedToken = "caller-token-refreshed-0123456789"
 	// bobToken is bob's, in group dev like alice.
@@ -63,6 +65,8 @@ func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (identity.Res
 		return identity.Result{Identity: identity.Identity{User: "bob", Groups: []string{"dev"}}, Audiences: []string{"tether"}}, nil
 	case adminToken:
 		return identity.Result{Identity: identity.Identity{User: "root", Groups: []string{"ops", "relay-admins"}}, Audiences: []string{"tether-admin"}}, nil
+	case shortToken:
+		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether"}, Expires: time.Now().Add(time.Second)}, nil
 	case aliceAdminAudToken:
 		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether", "tether-admin"}}, nil
 	case rootCallerToken:
