@@ -67,6 +67,9 @@ func (c *AgentConfig) Validate() error {
 	if c.HandshakeTimeout < 0 {
 		return fmt.Errorf("tunnel: AgentConfig.HandshakeTimeout %s must not be negative", c.HandshakeTimeout)
 	}
+	if c.MaxPendingOpens < 0 {
+		return fmt.Errorf("tunnel: AgentConfig.MaxPendingOpens %d: want 0 (the default, %d) or more", c.MaxPendingOpens, DefaultMaxPendingOpens)
+	}
 	return nil
 }
 
@@ -74,6 +77,9 @@ func (c *AgentConfig) Validate() error {
 func (c AgentConfig) withDefaults() AgentConfig {
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.MaxPendingOpens == 0 {
+		c.MaxPendingOpens = DefaultMaxPendingOpens
 	}
 	if c.Yamux == nil {
 		c.Yamux = DefaultYamuxConfig()

@@ -28,6 +28,9 @@ func TestConfigsValidate(t *testing.T) {
 	if err := (&tunnel.AgentConfig{}).Validate(); err == nil || !strings.Contains(err.Error(), "Hello") {
 		t.Errorf("AgentConfig without Hello: %v", err)
 	}
+	if err := (&tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: "prod", Agent: "a"}, MaxPendingOpens: -1}).Validate(); err == nil || !strings.Contains(err.Error(), "MaxPendingOpens") {
+		t.Errorf("AgentConfig with MaxPendingOpens -1: %v", err)
+	}
 	if err := (&tunnel.KeeperConfig{Sessions: tunnel.MaxSessions + 1}).Validate(); err == nil {
 		t.Error("KeeperConfig without Dial and with too many sessions was accepted")
 	}

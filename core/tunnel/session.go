@@ -38,6 +38,11 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultOpenTimeout      = 10 * time.Second
 	DefaultMaxRogueStreams  = 8
+	// DefaultMaxPendingOpens is the relay's own default cap on one
+	// cluster's open streams (1,024). An honest relay writes each Open right
+	// after opening its stream, so streams wait for milliseconds; a burst
+	// of 1,000 concurrent opens had a few hundred waiting at once.
+	DefaultMaxPendingOpens = 1024
 )
 
 // DefaultStreamWindow is the yamux stream window both ends use when none is
@@ -111,6 +116,7 @@ type RelaySession struct {
 	// Hello is what the agent said, after Authorize accepted it.
 	Hello    Hello
 	mux      *yamux.Session
+	guard    *frameGuard
 	cfg      RelayConfig
 	log      *slog.Logger
 	done     sync.WaitGroup
@@ -158,12 +164,14 @@ func AcceptAgent(ctx context.Context, conn net.Conn, cfg RelayConfig) (_ *RelayS
 		return nil, err
 	}
 	_ = conn.SetDeadline(time.Time{})
-	mux, err := yamux.Client(conn, cfg.Yamux)
+	log := cfg.Logger.With("cluster", hello.Cluster, "agent", hello.Agent, "slot", hello.Slot, "session", cfg.Session)
+	guarded := newFrameGuard(conn, guardConfig{peer: "agent", peerParity: 0, maxOpens: cfg.MaxRogueStreams,
+		endOnGoAway: true, maxData: cfg.Yamux.MaxStreamWindowSize, log: log})
+	mux, err := yamux.Client(guarded, cfg.Yamux)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: start session: %w", err)
 	}
-	s := &RelaySession{Hello: hello, mux: mux, cfg: cfg,
-		log: cfg.Logger.With("cluster", hello.Cluster, "agent", hello.Agent, "slot", hello.Slot, "session", cfg.Session)}
+	s := &RelaySession{Hello: hello, mux: mux, guard: guarded, cfg: cfg, log: log}
 	s.done.Add(1)
 	go s.refuseAgentStreams()
 	s.log.Info("tunnel: agent session established")
@@ -316,6 +324,12 @@ type AgentConfig struct {
 	// HandshakeTimeout bounds the TLS handshake and the Welcome, and each
 	// stream's Open. Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// MaxPendingOpens is how many of the relay's streams may wait for
+	// their Open at once: the agent accepts no more until one has sent it
+	// (yamux resets those beyond its accept backlog of 256), so that a relay
+	// opening streams it never uses cannot make the agent hold a goroutine
+	// for each. Zero means DefaultMaxPendingOpens.
+	MaxPendingOpens int
 	// Yamux configures the multiplexer. Nil means DefaultYamuxConfig().
 	Yamux *yamux.Config
 	// Logger receives session events. Nil discards.
@@ -329,6 +343,7 @@ type AgentSession struct {
 	// Welcome is the relay's answer to the Hello.
 	Welcome Welcome
 	mux     *yamux.Session
+	guard   *frameGuard
 	cfg     AgentConfig
 	log     *slog.Logger
 	streams chan *Stream
@@ -338,6 +353,8 @@ type AgentSession struct {
 	goAway  chan struct{}
 	goOnce  sync.Once
 	goMsg   GoAway
+	pending chan struct{} // a slot per stream waiting for its Open
+	peak    atomic.Int64  // the most streams waiting at once (tests)
 }
 
 // ConnectAgent runs the agent's side of the handshake on conn and returns the
@@ -369,22 +386,46 @@ func ConnectAgent(ctx context.Context, conn net.Conn, cfg AgentConfig) (_ *Agent
 		return nil, &RefusedError{Frame: FrameWelcome, Reason: w.Reason, Message: w.Message}
 	}
 	_ = conn.SetDeadline(time.Time{})
-	mux, err := yamux.Server(conn, cfg.Yamux)
+	log := cfg.Logger.With("session", w.Session, "relay", w.Relay, "slot", cfg.Hello.Slot)
+	guarded := newFrameGuard(conn, guardConfig{peer: "relay", peerParity: 1, maxData: cfg.Yamux.MaxStreamWindowSize, log: log})
+	mux, err := yamux.Server(guarded, cfg.Yamux)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: start session: %w", err)
 	}
 	s := &AgentSession{Welcome: w, mux: mux, cfg: cfg, streams: make(chan *Stream), closed: make(chan struct{}), goAway: make(chan struct{}),
-		log: cfg.Logger.With("session", w.Session, "relay", w.Relay, "slot", cfg.Hello.Slot)}
+		pending: make(chan struct{}, cfg.MaxPendingOpens), guard: guarded, log: log}
 	s.done.Add(1)
 	go s.acceptStreams()
 	return s, nil
 }
 
 // acceptStreams accepts the relay's streams and checks each one's Open in
-// its own goroutine, so a slow stream cannot hold up the others.
+// its own goroutine, so a slow stream cannot hold up the others. At most
+// MaxPendingOpens wait for their Open at once: until one of them has, no
+// stream is accepted, and yamux resets those beyond its accept backlog, so
+// a relay that opens streams and never uses them costs the agent a bounded
+// number of goroutines.
 func (s *AgentSession) acceptStreams() {
 	defer s.done.Done()
+	warned := false
 	for {
+		select {
+		case s.pending <- struct{}{}:
+		default:
+			if !warned {
+				warned = true
+				s.log.Warn("tunnel: the relay's streams are slow to send their Open; accepting no more until they do",
+					"waiting", len(s.pending), "limit", cap(s.pending))
+			}
+			select {
+			case s.pending <- struct{}{}:
+			case <-s.closed:
+				return
+			}
+		}
+		if n := int64(len(s.pending)); n > s.peak.Load() {
+			s.peak.Store(n) // only this goroutine stores it
+		}
 		st, err := s.mux.AcceptStream()
 		if err != nil {
 			_ = s.shutdown()
@@ -405,6 +446,7 @@ func (s *AgentSession) checkOpen(st *yamux.Stream) {
 	var o Open
 	var g GoAway
 	p, err := ReadFrameOf(st, &o, &g)
+	<-s.pending
 	if err != nil {
 		s.log.Warn("tunnel: bad stream opening; stream closed", "error", err)
 		_ = st.Close()
