@@ -132,16 +132,7 @@ func Open(cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	var (
-		store backend
-		err   error
-	)
-	switch cfg.Store {
-	case StoreEtcd:
-		store, err = openEtcd(cfg.Etcd, cfg.Logger)
-	default:
-		store, err = openBolt(cfg.Path)
-	}
+	store, err := openBackend(cfg)
 	if err != nil {
 		return nil, err
 	}

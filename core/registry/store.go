@@ -50,6 +50,8 @@ type backend interface {
 	// none, and returns what it wrote, with the store's revision of the
 	// commit (increasing).
 	update(ctx context.Context, fn func(tx) error) (commit, error)
+	// clear deletes everything the registry keeps in the store.
+	clear(ctx context.Context) error
 	// close releases the store.
 	close() error
 	// writes counts the write transactions committed, for tests.

@@ -2,12 +2,14 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bberrors "go.etcd.io/bbolt/errors"
 )
 
 // boltStore is the registry in one bbolt file: buckets meta, clusters and
@@ -62,6 +64,24 @@ func (s *boltStore) update(_ context.Context, fn func(tx) error) (commit, error)
 	}
 	s.written.Add(1)
 	return commit{rev: rev, writes: rt.writes}, nil
+}
+
+func (s *boltStore) clear(context.Context) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range buckets {
+			if err := tx.DeleteBucket([]byte(b.name)); err != nil && !errors.Is(err, bberrors.ErrBucketNotFound) {
+				return err
+			}
+			if _, err := tx.CreateBucket([]byte(b.name)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("registry: clear %s: %w", s, err)
+	}
+	return nil
 }
 
 func (s *boltStore) close() error {

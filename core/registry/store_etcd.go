@@ -118,6 +118,18 @@ func (s *etcdStore) close() error {
 	return nil
 }
 
+func (s *etcdStore) clear(ctx context.Context) error {
+	if err := s.refuseWhileDown("clear"); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	if _, err := s.cli.Delete(rctx, s.cfg.Prefix, clientv3.WithPrefix()); err != nil {
+		return s.wrap("clear", err)
+	}
+	return nil
+}
+
 func (s *etcdStore) writes() int64 { return s.written.Load() }
 
 // key is the etcd key of key in b.
