@@ -46,7 +46,9 @@ The cluster commands work whether or not the relay runs: while it runs they go t
 admin socket (so rotate and delete also end the cluster's live sessions at once); otherwise
 they open --data directly.`,
 	}
-	root.PersistentFlags().StringVar(&data, "data", "tether-relay.db", "the relay's state: clusters, hashed join tokens, its CA (a bbolt file, mode 0600)")
+	root.PersistentFlags().StringVar(&data, "data", "tether-relay.db", "the relay's state: clusters, hashed join tokens, its CA (a bbolt file, mode 0600; with --store etcd, only names the admin socket)")
+	var store storeOptions
+	store.addFlags(root.PersistentFlags())
 	root.PersistentFlags().StringVar(&socket, "admin-socket", "", "the running relay's admin socket (mode 0600), which the cluster commands use (default: --data with .sock appended)")
 	var remote struct {
 		url, ca string
@@ -86,14 +88,18 @@ they open --data directly.`,
 		if !errors.Is(err, relay.ErrNoRelay) {
 			return err
 		}
-		reg, err := registry.Open(registry.Config{Path: data})
+		cfg, err := store.config(data, nil)
 		if err != nil {
-			return fmt.Errorf("%w\n(no relay answered on %s, so the command opened --data itself)", err, socketPath())
+			return err
+		}
+		reg, err := registry.Open(cfg)
+		if err != nil {
+			return fmt.Errorf("%w\n(no relay answered on %s, so the command opened the store itself)", err, socketPath())
 		}
 		defer reg.Close()
 		return fn(fileAdmin{reg})
 	}
-	root.AddCommand(newServeCommand(&data, socketPath), newClusterCommand(withAdmin), &cobra.Command{
+	root.AddCommand(newServeCommand(&data, socketPath, &store), newClusterCommand(withAdmin), newStoreCommand(&data, &store), &cobra.Command{
 		Use:   "ca",
 		Short: "Print the relay's CA certificate, which agents and proxies pin (--relay-ca)",
 		Args:  cobra.NoArgs,
@@ -352,13 +358,13 @@ type serveOptions struct {
 	logs                              cli.LogFlags
 }
 
-func newServeCommand(data *string, socketPath func() string) *cobra.Command {
+func newServeCommand(data *string, socketPath func() string, store *storeOptions) *cobra.Command {
 	o := &serveOptions{}
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the relay: the API for callers and joining agents, and the agent endpoint",
 		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context(), *data, socketPath()) },
+		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context(), *data, socketPath(), store) },
 	}
 	fs := c.Flags()
 	fs.StringVar(&o.listen, "listen", "0.0.0.0:8443", "address of the HTTPS API (callers' tunnels, agents joining)")
@@ -427,7 +433,7 @@ func (o *serveOptions) routerConfig() (relay.RouterConfig, error) {
 	return rcfg, nil
 }
 
-func (o *serveOptions) run(parent context.Context, data, adminSocket string) error {
+func (o *serveOptions) run(parent context.Context, data, adminSocket string, store *storeOptions) error {
 	log, err := o.logs.Logger(os.Stderr)
 	if err != nil {
 		return err
@@ -466,7 +472,11 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string) err
 	ctx, stopRun := context.WithCancel(parent)
 	defer stopRun()
 
-	reg, err := registry.Open(registry.Config{Path: data, Logger: log})
+	rcfgStore, err := store.config(data, log)
+	if err != nil {
+		return err
+	}
+	reg, err := registry.Open(rcfgStore)
 	if err != nil {
 		return err
 	}
