@@ -154,7 +154,7 @@ func (f fileAdmin) Clusters(context.Context) ([]relay.ClusterStatus, error) {
 	cs, err := f.reg.Clusters()
 	out := make([]relay.ClusterStatus, 0, len(cs))
 	for _, c := range cs {
-		out = append(out, relay.ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.Credentials),
+		out = append(out, relay.ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.CurrentCredentials()),
 			Grants: len(c.Policy.Users) + len(c.Policy.Groups) + len(c.Policy.Rules)})
 	}
 	return out, err

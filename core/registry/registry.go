@@ -66,6 +66,19 @@ type Cluster struct {
 	Policy policy.Policy `json:"policy,omitzero"`
 }
 
+// CurrentCredentials returns c's certificates that no renewal has
+// replaced: one per agent credential (a replaced one is accepted for the
+// renewal grace only).
+func (c Cluster) CurrentCredentials() []CredentialInfo {
+	var out []CredentialInfo
+	for _, ci := range c.Credentials {
+		if ci.Current() {
+			out = append(out, ci)
+		}
+	}
+	return out
+}
+
 // CredentialInfo describes one issued certificate.
 type CredentialInfo struct {
 	// Serial is the certificate's serial number in hex.

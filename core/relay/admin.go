@@ -27,7 +27,8 @@ import (
 type ClusterStatus struct {
 	ID        string    `json:"id"`
 	CreatedAt time.Time `json:"createdAt"`
-	// Credentials is how many agent certificates are valid now.
+	// Credentials is how many agent certificates are current (not replaced
+	// by a renewal).
 	Credentials int `json:"credentials"`
 	// Sessions is how many agent sessions this relay holds for it now.
 	Sessions int `json:"sessions"`
@@ -83,7 +84,7 @@ func (s *Server) AdminHandler() http.Handler {
 		}
 		out := make([]ClusterStatus, 0, len(cs))
 		for _, c := range cs {
-			out = append(out, ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.Credentials), Sessions: router.Sessions(c.ID),
+			out = append(out, ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.CurrentCredentials()), Sessions: router.Sessions(c.ID),
 				Grants: len(c.Policy.Users) + len(c.Policy.Groups) + len(c.Policy.Rules)})
 		}
 		writeJSON(w, out)
