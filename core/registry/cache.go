@@ -291,8 +291,10 @@ func (r *Registry) Changes(ctx context.Context) <-chan Change {
 		return out
 	}
 	c.subs[s] = struct{}{}
-	c.mu.Unlock()
+	// Under the lock: Close marks the cache closed under it before it
+	// waits for the group.
 	r.wg.Add(1)
+	c.mu.Unlock()
 	go func() {
 		defer r.wg.Done()
 		defer close(out)

@@ -187,7 +187,12 @@ func TestEtcdChangesReachOtherReplicas(t *testing.T) {
 	cert = f.join(t, f.rotate(t, "prod"))
 	start := time.Now()
 	f.rotate(t, "prod")
-	waitChange(t, feed, "prod", registry.ChangeRevoked)
+	for {
+		// Skip the revocation of the stolen chain, still queued.
+		if ch := waitChange(t, feed, "prod", registry.ChangeRevoked); slices.Contains(ch.Serials, hexSerial(cert)) {
+			break
+		}
+	}
 	t.Logf("propagation of a rotate: %s", time.Since(start))
 	if _, err := b.VerifyPeer(cert); !errors.Is(err, registry.ErrCredentialRevoked) {
 		t.Fatalf("replica B after rotate: %v, want ErrCredentialRevoked", err)

@@ -433,7 +433,11 @@ func (s *etcdStore) follow(ctx context.Context, b bucket, rev int64, c *cache) {
 			s.log.Info("registry: reloaded the clusters from etcd", "revision", r)
 			rev = r
 		}
-		rev = s.watch(ctx, b, rev, c)
+		var delivered bool
+		rev, delivered = s.watch(ctx, b, rev, c)
+		if delivered {
+			wait = 100 * time.Millisecond
+		}
 		if !sleep(ctx, wait) {
 			return
 		}
@@ -442,14 +446,15 @@ func (s *etcdStore) follow(ctx context.Context, b bucket, rev int64, c *cache) {
 }
 
 // watch follows b from rev+1 until the watch ends, and returns the
-// revision to resume from (0: reload).
-func (s *etcdStore) watch(ctx context.Context, b bucket, rev int64, c *cache) int64 {
+// revision to resume from (0: reload) and whether etcd answered at all.
+func (s *etcdStore) watch(ctx context.Context, b bucket, rev int64, c *cache) (int64, bool) {
+	delivered := false
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	for resp := range s.cli.Watch(wctx, s.bucketPrefix(b), clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify()) {
 		if resp.CompactRevision != 0 {
 			s.log.Warn("registry: etcd compacted revisions this replica had not seen; reloading", "from", rev+1, "compacted", resp.CompactRevision)
-			return 0
+			return 0, true
 		}
 		if err := resp.Err(); err != nil {
 			if ctx.Err() == nil {
@@ -458,8 +463,9 @@ func (s *etcdStore) watch(ctx context.Context, b bucket, rev int64, c *cache) in
 					s.markDown(err)
 				}
 			}
-			return rev
+			return rev, delivered
 		}
+		delivered = true
 		s.markUp()
 		if len(resp.Events) == 0 {
 			rev = max(rev, resp.Header.Revision)
@@ -496,7 +502,7 @@ func (s *etcdStore) watch(ctx context.Context, b bucket, rev int64, c *cache) in
 		}
 		flush()
 	}
-	return rev
+	return rev, delivered
 }
 
 // checkHealth asks etcd for a linearizable read every HealthInterval, so
