@@ -62,7 +62,7 @@ lint: $(STATICCHECK) ## gofmt, go vet and staticcheck, on every module
 	cd fixtures/op && go vet ./... && $(STATICCHECK) ./...
 
 .PHONY: unit
-unit: deps ## unit tests: everything but the packages that start clusters (the network fixture's need root)
+unit: deps fixtures ## unit tests: everything but the packages that start clusters (the network fixture's need root; the registry's etcd tests, the fixture etcd)
 	go test -race -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e -e /sim/internal/sim)  # those run in e2e and sim-quick
 	cd fixtures/op && go test -race -count=1 ./...
 

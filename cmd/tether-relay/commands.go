@@ -41,7 +41,9 @@ The cluster commands work whether or not the relay runs: while it runs they go t
 admin socket (so rotate and delete also end the cluster's live sessions at once); otherwise
 they open --data directly.`,
 	}
-	root.PersistentFlags().StringVar(&data, "data", "tether-relay.db", "the relay's state: clusters, hashed join tokens, its CA (a bbolt file, mode 0600)")
+	root.PersistentFlags().StringVar(&data, "data", "tether-relay.db", "the relay's state: clusters, hashed join tokens, its CA (a bbolt file, mode 0600; with --store etcd, only names the admin socket)")
+	var store storeOptions
+	store.addFlags(root.PersistentFlags())
 	root.PersistentFlags().StringVar(&socket, "admin-socket", "", "the running relay's admin socket (mode 0600), which the cluster commands use (default: --data with .sock appended)")
 	var remote struct {
 		url, ca            string
@@ -89,14 +91,18 @@ they open --data directly.`,
 		if !errors.Is(err, relay.ErrNoRelay) {
 			return err
 		}
-		reg, err := registry.Open(registry.Config{Path: data})
+		cfg, err := store.config(data, nil)
 		if err != nil {
-			return fmt.Errorf("%w\n(no relay answered on %s, so the command opened --data itself)", err, socketPath())
+			return err
+		}
+		reg, err := registry.Open(cfg)
+		if err != nil {
+			return fmt.Errorf("%w\n(no relay answered on %s, so the command opened the store itself)", err, socketPath())
 		}
 		defer reg.Close()
 		return fn(&relay.AdminService{Registry: reg})
 	}
-	root.AddCommand(newServeCommand(&data, socketPath), newClusterCommand(withAdmin), &cobra.Command{
+	root.AddCommand(newServeCommand(&data, socketPath, &store), newClusterCommand(withAdmin), newStoreCommand(&data, &store), &cobra.Command{
 		Use:   "ca",
 		Short: "Print the relay's CA certificate, which agents and proxies pin (--relay-ca)",
 		Args:  cobra.NoArgs,
@@ -300,13 +306,13 @@ type serveOptions struct {
 	logs                              cli.LogFlags
 }
 
-func newServeCommand(data *string, socketPath func() string) *cobra.Command {
+func newServeCommand(data *string, socketPath func() string, store *storeOptions) *cobra.Command {
 	o := &serveOptions{}
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the relay: the API for callers and joining agents, and the agent endpoint",
 		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context(), *data, socketPath()) },
+		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context(), *data, socketPath(), store) },
 	}
 	fs := c.Flags()
 	fs.StringVar(&o.listen, "listen", "0.0.0.0:8443", "address of the HTTPS API (callers' tunnels, agents joining)")
@@ -361,7 +367,7 @@ func (o *serveOptions) routerConfig() (relay.RouterConfig, error) {
 
 // options turns the flags into the relay's Options, checking each flag
 // before anything is opened.
-func (o *serveOptions) options(data, adminSocket string) (relay.Options, error) {
+func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (relay.Options, error) {
 	if len(o.hostnames) == 0 {
 		return relay.Options{}, errors.New("--hostname is required: the names or addresses agents and callers use to reach this relay")
 	}
@@ -392,8 +398,12 @@ func (o *serveOptions) options(data, adminSocket string) (relay.Options, error) 
 	if err != nil {
 		return relay.Options{}, err
 	}
+	reg, err := store.config(data, nil)
+	if err != nil {
+		return relay.Options{}, err
+	}
 	opts := relay.Options{
-		Registry: registry.Config{Path: data}, Authentication: ac, Hostnames: o.hostnames,
+		Registry: reg, Authentication: ac, Hostnames: o.hostnames,
 		APIAddr: o.listen, AgentAddr: o.agentListen, HealthAddr: o.healthListen, AdminSocket: adminSocket,
 		RelayID: o.relayID, AdminGroups: o.adminGroups, AdminAudience: o.adminAudience, Router: rcfg,
 		Login: relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID},
@@ -423,16 +433,16 @@ func loginFlagError(err error, o *serveOptions) error {
 	return err
 }
 
-func (o *serveOptions) run(parent context.Context, data, adminSocket string) error {
+func (o *serveOptions) run(parent context.Context, data, adminSocket string, store *storeOptions) error {
 	log, err := o.logs.Logger(os.Stderr)
 	if err != nil {
 		return err
 	}
-	opts, err := o.options(data, adminSocket)
+	opts, err := o.options(data, adminSocket, store)
 	if err != nil {
 		return err
 	}
-	opts.Logger, opts.Audit = log, log.With("audit", true)
+	opts.Logger, opts.Audit, opts.Registry.Logger = log, log.With("audit", true), log
 	// signalled ends at SIGTERM or Ctrl-C; the relay runs until then and
 	// drains after.
 	signalled, cancel := cli.SignalContext(parent)

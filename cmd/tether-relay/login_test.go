@@ -45,7 +45,7 @@ jwt:
 				loginIssuer: tc.login.Issuer, loginClientID: tc.login.ClientID, streamWindow: tunnel.DefaultStreamWindow,
 				streamMemory: relay.DefaultStreamMemory, maxStreamsPerCluster: 1, maxStreamsPerCaller: 1, maxSessionsPerCluster: 1, maxSessionsPerCredential: 1}
 			data := filepath.Join(dir, "relay.db")
-			_, err := o.options(data, "")
+			_, err := o.options(data, "", &storeOptions{store: "bbolt"})
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 				t.Fatalf("options: %v, want %q", err, tc.wantErr)
 			}

@@ -10,7 +10,7 @@ import (
 )
 
 func TestServeStreamFlags(t *testing.T) {
-	c := newServeCommand(new(string), func() string { return "" })
+	c := newServeCommand(new(string), func() string { return "" }, &storeOptions{})
 	if f := c.Flags().Lookup("max-streams-per-caller"); f == nil || f.DefValue != strconv.Itoa(relay.DefaultMaxStreamsPerCaller) {
 		t.Fatalf("--max-streams-per-caller: %+v, want a flag defaulting to %d", f, relay.DefaultMaxStreamsPerCaller)
 	}

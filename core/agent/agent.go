@@ -324,6 +324,9 @@ func (a *Agent) join(ctx context.Context, store CredentialStore) (tls.Certificat
 
 // dial connects to the relay's agent endpoint for a session.
 func (a *Agent) dial(ctx context.Context) (net.Conn, error) {
+	// A replica sharing the store may have renewed the credential: the
+	// one in use is then refused once its grace is over.
+	a.adoptStored(ctx)
 	c, err := a.dialALPN(ctx, tunnel.SessionALPN)
 	if err != nil || a.cfg.WrapConn == nil {
 		return c, err

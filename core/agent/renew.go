@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"time"
 
 	"github.com/tether-k8s/tether/core/clustercert"
@@ -40,13 +42,51 @@ func (a *Agent) useCert(cert tls.Certificate) error {
 // CredentialNotAfter returns when the credential in use expires.
 func (a *Agent) CredentialNotAfter() time.Time { return a.cert.Load().Leaf.NotAfter }
 
-// renewAt returns when to renew leaf.
+// renewAt returns when to renew leaf: RenewBefore its expiry, and earlier
+// by up to a tenth of the time from its issue to then, at random (2 days of
+// the default 20), so that replicas sharing one credential (one Secret) do
+// not renew at the same instant: the first renews and stores the new
+// credential, the others find it stored and use it (adoptStored). The
+// relay takes two renewals of one certificate with different keys for
+// theft and revokes both.
 func (a *Agent) renewAt(leaf *x509.Certificate) time.Time {
 	before := a.cfg.RenewBefore
 	if before == 0 {
 		before = leaf.NotAfter.Sub(leaf.NotBefore) / 3
 	}
-	return leaf.NotAfter.Add(-before)
+	due := leaf.NotAfter.Add(-before)
+	span := max(due.Sub(leaf.NotBefore), 0)
+	return due.Add(-time.Duration(mrand.Int64N(int64(span/10) + 1)))
+}
+
+// adoptStored switches to the credential in the store when it is another,
+// valid one for this cluster that expires no sooner than the one in use: a
+// replica sharing the store renewed it. It reports whether it did.
+func (a *Agent) adoptStored(ctx context.Context) bool {
+	certPEM, keyPEM, err := a.cfg.Store.Load(ctx)
+	if err != nil {
+		return false
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return false
+	}
+	cur := a.cert.Load().Leaf
+	if bytes.Equal(cert.Certificate[0], cur.Raw) {
+		return false
+	}
+	// The store holds what a replica last stored: take it unless it is
+	// older than the one in use.
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil || leaf.NotAfter.Before(cur.NotAfter) {
+		return false
+	}
+	cert.Leaf = leaf
+	if err := a.useCertIfValid(cert); err != nil {
+		return false
+	}
+	a.log.Info("agent: using the credential another replica renewed and stored", "notAfter", leaf.NotAfter, "store", a.cfg.Store.String())
+	return true
 }
 
 // renewLoop renews the credential when renewAt says, retrying with backoff
@@ -64,8 +104,22 @@ func (a *Agent) renewLoop(ctx context.Context) {
 		if !sleepUntil(ctx, at) {
 			return
 		}
+		if a.adoptStored(ctx) {
+			continue
+		}
+		// One key for every attempt of this renewal: a retry after a
+		// lost answer presents the same key, which the relay answers with
+		// the same credential; a new key would look like a second holder.
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			a.log.Error("agent: generate a key for the renewal", "error", err)
+			if !sleepUntil(ctx, time.Now().Add(wait)) {
+				return
+			}
+			continue
+		}
 		for {
-			err := a.renewOnce(ctx)
+			err := a.renewOnce(ctx, key)
 			if err == nil {
 				wait = retry
 				// Never renew again sooner than one retry interval, even
@@ -93,13 +147,9 @@ func (a *Agent) renewLoop(ctx context.Context) {
 	}
 }
 
-// renewOnce trades the current credential for a new one with a new key,
-// keeps it in the store, and makes it the one in use.
-func (a *Agent) renewOnce(ctx context.Context) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return fmt.Errorf("generate key: %w", err)
-	}
+// renewOnce trades the current credential for a new one for key, keeps it
+// in the store, and makes it the one in use.
+func (a *Agent) renewOnce(ctx context.Context, key *ecdsa.PrivateKey) error {
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
 		return fmt.Errorf("create CSR: %w", err)
@@ -135,10 +185,18 @@ func (a *Agent) renewOnce(ctx context.Context) error {
 	if err := a.useCertIfValid(cert); err != nil {
 		return err
 	}
-	if err := a.cfg.Store.Save(ctx, []byte(res.Certificate), keyPEM); err != nil {
-		// The new credential works in this process; the old one, still
-		// stored, stays valid until it expires, so a restart is safe.
-		a.log.Error("agent: renewed, but could not keep the new credential; a restart falls back to the old one", "store", a.cfg.Store.String(), "error", err)
+	// The renewal replaced the old credential, which the relay accepts
+	// only briefly more (and never renews again): keep trying to store the
+	// new one, so that a restart, or a replica sharing the store, finds it.
+	for attempt := 1; ; attempt++ {
+		err := a.cfg.Store.Save(ctx, []byte(res.Certificate), keyPEM)
+		if err == nil {
+			break
+		}
+		if attempt == 5 || !sleepUntil(ctx, time.Now().Add(time.Duration(attempt)*time.Second)) {
+			a.log.Error("agent: renewed, but could not keep the new credential: a restart would present the replaced one, which the relay refuses; fix the store", "store", a.cfg.Store.String(), "error", err)
+			break
+		}
 	}
 	a.log.Info("agent: credential renewed", "notAfter", a.CredentialNotAfter(), "previousNotAfter", old.NotAfter, "store", a.cfg.Store.String())
 	return nil

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,9 +19,8 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/tether-k8s/tether/core/clustercert"
 	"github.com/tether-k8s/tether/core/clusterid"
@@ -35,6 +35,11 @@ var (
 	ErrJoinTokenExpired  = errors.New("join token expired")
 	ErrCredentialRevoked = errors.New("credential revoked or superseded")
 	ErrCredentialExpired = errors.New("credential expired")
+	// ErrCredentialReused is wrapped (with ErrCredentialRevoked) by Renew
+	// when a certificate that was already renewed is renewed again with
+	// another key: two parties hold the credential, and the registry
+	// revokes the whole chain, as refresh-token reuse detection does.
+	ErrCredentialReused = errors.New("credential renewed twice with different keys (a copy is in other hands)")
 )
 
 // JoinTokenPrefix starts every join token, so that one is recognisable in a
@@ -47,66 +52,32 @@ const joinTokenBytes = 32
 // maxJoinTokenLen bounds what Join hashes.
 const maxJoinTokenLen = 128
 
-// Defaults for Config's zero values.
-const (
-	DefaultJoinTokenTTL   = 24 * time.Hour
-	DefaultCredentialTTL  = 30 * 24 * time.Hour
-	DefaultCAValidity     = 10 * 365 * 24 * time.Hour
-	DefaultMaxCredentials = 4
-)
-
-// Config configures a Registry.
-type Config struct {
-	// Path is the bbolt file holding the registry; created with mode 0600
-	// if missing. Required.
-	Path string
-	// JoinTokenTTL is how long a join token may be used. Zero means
-	// DefaultJoinTokenTTL (24h).
-	JoinTokenTTL time.Duration
-	// CredentialTTL is the validity of a cluster's client certificate;
-	// agents renew at two thirds of it. Zero means DefaultCredentialTTL
-	// (30 days).
-	CredentialTTL time.Duration
-	// MaxCredentials is how many certificates a cluster may hold valid at
-	// once (replicas joining, renewals overlapping); issuing one more drops
-	// the oldest. Zero means DefaultMaxCredentials (4).
-	MaxCredentials int
-	// Now is the clock. Nil means time.Now.
-	Now func() time.Time
-	// Logger receives one line per change to the registry. Nil discards.
-	// Join tokens are never logged.
-	Logger *slog.Logger
-}
-
-// Validate reports the first problem with c, naming the field.
-func (c *Config) Validate() error {
-	if c.Path == "" {
-		return errors.New("registry: Config.Path is empty: name the file that holds the registry")
-	}
-	if c.JoinTokenTTL < 0 || c.CredentialTTL < 0 {
-		return fmt.Errorf("registry: Config.JoinTokenTTL (%s) and CredentialTTL (%s) must not be negative", c.JoinTokenTTL, c.CredentialTTL)
-	}
-	if c.CredentialTTL != 0 && c.CredentialTTL < 10*time.Minute {
-		return fmt.Errorf("registry: Config.CredentialTTL %s is shorter than 10m: agents would spend their time renewing", c.CredentialTTL)
-	}
-	if c.MaxCredentials < 0 || c.MaxCredentials > 64 {
-		return fmt.Errorf("registry: Config.MaxCredentials %d: want 1 to 64, or 0 for %d", c.MaxCredentials, DefaultMaxCredentials)
-	}
-	return nil
-}
-
 // Cluster is what the registry knows of one cluster.
 type Cluster struct {
 	// ID is the cluster's ID (see package clusterid).
 	ID string `json:"id"`
 	// CreatedAt is when the cluster was created.
 	CreatedAt time.Time `json:"createdAt"`
-	// Credentials are the certificates currently valid for the cluster,
-	// oldest first.
+	// Credentials are the certificates issued for the cluster that are
+	// not yet expired, oldest first: the current ones, and those a renewal
+	// superseded (kept until they expire, to recognise a second renewal).
 	Credentials []CredentialInfo `json:"credentials,omitempty"`
 	// Policy says which callers the relay lets reach the cluster; the zero
 	// Policy admits no one.
 	Policy policy.Policy `json:"policy,omitzero"`
+}
+
+// CurrentCredentials returns c's certificates that no renewal has
+// replaced: one per agent credential (a replaced one is accepted for the
+// renewal grace only).
+func (c Cluster) CurrentCredentials() []CredentialInfo {
+	var out []CredentialInfo
+	for _, ci := range c.Credentials {
+		if ci.Current() {
+			out = append(out, ci)
+		}
+	}
+	return out
 }
 
 // CredentialInfo describes one issued certificate.
@@ -116,7 +87,20 @@ type CredentialInfo struct {
 	// IssuedAt and NotAfter bound the certificate's use.
 	IssuedAt time.Time `json:"issuedAt"`
 	NotAfter time.Time `json:"notAfter"`
+	// Key is the SHA-256 (hex) of the certificate's public key, to tell a
+	// retried renewal (same new key) from a second one.
+	Key string `json:"key,omitempty"`
+	// RenewedFrom is the serial this certificate renewed, if any.
+	RenewedFrom string `json:"renewedFrom,omitempty"`
+	// SupersededBy is the serial of the certificate that renewed this
+	// one, and SupersededAt when. A superseded certificate is accepted for
+	// Config.RenewalGrace more, then refused.
+	SupersededBy string    `json:"supersededBy,omitempty"`
+	SupersededAt time.Time `json:"supersededAt,omitzero"`
 }
+
+// Current reports whether c has not been superseded by a renewal.
+func (c CredentialInfo) Current() bool { return c.SupersededBy == "" }
 
 // Credential is what an agent receives for a join token or a renewal.
 type Credential struct {
@@ -135,96 +119,208 @@ type tokenRecord struct {
 	ExpiresAt time.Time `json:"expiresAt"`
 }
 
-var (
-	bucketMeta     = []byte("meta")
-	bucketClusters = []byte("clusters")
-	bucketTokens   = []byte("joinTokens")
-	keyCACert      = []byte("caCert")
-	keyCAKey       = []byte("caKey")
-)
-
 // Registry is the relay's cluster registry. Its methods are safe for
-// concurrent use; bbolt serialises writers.
+// concurrent use. VerifyPeer, Cluster and Clusters answer from memory (a
+// cache of every cluster, kept fresh by the registry's own writes and, on
+// etcd, by a watch), so the request path never waits for the store.
 type Registry struct {
-	cfg Config
-	db  *bolt.DB
-	ca  *authority
-	log *slog.Logger
+	cfg   Config
+	store backend
+	ca    *authority
+	log   *slog.Logger
+	cache *cache
+
+	// stop ends the background work (the etcd watch and health check,
+	// Changes subscriptions); wg waits for it.
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	closeMu sync.Once
 }
 
-// Open opens (creating if needed) the registry at cfg.Path, and its CA.
+// Open opens (creating if needed) the registry in the configured store, and
+// its CA. With etcd, a store without a CA gets one only if it holds no
+// cluster and no token; a CA key that the configured key-encryption keys do
+// not open is an error (ErrKeyEncryption), never a new CA.
 func Open(cfg Config) (*Registry, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.JoinTokenTTL == 0 {
-		cfg.JoinTokenTTL = DefaultJoinTokenTTL
-	}
-	if cfg.CredentialTTL == 0 {
-		cfg.CredentialTTL = DefaultCredentialTTL
-	}
-	if cfg.MaxCredentials == 0 {
-		cfg.MaxCredentials = DefaultMaxCredentials
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	cfg = cfg.withDefaults()
+	store, err := openBackend(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("registry: open %s: %w (is another relay using it?)", cfg.Path, err)
+		return nil, err
 	}
-	r := &Registry{cfg: cfg, db: db, log: log}
-	if err := r.init(); err != nil {
-		_ = db.Close()
+	r, err := open(cfg, store)
+	if err != nil {
+		_ = store.close()
 		return nil, err
 	}
 	return r, nil
 }
 
-// init creates the buckets and the CA on first use, and loads the CA.
-func (r *Registry) init() error {
-	return r.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketClusters, bucketTokens} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return fmt.Errorf("registry: create bucket %s: %w", b, err)
-			}
+func open(cfg Config, store backend) (*Registry, error) {
+	ctx, stop := context.WithCancel(context.Background())
+	r := &Registry{cfg: cfg, store: store, log: cfg.Logger, stop: stop}
+	r.cache = newCache(r.log)
+	if es, ok := store.(*etcdStore); ok {
+		es.status = func(err error) { r.cache.setStatus(es.String(), err) }
+	}
+	if err := r.initCA(); err != nil {
+		stop()
+		return nil, err
+	}
+	if es, ok := store.(*etcdStore); ok {
+		all, rev, err := es.snapshot(ctx, bucketClusters)
+		if err != nil {
+			stop()
+			return nil, err
 		}
-		meta := tx.Bucket(bucketMeta)
-		certDER, keyDER := meta.Get(keyCACert), meta.Get(keyCAKey)
-		if certDER == nil {
-			var err error
-			certDER, keyDER, err = newAuthorityKeyPair(r.cfg.Now(), DefaultCAValidity)
-			if err != nil {
-				return err
-			}
-			if err := meta.Put(keyCACert, certDER); err != nil {
-				return fmt.Errorf("registry: store CA: %w", err)
-			}
-			if err := meta.Put(keyCAKey, keyDER); err != nil {
-				return fmt.Errorf("registry: store CA: %w", err)
-			}
-			r.log.Info("registry: created cluster CA")
+		if err := r.cache.reset(rev, all); err != nil {
+			stop()
+			return nil, err
 		}
-		ca, err := loadAuthority(slices.Clone(certDER), slices.Clone(keyDER))
+		r.wg.Add(2)
+		go func() { defer r.wg.Done(); es.follow(ctx, bucketClusters, rev, r.cache) }()
+		go func() { defer r.wg.Done(); es.checkHealth(ctx) }()
+	} else {
+		all := map[string][]byte{}
+		err := store.view(ctx, func(tx tx) error {
+			return tx.forEach(bucketClusters, func(k, v []byte) error { all[string(k)] = v; return nil })
+		})
+		if err == nil {
+			err = r.cache.reset(0, all)
+		}
+		if err != nil {
+			stop()
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// initCA loads the CA, creating it in an empty store.
+func (r *Registry) initCA() error {
+	var certDER, keyDER []byte
+	var created, resealed bool
+	_, err := r.store.update(context.Background(), func(tx tx) error {
+		created, resealed = false, false
+		if m, err := tx.get(bucketMeta, keyMigrating); err != nil {
+			return err
+		} else if m != nil {
+			return fmt.Errorf("registry: %s holds a migration that did not finish (%s): run `tether-relay store migrate` again with --overwrite", r.store, m)
+		}
+		var err error
+		if certDER, err = tx.get(bucketMeta, keyCACert); err != nil {
+			return err
+		}
+		stored, err := tx.get(bucketMeta, keyCAKey)
 		if err != nil {
 			return err
 		}
-		r.ca = ca
+		if certDER == nil {
+			if stored != nil {
+				return fmt.Errorf("registry: %s has a CA key but no CA certificate: restore it from a backup", r.store)
+			}
+			if err := mustBeEmpty(tx, r.store); err != nil {
+				return err
+			}
+			if certDER, keyDER, err = newAuthorityKeyPair(r.cfg.Now(), DefaultCAValidity); err != nil {
+				return err
+			}
+			if err := tx.put(bucketMeta, keyCACert, certDER); err != nil {
+				return err
+			}
+			created = true
+			return r.putCAKey(tx, keyDER)
+		}
+		if stored == nil {
+			return fmt.Errorf("registry: %s has a CA certificate but no CA key: restore it from a backup", r.store)
+		}
+		if keyDER, resealed, err = r.openCAKey(stored); err != nil {
+			return err
+		}
+		if resealed {
+			return r.putCAKey(tx, keyDER)
+		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	if created {
+		r.log.Info("registry: created cluster CA", "store", r.store.String())
+	}
+	if resealed {
+		r.log.Info("registry: re-encrypted the CA key with the first key-encryption key", "kid", r.cfg.Etcd.KeyEncryptionKeys[0].ID)
+	}
+	ca, err := loadAuthority(certDER, keyDER)
+	if err != nil {
+		return err
+	}
+	r.ca = ca
+	return nil
 }
 
-// Close closes the registry's file.
-func (r *Registry) Close() error {
-	if err := r.db.Close(); err != nil {
-		return fmt.Errorf("registry: close: %w", err)
+// mustBeEmpty refuses to create a CA in a store that already holds
+// clusters or tokens: their credentials were signed by a CA that is gone.
+func mustBeEmpty(t tx, store backend) error {
+	stop := errors.New("found")
+	for _, b := range []bucket{bucketClusters, bucketTokens} {
+		err := t.forEach(b, func(_, _ []byte) error { return stop })
+		if errors.Is(err, stop) {
+			return fmt.Errorf("registry: %s holds %s but no CA: restore the CA from a backup (a new CA would make every agent's credential worthless)", store, b.name)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
+
+// sealsCAKey reports whether the CA key is kept encrypted: on etcd.
+func (r *Registry) sealsCAKey() bool { return r.cfg.Store == StoreEtcd }
+
+func (r *Registry) putCAKey(tx tx, keyDER []byte) error {
+	v := keyDER
+	if r.sealsCAKey() {
+		var err error
+		if v, err = seal(r.cfg.Etcd.KeyEncryptionKeys[0], keyDER); err != nil {
+			return err
+		}
+	}
+	return tx.put(bucketMeta, keyCAKey, v)
+}
+
+// openCAKey returns the CA key's DER from its stored form, and whether it
+// should be stored again under the first key-encryption key.
+func (r *Registry) openCAKey(stored []byte) ([]byte, bool, error) {
+	if !r.sealsCAKey() {
+		return stored, false, nil
+	}
+	keys := r.cfg.Etcd.KeyEncryptionKeys
+	der, kid, err := unseal(keys, stored)
+	if err != nil {
+		return nil, false, fmt.Errorf("%w (%s)", err, r.store)
+	}
+	return der, kid != keys[0].ID, nil
+}
+
+// Close stops the registry's background work and closes its store.
+// Subscriptions to Changes end.
+func (r *Registry) Close() error {
+	var err error
+	r.closeMu.Do(func() {
+		r.stop()
+		r.cache.close()
+		r.wg.Wait()
+		err = r.store.close()
+	})
+	return err
+}
+
+// Store names the registry's store, for messages: "bbolt file X" or
+// "etcd at Y (prefix P)".
+func (r *Registry) Store() string { return r.store.String() }
 
 // CACertificate returns the CA that signs cluster credentials: the pool the
 // relay verifies agents' client certificates against.
@@ -273,18 +369,32 @@ func (r *Registry) ServingCertificate(hosts []string) (tls.Certificate, error) {
 	return tls.Certificate{Certificate: [][]byte{der, r.ca.certDER}, PrivateKey: key}, nil
 }
 
+// update runs fn in a write transaction and brings the cache up to date
+// with what it wrote.
+func (r *Registry) update(fn func(tx) error) error {
+	c, err := r.store.update(context.Background(), fn)
+	if err != nil {
+		return err
+	}
+	r.cache.commit(c)
+	return nil
+}
+
 // CreateCluster records a new cluster and returns its first join token. The
 // token is shown once: only its hash is stored.
 func (r *Registry) CreateCluster(id string) (joinToken string, err error) {
 	if err := clusterid.Validate(id); err != nil {
 		return "", fmt.Errorf("registry: create cluster: %w", err)
 	}
-	err = r.db.Update(func(tx *bolt.Tx) error {
-		clusters := tx.Bucket(bucketClusters)
-		if clusters.Get([]byte(id)) != nil {
+	err = r.update(func(tx tx) error {
+		raw, err := tx.get(bucketClusters, []byte(id))
+		if err != nil {
+			return err
+		}
+		if raw != nil {
 			return fmt.Errorf("registry: create cluster %s: %w", id, ErrClusterExists)
 		}
-		if err := putJSON(clusters, id, Cluster{ID: id, CreatedAt: r.cfg.Now().UTC()}); err != nil {
+		if err := putCluster(tx, Cluster{ID: id, CreatedAt: r.cfg.Now().UTC()}); err != nil {
 			return err
 		}
 		joinToken, err = r.issueToken(tx, id)
@@ -297,38 +407,28 @@ func (r *Registry) CreateCluster(id string) (joinToken string, err error) {
 	return joinToken, nil
 }
 
-// Cluster returns the cluster with the given ID.
+// Cluster returns the cluster with the given ID, from memory. The
+// returned value is a copy.
 func (r *Registry) Cluster(id string) (Cluster, error) {
-	var c Cluster
-	err := r.db.View(func(tx *bolt.Tx) error {
-		var err error
-		c, err = getCluster(tx, id)
-		return err
-	})
-	return c, err
+	if err := clusterid.Validate(id); err != nil {
+		return Cluster{}, fmt.Errorf("registry: %w", err)
+	}
+	c, ok := r.cache.get(id)
+	if !ok {
+		return Cluster{}, fmt.Errorf("registry: cluster %s: %w", id, ErrUnknownCluster)
+	}
+	return c, nil
 }
 
-// Clusters returns every cluster, ordered by ID.
-func (r *Registry) Clusters() ([]Cluster, error) {
-	var out []Cluster
-	err := r.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketClusters).ForEach(func(k, v []byte) error {
-			var c Cluster
-			if err := json.Unmarshal(v, &c); err != nil {
-				return fmt.Errorf("registry: decode cluster %s: %w", k, err)
-			}
-			out = append(out, c)
-			return nil
-		})
-	})
-	return out, err
-}
+// Clusters returns every cluster, ordered by ID, from memory.
+func (r *Registry) Clusters() ([]Cluster, error) { return r.cache.all(), nil }
 
 // UpdatePolicy changes a cluster's access policy with fn, validates the
-// result and stores it.
+// result and stores it. fn may be called more than once (etcd retries a
+// transaction another replica raced).
 func (r *Registry) UpdatePolicy(id string, fn func(policy.Policy) (policy.Policy, error)) (policy.Policy, error) {
 	var out policy.Policy
-	err := r.db.Update(func(tx *bolt.Tx) error {
+	err := r.update(func(tx tx) error {
 		c, err := getCluster(tx, id)
 		if err != nil {
 			return err
@@ -341,7 +441,7 @@ func (r *Registry) UpdatePolicy(id string, fn func(policy.Policy) (policy.Policy
 			return fmt.Errorf("registry: cluster %s: %w", id, err)
 		}
 		c.Policy, out = p, p
-		return putJSON(tx.Bucket(bucketClusters), id, c)
+		return putCluster(tx, c)
 	})
 	if err == nil {
 		r.log.Info("registry: access policy changed", "cluster", id, "users", len(out.Users), "groups", len(out.Groups), "rules", len(out.Rules))
@@ -352,17 +452,14 @@ func (r *Registry) UpdatePolicy(id string, fn func(policy.Policy) (policy.Policy
 // DeleteCluster forgets a cluster, its join tokens and its credentials: its
 // agents' certificates are refused from then on.
 func (r *Registry) DeleteCluster(id string) error {
-	err := r.db.Update(func(tx *bolt.Tx) error {
+	err := r.update(func(tx tx) error {
 		if _, err := getCluster(tx, id); err != nil {
 			return err
 		}
 		if err := deleteTokensFor(tx, id); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketClusters).Delete([]byte(id)); err != nil {
-			return fmt.Errorf("registry: delete cluster %s: %w", id, err)
-		}
-		return nil
+		return tx.delete(bucketClusters, []byte(id))
 	})
 	if err == nil {
 		r.log.Info("registry: deleted cluster", "cluster", id)
@@ -373,13 +470,13 @@ func (r *Registry) DeleteCluster(id string) error {
 // Rotate revokes every credential of a cluster and every join token not yet
 // used, and returns a new join token for its agents to join again.
 func (r *Registry) Rotate(id string) (joinToken string, err error) {
-	err = r.db.Update(func(tx *bolt.Tx) error {
+	err = r.update(func(tx tx) error {
 		c, err := getCluster(tx, id)
 		if err != nil {
 			return err
 		}
 		c.Credentials = nil
-		if err := putJSON(tx.Bucket(bucketClusters), id, c); err != nil {
+		if err := putCluster(tx, c); err != nil {
 			return err
 		}
 		if err := deleteTokensFor(tx, id); err != nil {
@@ -397,18 +494,38 @@ func (r *Registry) Rotate(id string) (joinToken string, err error) {
 // Join consumes a join token and signs a credential for its cluster, for the
 // key in the DER-encoded certificate signing request. The token is consumed
 // even when the request is refused for a bad CSR, so a token is never tried
-// twice.
+// twice. A token that does not exist costs a read and no write: the join
+// endpoint is unauthenticated. On etcd, a token presented to several
+// replicas at once is consumed by exactly one of them (the transaction
+// compares the token key's revision); the others are refused with
+// ErrInvalidJoinToken.
 func (r *Registry) Join(joinToken string, csrDER []byte) (Credential, error) {
 	if len(joinToken) > maxJoinTokenLen || !strings.HasPrefix(joinToken, JoinTokenPrefix) {
 		r.log.Warn("registry: join refused: malformed token", "length", len(joinToken))
 		return Credential{}, fmt.Errorf("registry: join: %w", ErrInvalidJoinToken)
 	}
 	key := tokenKey(joinToken)
+	var exists bool
+	err := r.store.view(context.Background(), func(tx tx) error {
+		raw, err := tx.get(bucketTokens, key)
+		exists = raw != nil
+		return err
+	})
+	if err != nil {
+		return Credential{}, fmt.Errorf("registry: join: %w", err)
+	}
+	if !exists {
+		r.log.Warn("registry: join refused: unknown token")
+		return Credential{}, fmt.Errorf("registry: join: %w", ErrInvalidJoinToken)
+	}
 	var cred Credential
 	var refused error
-	err := r.db.Update(func(tx *bolt.Tx) error {
-		tokens := tx.Bucket(bucketTokens)
-		raw := tokens.Get(key)
+	err = r.update(func(tx tx) error {
+		cred, refused = Credential{}, nil
+		raw, err := tx.get(bucketTokens, key)
+		if err != nil {
+			return err
+		}
 		if raw == nil {
 			refused = fmt.Errorf("registry: join: %w", ErrInvalidJoinToken)
 			return nil
@@ -417,7 +534,7 @@ func (r *Registry) Join(joinToken string, csrDER []byte) (Credential, error) {
 		if err := json.Unmarshal(raw, &rec); err != nil {
 			return fmt.Errorf("registry: decode join token: %w", err)
 		}
-		if err := tokens.Delete(key); err != nil {
+		if err := tx.delete(bucketTokens, key); err != nil {
 			return fmt.Errorf("registry: consume join token: %w", err)
 		}
 		if !r.cfg.Now().Before(rec.ExpiresAt) {
@@ -429,12 +546,21 @@ func (r *Registry) Join(joinToken string, csrDER []byte) (Credential, error) {
 			refused = fmt.Errorf("registry: join cluster %s: %w", rec.ClusterID, err)
 			return nil
 		}
-		cred, err = r.issueCredential(tx, rec.ClusterID, csr)
+		c, err := getCluster(tx, rec.ClusterID)
 		if errors.Is(err, ErrUnknownCluster) {
 			refused = err
 			return nil
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		var info CredentialInfo
+		if cred, info, err = r.signCredential(c.ID, csr); err != nil {
+			return err
+		}
+		c.Credentials = append(c.Credentials, info)
+		r.prune(&c)
+		return putCluster(tx, c)
 	})
 	if err != nil {
 		return Credential{}, err
@@ -447,68 +573,64 @@ func (r *Registry) Join(joinToken string, csrDER []byte) (Credential, error) {
 	return cred, nil
 }
 
-// Renew signs a new credential for the cluster named by current, a
-// certificate the caller has verified (its TLS peer) and that VerifyPeer
-// accepts. The current certificate stays valid until it expires, is
-// superseded by MaxCredentials newer ones, or the cluster is rotated.
-func (r *Registry) Renew(current *x509.Certificate, csrDER []byte) (Credential, error) {
-	id, err := r.VerifyPeer(current)
-	if err != nil {
-		return Credential{}, fmt.Errorf("registry: renew: %w", err)
-	}
-	csr, err := parseCSR(csrDER)
-	if err != nil {
-		return Credential{}, fmt.Errorf("registry: renew cluster %s: %w", id, err)
-	}
-	var cred Credential
-	err = r.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		cred, err = r.issueCredential(tx, id, csr)
-		return err
-	})
-	if err != nil {
-		return Credential{}, err
-	}
-	r.log.Info("registry: credential renewed", "cluster", id, "notAfter", cred.NotAfter)
-	return cred, nil
-}
-
 // VerifyPeer returns the cluster an agent's client certificate names, after
 // the TLS handshake has verified it against CACertificate. It refuses a
 // certificate that names no valid cluster, an unknown cluster, or one whose
-// serial the cluster no longer lists (rotated, deleted, superseded) or that
-// has expired.
+// serial the cluster no longer lists (rotated, deleted, renewed more than
+// Config.RenewalGrace ago) or that has expired. It reads memory only.
 func (r *Registry) VerifyPeer(cert *x509.Certificate) (string, error) {
+	id, _, err := r.VerifyPeerUntil(cert)
+	return id, err
+}
+
+// VerifyPeerUntil is VerifyPeer, and also says until when the answer holds
+// if nothing changes: the certificate's expiry, or the end of its grace
+// once renewed. A relay that re-checks open sessions re-checks then, and at
+// every Change of the cluster.
+func (r *Registry) VerifyPeerUntil(cert *x509.Certificate) (string, time.Time, error) {
 	id, err := clustercert.ClusterID(cert)
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	if err := cert.CheckSignatureFrom(r.ca.cert); err != nil {
-		return "", fmt.Errorf("registry: certificate for cluster %s not signed by this relay's CA: %w", id, err)
+		return "", time.Time{}, fmt.Errorf("registry: certificate for cluster %s not signed by this relay's CA: %w", id, err)
 	}
-	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
-	var c Cluster
-	err = r.db.View(func(tx *bolt.Tx) error {
-		var err error
-		c, err = getCluster(tx, id)
-		return err
-	})
-	if err != nil {
-		return "", err
+	serial := serialHex(cert)
+	c, ok := r.cache.get(id)
+	if !ok {
+		return "", time.Time{}, fmt.Errorf("registry: cluster %s: %w", id, ErrUnknownCluster)
 	}
 	i := slices.IndexFunc(c.Credentials, func(ci CredentialInfo) bool { return ci.Serial == serial })
 	if i < 0 {
-		return "", fmt.Errorf("registry: cluster %s certificate %s: %w", id, serial, ErrCredentialRevoked)
+		return "", time.Time{}, fmt.Errorf("registry: cluster %s certificate %s: %w", id, serial, ErrCredentialRevoked)
 	}
-	if now := r.cfg.Now(); !now.Before(c.Credentials[i].NotAfter) || now.Before(cert.NotBefore) {
-		return "", fmt.Errorf("registry: cluster %s certificate %s: %w (valid %s to %s)", id, serial, ErrCredentialExpired,
-			cert.NotBefore.Format(time.RFC3339), c.Credentials[i].NotAfter.Format(time.RFC3339))
+	ci := c.Credentials[i]
+	now := r.cfg.Now()
+	if !now.Before(ci.NotAfter) || now.Before(cert.NotBefore) {
+		return "", time.Time{}, fmt.Errorf("registry: cluster %s certificate %s: %w (valid %s to %s)", id, serial, ErrCredentialExpired,
+			cert.NotBefore.Format(time.RFC3339), ci.NotAfter.Format(time.RFC3339))
 	}
-	return id, nil
+	until := ci.NotAfter
+	if !ci.Current() {
+		end := ci.SupersededAt.Add(r.cfg.RenewalGrace)
+		if !now.Before(end) {
+			return "", time.Time{}, fmt.Errorf("registry: cluster %s certificate %s: %w: renewed at %s (as %s)", id, serial, ErrCredentialRevoked,
+				ci.SupersededAt.Format(time.RFC3339), ci.SupersededBy)
+		}
+		until = minTime(until, end)
+	}
+	return id, until, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // issueToken stores the hash of a new join token for cluster id.
-func (r *Registry) issueToken(tx *bolt.Tx, id string) (string, error) {
+func (r *Registry) issueToken(tx tx, id string) (string, error) {
 	b := make([]byte, joinTokenBytes)
 	if _, err := rand.Read(b); err != nil {
 		return "", fmt.Errorf("registry: random join token: %w", err)
@@ -519,48 +641,81 @@ func (r *Registry) issueToken(tx *bolt.Tx, id string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("registry: encode join token: %w", err)
 	}
-	if err := tx.Bucket(bucketTokens).Put(tokenKey(token), v); err != nil {
+	if err := tx.put(bucketTokens, tokenKey(token), v); err != nil {
 		return "", fmt.Errorf("registry: store join token: %w", err)
 	}
 	return token, nil
 }
 
-// issueCredential signs a certificate for cluster id and records it.
-func (r *Registry) issueCredential(tx *bolt.Tx, id string, csr *x509.CertificateRequest) (Credential, error) {
-	c, err := getCluster(tx, id)
-	if err != nil {
-		return Credential{}, err
-	}
+// signCredential signs a new certificate for cluster id and the key in csr.
+func (r *Registry) signCredential(id string, csr *x509.CertificateRequest) (Credential, CredentialInfo, error) {
 	serial, err := randomSerial()
 	if err != nil {
-		return Credential{}, err
+		return Credential{}, CredentialInfo{}, err
 	}
-	now := r.cfg.Now().UTC()
-	notAfter := now.Add(r.cfg.CredentialTTL)
-	der, err := r.ca.sign(id, csr, serial, now.Add(-time.Minute), notAfter)
+	now := r.cfg.Now().UTC().Truncate(time.Second)
+	info := CredentialInfo{Serial: hex.EncodeToString(serial.Bytes()), IssuedAt: now, NotAfter: now.Add(r.cfg.CredentialTTL), Key: keyHash(csr)}
+	cred, err := r.resign(id, csr, info)
+	return cred, info, err
+}
+
+// resign signs the certificate info describes, for the key in csr: the
+// same serial and validity, so the same credential.
+func (r *Registry) resign(id string, csr *x509.CertificateRequest, info CredentialInfo) (Credential, error) {
+	serial, ok := parseSerial(info.Serial)
+	if !ok {
+		return Credential{}, fmt.Errorf("registry: cluster %s: stored serial %q is not hex", id, info.Serial)
+	}
+	der, err := r.ca.sign(id, csr, serial, info.IssuedAt.Add(-time.Minute), info.NotAfter)
 	if err != nil {
-		return Credential{}, err
-	}
-	c.Credentials = append(c.Credentials, CredentialInfo{Serial: hex.EncodeToString(serial.Bytes()), IssuedAt: now, NotAfter: notAfter})
-	if n := len(c.Credentials) - r.cfg.MaxCredentials; n > 0 {
-		c.Credentials = c.Credentials[n:]
-	}
-	if err := putJSON(tx.Bucket(bucketClusters), id, c); err != nil {
 		return Credential{}, err
 	}
 	return Credential{
 		ClusterID: id,
 		CertPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		CAPEM:     r.CAPEM(),
-		NotAfter:  notAfter,
+		NotAfter:  info.NotAfter,
 	}, nil
 }
 
-func getCluster(tx *bolt.Tx, id string) (Cluster, error) {
+// maxSuperseded bounds the renewed certificates a cluster keeps (to
+// recognise a second renewal of one of them) beyond its current ones.
+const maxSuperseded = 16
+
+// prune drops c's expired certificates, the oldest current ones beyond
+// Config.MaxCredentials (one per join) and the oldest superseded ones
+// beyond maxSuperseded.
+func (r *Registry) prune(c *Cluster) {
+	now := r.cfg.Now()
+	c.Credentials = slices.DeleteFunc(c.Credentials, func(ci CredentialInfo) bool { return !now.Before(ci.NotAfter) })
+	dropOldest := func(keep func(CredentialInfo) bool, max int) {
+		n := 0
+		for _, ci := range c.Credentials {
+			if keep(ci) {
+				n++
+			}
+		}
+		for i := 0; n > max && i < len(c.Credentials); {
+			if keep(c.Credentials[i]) {
+				c.Credentials = slices.Delete(c.Credentials, i, i+1)
+				n--
+				continue
+			}
+			i++
+		}
+	}
+	dropOldest(CredentialInfo.Current, r.cfg.MaxCredentials)
+	dropOldest(func(ci CredentialInfo) bool { return !ci.Current() }, maxSuperseded)
+}
+
+func getCluster(tx tx, id string) (Cluster, error) {
 	if err := clusterid.Validate(id); err != nil {
 		return Cluster{}, fmt.Errorf("registry: %w", err)
 	}
-	raw := tx.Bucket(bucketClusters).Get([]byte(id))
+	raw, err := tx.get(bucketClusters, []byte(id))
+	if err != nil {
+		return Cluster{}, err
+	}
 	if raw == nil {
 		return Cluster{}, fmt.Errorf("registry: cluster %s: %w", id, ErrUnknownCluster)
 	}
@@ -571,16 +726,23 @@ func getCluster(tx *bolt.Tx, id string) (Cluster, error) {
 	return c, nil
 }
 
-func deleteTokensFor(tx *bolt.Tx, id string) error {
-	tokens := tx.Bucket(bucketTokens)
+func putCluster(tx tx, c Cluster) error {
+	raw, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("registry: encode cluster %s: %w", c.ID, err)
+	}
+	return tx.put(bucketClusters, []byte(c.ID), raw)
+}
+
+func deleteTokensFor(tx tx, id string) error {
 	var doomed [][]byte
-	err := tokens.ForEach(func(k, v []byte) error {
+	err := tx.forEach(bucketTokens, func(k, v []byte) error {
 		var rec tokenRecord
 		if err := json.Unmarshal(v, &rec); err != nil {
 			return fmt.Errorf("registry: decode join token: %w", err)
 		}
 		if rec.ClusterID == id {
-			doomed = append(doomed, slices.Clone(k))
+			doomed = append(doomed, k)
 		}
 		return nil
 	})
@@ -588,20 +750,9 @@ func deleteTokensFor(tx *bolt.Tx, id string) error {
 		return err
 	}
 	for _, k := range doomed {
-		if err := tokens.Delete(k); err != nil {
+		if err := tx.delete(bucketTokens, k); err != nil {
 			return fmt.Errorf("registry: delete join token: %w", err)
 		}
-	}
-	return nil
-}
-
-func putJSON(b *bolt.Bucket, key string, v any) error {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("registry: encode %s: %w", key, err)
-	}
-	if err := b.Put([]byte(key), raw); err != nil {
-		return fmt.Errorf("registry: store %s: %w", key, err)
 	}
 	return nil
 }
@@ -612,3 +763,12 @@ func tokenKey(token string) []byte {
 	sum := sha256.Sum256([]byte(token))
 	return sum[:]
 }
+
+// keyHash identifies the public key of a CSR: the SHA-256 of its
+// SubjectPublicKeyInfo, in hex.
+func keyHash(csr *x509.CertificateRequest) string {
+	sum := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
+}
+
+func serialHex(cert *x509.Certificate) string { return hex.EncodeToString(cert.SerialNumber.Bytes()) }

@@ -14,7 +14,8 @@ import (
 type ClusterStatus struct {
 	ID        string    `json:"id"`
 	CreatedAt time.Time `json:"createdAt"`
-	// Credentials is how many agent certificates are valid now.
+	// Credentials is how many agent certificates are current (not replaced
+	// by a renewal).
 	Credentials int `json:"credentials"`
 	// Sessions is how many agent sessions this relay holds for it now.
 	Sessions int `json:"sessions"`
@@ -113,7 +114,7 @@ func (a *AdminService) Clusters(context.Context) ([]ClusterStatus, error) {
 	}
 	out := make([]ClusterStatus, 0, len(cs))
 	for _, c := range cs {
-		st := ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.Credentials),
+		st := ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.CurrentCredentials()),
 			Grants: len(c.Policy.Users) + len(c.Policy.Groups) + len(c.Policy.Rules)}
 		if a.Router != nil {
 			st.Sessions = a.Router.Sessions(c.ID)

@@ -126,13 +126,6 @@ func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
 	}
 }
 
-// current reports whether cert is still a current credential of its
-// cluster (Router.Revalidate's check).
-func (s *Server) current(cert *x509.Certificate) error {
-	_, err := s.cfg.Registry.VerifyPeer(cert)
-	return err
-}
-
 // renew answers one Renew on conn with a new certificate for the cluster
 // the agent's current (verified, listed) certificate names.
 func (s *Server) renew(conn *tls.Conn) {
@@ -151,8 +144,11 @@ func (s *Server) renew(conn *tls.Conn) {
 	cred, err := s.cfg.Registry.Renew(peer[0], req.CSR)
 	if err != nil {
 		reason := tunnel.ReasonRevoked
-		if errors.Is(err, registry.ErrBadCSR) {
+		switch {
+		case errors.Is(err, registry.ErrBadCSR):
 			reason = tunnel.ReasonBadRequest
+		case errors.Is(err, registry.ErrStoreUnavailable):
+			reason = tunnel.ReasonUnavailable
 		}
 		s.cfg.Metrics.renewal(false)
 		s.log.Warn("relay: renewal refused", "remote", conn.RemoteAddr(), "error", err)
@@ -164,9 +160,9 @@ func (s *Server) renew(conn *tls.Conn) {
 	if err := tunnel.WriteFrame(conn, &tunnel.Renewed{OK: true, Certificate: string(cred.CertPEM)}); err != nil {
 		s.log.Warn("relay: renewal answer not delivered; the agent will retry", "cluster", cred.ClusterID, "error", err)
 	}
-	// A renewal can leave a credential no longer current (the oldest
-	// overlapping one, or the presenting one): its sessions move.
-	if n := s.cfg.Router.Revalidate(cred.ClusterID, s.current, false); n > 0 {
+	// The renewal superseded the presenting credential: its sessions
+	// move (the registry's change feed says so too, on every replica).
+	if n := s.cfg.Router.Revalidate(cred.ClusterID); n > 0 {
 		s.log.Info("relay: sessions on superseded credentials told to move", "cluster", cred.ClusterID, "sessions", n)
 	}
 }

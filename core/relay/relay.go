@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -277,6 +278,13 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 		}
 		authenticator = r.authenticator
 	}
+	// Sessions' credentials are checked against the registry: at once
+	// when it changes (follow), and again when each stops holding.
+	reg := r.reg
+	opts.Router.Verify = func(c *x509.Certificate) (time.Time, error) {
+		_, until, err := reg.VerifyPeerUntil(c)
+		return until, err
+	}
 	if r.router, err = NewRouter(opts.Router); err != nil {
 		closeListeners()
 		return nil, err
@@ -315,6 +323,7 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 		return r.srv.ServeAgents(ctx, tlsListener(r.agentL, r.srv.AgentTLSConfig(serving)))
 	})
 	r.serve("API", func() error { return ignoreClosed(r.api.ServeTLS(apiL, "", "")) })
+	r.serve("registry change feed", func() error { r.follow(ctx); return nil })
 	if adminL != nil {
 		r.admin = &http.Server{Handler: r.srv.AdminHandler(), ReadHeaderTimeout: apiReadHeaderTimeout, ErrorLog: slogLogger(opts.Logger)}
 		r.serve("admin socket", func() error { return ignoreClosed(r.admin.Serve(adminL)) })
@@ -370,10 +379,50 @@ func (r *Relay) healthHandler() http.Handler {
 			http.Error(w, "draining: this relay is shutting down", http.StatusServiceUnavailable)
 			return
 		}
-		_, _ = w.Write([]byte("ok\n"))
+		// A relay cut off from its store still routes from what it holds:
+		// it stays ready, and says so.
+		st := r.reg.StoreStatus()
+		if !st.Available {
+			fmt.Fprintf(w, "ok, degraded: %s unavailable since %s (%v): routing from memory; joins, renewals and admin changes are refused\n",
+				st.Store, st.Since.UTC().Format(time.RFC3339), st.Err)
+			return
+		}
+		fmt.Fprintf(w, "ok\nstore: %s, revision %d\n", st.Store, st.Revision)
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(r.opts.Prometheus, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// follow applies the registry's changes to what the relay holds, until ctx
+// ends: on every replica, within one watch round trip of the change (at
+// once for its own writes), a deleted cluster's sessions end, sessions on a
+// revoked or superseded credential end or move, and a policy change ends
+// the open tunnels of the callers it no longer admits.
+func (r *Relay) follow(ctx context.Context) {
+	for ch := range r.reg.Changes(ctx) {
+		switch ch.Kind {
+		case registry.ChangeDeleted:
+			if n := r.router.CloseCluster(ch.Cluster); n > 0 {
+				r.log.Info("relay: cluster deleted; its sessions ended", "cluster", ch.Cluster, "sessions", n)
+			}
+		case registry.ChangeRevoked:
+			r.router.Revalidate(ch.Cluster)
+		case registry.ChangePolicy:
+			if c, err := r.reg.Cluster(ch.Cluster); err == nil {
+				r.srv.admin.recheck(ch.Cluster, c.Policy)
+			}
+		case registry.ChangeResync:
+			r.router.RevalidateAll()
+			cs, err := r.reg.Clusters()
+			if err != nil {
+				r.log.Warn("relay: re-reading the registry after its change feed fell behind", "error", err)
+				continue
+			}
+			for _, c := range cs {
+				r.srv.admin.recheck(c.ID, c.Policy)
+			}
+		}
+	}
 }
 
 // Done delivers the first error of a server that stopped on its own (its

@@ -100,10 +100,17 @@ type RouterConfig struct {
 	// MaxSessionsPerCluster bounds the sessions one cluster's agents hold
 	// at once. Zero means DefaultMaxSessionsPerCluster.
 	MaxSessionsPerCluster int
-	// SupersededGrace is how long a session whose credential stopped
-	// being current (the agent renewed it) serves after GoAway, before the
-	// relay ends it. Zero means DefaultSupersededGrace.
+	// SupersededGrace is how long, at most, a session whose credential a
+	// renewal superseded serves after GoAway, before the relay ends it (and
+	// never past the end of the credential's own grace). Zero means
+	// DefaultSupersededGrace.
 	SupersededGrace time.Duration
+	// Verify checks a session's credential against the relay's registry:
+	// until when it holds if nothing changes (its expiry, or the end of its
+	// grace once a renewal superseded it), or why it no longer does
+	// (registry.VerifyPeerUntil). Nil: a credential holds until its
+	// NotAfter (routers without a registry, in tests).
+	Verify func(*x509.Certificate) (until time.Time, err error)
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 	// Logger receives session arrivals and departures, and the streams
@@ -218,7 +225,8 @@ type Cut struct {
 type sessionCred struct {
 	cert   *x509.Certificate
 	key    string      // cluster and serial: perCred's key
-	expiry *time.Timer // ends the session when the credential expires
+	expiry *time.Timer // checks the credential again when it stops holding
+	moving bool        // the session was told to move (GoAway)
 }
 
 func credKey(cluster string, cert *x509.Certificate) string {
@@ -299,12 +307,10 @@ func (r *Router) Add(s *tunnel.RelaySession, cred *x509.Certificate) error {
 	if cred != nil {
 		sc := &sessionCred{cert: cred, key: credKey(id, cred)}
 		r.perCred[sc.key]++
-		// The credential was verified at the handshake: it must not
-		// outlive its expiry in a session either.
-		sc.expiry = time.AfterFunc(cred.NotAfter.Sub(r.cfg.Now()), func() {
-			r.log.Warn("relay: agent session ended: its credential expired", "cluster", id, "agent", s.Hello.Agent, "notAfter", cred.NotAfter)
-			_ = s.Close()
-		})
+		// The credential was verified at the handshake; check it again
+		// when it stops holding (its expiry, or the end of a renewal's
+		// grace), so that it never outlives that in a session.
+		sc.expiry = time.AfterFunc(r.until(cred).Sub(r.cfg.Now()), func() { r.revalidate(id, s) })
 		r.creds[s] = sc
 	}
 	r.mu.Unlock()
@@ -342,51 +348,113 @@ func (r *Router) remove(s *tunnel.RelaySession) {
 	r.log.Info("relay: agent session removed", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "sessions", len(c.sessions))
 }
 
+// until is when cred stops holding, if nothing changes.
+func (r *Router) until(cred *x509.Certificate) time.Time {
+	if r.cfg.Verify == nil {
+		return cred.NotAfter
+	}
+	u, err := r.cfg.Verify(cred)
+	if err != nil {
+		return r.cfg.Now()
+	}
+	return u
+}
+
 // Revalidate checks the credential of each of cluster's sessions with
-// current (the registry's VerifyPeer) and moves those it refuses: each is
-// told to move (GoAway), so that its agent opens a replacement with its
-// current credential, and ends after SupersededGrace, or at once when
-// revoked is true (the credential was revoked, not renewed). It returns how
-// many sessions it moved.
-func (r *Router) Revalidate(cluster string, current func(*x509.Certificate) error, revoked bool) int {
+// RouterConfig.Verify (the registry changed: a rotate, a renewal, a
+// revocation) and returns how many sessions it ended or moved: a session
+// whose credential no longer holds ends at once; one whose credential a
+// renewal superseded (it holds only for the renewal's grace) is told to
+// move (GoAway), so its agent opens a replacement with its current
+// credential, and ends after SupersededGrace or at the end of that grace,
+// whichever is first.
+func (r *Router) Revalidate(cluster string) int {
 	r.mu.Lock()
-	var stale []*tunnel.RelaySession
-	var whys []error
+	var ss []*tunnel.RelaySession
 	if c := r.clusters[cluster]; c != nil {
-		for _, s := range c.sessions {
-			if sc := r.creds[s]; sc != nil {
-				if err := current(sc.cert); err != nil {
-					stale, whys = append(stale, s), append(whys, err)
-				}
-			}
-		}
+		ss = append(ss, c.sessions...)
 	}
 	r.mu.Unlock()
-	for i, s := range stale {
-		r.log.Warn("relay: agent session's credential is no longer current; moving the session", "cluster", cluster, "agent", s.Hello.Agent,
-			"slot", s.Hello.Slot, "revoked", revoked, "why", whys[i])
-		if revoked {
-			_ = s.Close()
-			continue
+	n := 0
+	for _, s := range ss {
+		if r.revalidate(cluster, s) {
+			n++
 		}
-		grace := r.cfg.SupersededGrace
-		r.moving.Add(1)
-		go func() {
-			defer r.moving.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), grace)
-			defer cancel()
-			if err := s.GoAway(ctx, grace, "this session's credential was renewed: reconnect with the current one"); err != nil {
-				_ = s.Close()
-				return
-			}
-			select {
-			case <-ctx.Done():
-			case <-s.CloseChan():
-			}
-			_ = s.Close()
-		}()
 	}
-	return len(stale)
+	return n
+}
+
+// RevalidateAll is Revalidate for every cluster (the registry's change
+// feed fell behind and merged its changes).
+func (r *Router) RevalidateAll() int {
+	r.mu.Lock()
+	ids := make([]string, 0, len(r.clusters))
+	for id := range r.clusters {
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	n := 0
+	for _, id := range ids {
+		n += r.Revalidate(id)
+	}
+	return n
+}
+
+// revalidate checks s's credential, ends or moves s when it no longer
+// holds fully, and reschedules the check otherwise. It reports whether it
+// ended or moved s.
+func (r *Router) revalidate(cluster string, s *tunnel.RelaySession) bool {
+	r.mu.Lock()
+	sc := r.creds[s]
+	r.mu.Unlock()
+	if sc == nil || r.cfg.Verify == nil && sc.cert.NotAfter.After(r.cfg.Now()) {
+		return false
+	}
+	now := r.cfg.Now()
+	until, err := sc.cert.NotAfter, error(nil)
+	if r.cfg.Verify != nil {
+		until, err = r.cfg.Verify(sc.cert)
+	}
+	if err == nil && !until.After(now) {
+		err = errors.New("the credential's grace is over")
+	}
+	if err == nil && !sc.cert.NotAfter.After(now) {
+		err = errors.New("the credential expired")
+	}
+	if err != nil {
+		r.log.Warn("relay: agent session ended: its credential no longer holds", "cluster", cluster, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "why", err)
+		_ = s.Close()
+		return true
+	}
+	r.mu.Lock()
+	sc.expiry.Reset(until.Sub(now))
+	superseded := until.Before(sc.cert.NotAfter) && !sc.moving
+	if superseded {
+		sc.moving = true
+	}
+	r.mu.Unlock()
+	if !superseded {
+		return false
+	}
+	grace := min(r.cfg.SupersededGrace, until.Sub(now))
+	r.log.Info("relay: agent session's credential was renewed; telling the session to move", "cluster", cluster, "agent", s.Hello.Agent,
+		"slot", s.Hello.Slot, "grace", grace)
+	r.moving.Add(1)
+	go func() {
+		defer r.moving.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		if err := s.GoAway(ctx, grace, "this session's credential was renewed: reconnect with the current one"); err != nil {
+			_ = s.Close()
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-s.CloseChan():
+		}
+		_ = s.Close()
+	}()
+	return true
 }
 
 // counts returns the number of live sessions and of clusters with at least

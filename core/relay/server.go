@@ -66,6 +66,10 @@ type ServerConfig struct {
 	// authorized against the agent's certificate. Nil uses the connection
 	// as it is.
 	WrapAgentConn func(*tls.Conn) net.Conn
+	// JoinLimit rate-limits the unauthenticated join endpoint per client
+	// address and in all, before a join reaches the registry. Zero values
+	// are registry.JoinLimitConfig's defaults.
+	JoinLimit registry.JoinLimitConfig
 	// OnAgentSession, when not nil, is called with each agent session the
 	// relay authorized, before the router routes it (for tests that wait
 	// for sessions). It must not change the session: the simulator's
@@ -126,6 +130,7 @@ type Server struct {
 	spliced   sync.WaitGroup
 	endpoint  *clusterEndpoint // nil when ServerConfig.ClusterEndpoint is
 	admin     *AdminService
+	joins     *registry.JoinLimiter // before a join reaches the registry
 }
 
 // NewServer validates cfg and returns a Server.
@@ -134,7 +139,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, tunnels: map[net.Conn]struct{}{}}
+	joins, err := registry.NewJoinLimiter(cfg.JoinLimit)
+	if err != nil {
+		return nil, fmt.Errorf("relay: ServerConfig.JoinLimit: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, tunnels: map[net.Conn]struct{}{}, joins: joins}
 	if cfg.ClusterEndpoint != nil {
 		s.endpoint = newClusterEndpoint(s, *cfg.ClusterEndpoint)
 	}

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -551,5 +552,26 @@ func TestDrainGivesUpAtItsDeadline(t *testing.T) {
 	h.srv.Drain(ctx)
 	if d := time.Since(start); d < 250*time.Millisecond || d > 3*time.Second {
 		t.Fatalf("Drain with an endless tunnel returned after %s, want its 300ms deadline", d)
+	}
+}
+
+// TestJoinsAreRateLimited: issue 15, hole 9. The join endpoint is
+// unauthenticated: a flood of made-up tokens from one client is refused
+// with 429 and Retry-After before it reaches the registry.
+func TestJoinsAreRateLimited(t *testing.T) {
+	h := newRelay(t, func(c *relay.ServerConfig) { c.JoinLimit = registry.JoinLimitConfig{PerClient: 0.1, PerClientBurst: 3} })
+	csr, _ := csrDER(t)
+	var codes []int
+	var retry string
+	for range 6 {
+		resp, _ := postJoin(t, h, relayapi.JoinRequest{Token: "tether-join.made-up", CSR: csr})
+		codes = append(codes, resp.StatusCode)
+		if resp.StatusCode == http.StatusTooManyRequests {
+			retry = resp.Header.Get("Retry-After")
+		}
+	}
+	want := []int{401, 401, 401, 429, 429, 429}
+	if fmt.Sprint(codes) != fmt.Sprint(want) || retry == "" {
+		t.Fatalf("statuses %v (Retry-After %q), want %v with a Retry-After", codes, retry, want)
 	}
 }

@@ -176,7 +176,8 @@ func TestSessionCaps(t *testing.T) {
 // TestRenewalMovesTheOldCredentialsSessions: issue 15, hole 8. A session
 // was checked once, at its handshake; the credential it presented can stop
 // being current while it runs (renewed away, revoked). Its session is told
-// to move (GoAway) and ended after the grace.
+// to move (GoAway) and ended after the relay's grace, well before the
+// registry's renewal grace would end it.
 func TestRenewalMovesTheOldCredentialsSessions(t *testing.T) {
 	a := startAgentRelay(t, func(o *relay.Options) { o.Router.SupersededGrace = 200 * time.Millisecond })
 	old := a.credential(t, "prod")
@@ -184,17 +185,11 @@ func TestRenewalMovesTheOldCredentialsSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Renew until the old credential is no longer current (with
-	// MaxCredentials overlapping certificates, that takes a few).
-	cur := old
-	for i := 0; i < registry.DefaultMaxCredentials+1; i++ {
-		if _, err := a.r.Registry().VerifyPeer(old.Leaf); err != nil {
-			break
-		}
-		cur = a.renew(t, cur)
-	}
-	if _, err := a.r.Registry().VerifyPeer(old.Leaf); err == nil {
-		t.Fatal("the old credential is still current after the renewals")
+	// The renewal supersedes the presenting credential: it holds only for
+	// the registry's renewal grace.
+	cur := a.renew(t, old)
+	if _, until, err := a.r.Registry().VerifyPeerUntil(old.Leaf); err == nil && !until.Before(old.Leaf.NotAfter) {
+		t.Fatalf("the old credential still holds until %s, its expiry", until)
 	}
 	select {
 	case <-s.GoAwayChan():
@@ -253,5 +248,33 @@ func TestExpiredCredentialEndsItsSession(t *testing.T) {
 	}
 	if !ended(s, 10*time.Second) {
 		t.Fatal("the session outlived its credential")
+	}
+}
+
+// TestRegistryChangesReachLiveSessions: the relay follows the registry's
+// change feed, so a rotate or delete made on the store (by another
+// replica, or tether-relay's offline commands) ends the sessions this relay
+// holds, not only one made through its own admin API.
+func TestRegistryChangesReachLiveSessions(t *testing.T) {
+	for _, change := range []string{"rotate", "delete"} {
+		t.Run(change, func(t *testing.T) {
+			a := startAgentRelay(t, nil)
+			cert := a.credential(t, "prod")
+			s, err := a.connect(t, cert, "prod")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if change == "rotate" {
+				_, err = a.r.Registry().Rotate("prod")
+			} else {
+				err = a.r.Registry().DeleteCluster("prod")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ended(s, 5*time.Second) {
+				t.Fatalf("the session survived a %s made on the registry", change)
+			}
+		})
 	}
 }

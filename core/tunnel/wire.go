@@ -183,8 +183,13 @@ type Renewed struct {
 	Message string `json:"message,omitempty"`
 }
 
-// ReasonBadRequest refuses a Renew whose CSR cannot be signed.
-const ReasonBadRequest = "BadRequest"
+// Reasons of a refused Renew: besides ReasonRevoked, a CSR that cannot be
+// signed, or a relay that cannot reach its store now (retry later; the
+// credential in use stays valid).
+const (
+	ReasonBadRequest  = "BadRequest"
+	ReasonUnavailable = "Unavailable"
+)
 
 func (*Hello) frameType() FrameType     { return FrameHello }
 func (*Welcome) frameType() FrameType   { return FrameWelcome }

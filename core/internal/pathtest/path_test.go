@@ -403,25 +403,28 @@ func serial(t *testing.T, dir string) string {
 }
 
 func TestAgentRenewsItsCredentialAndUsesTheNewOne(t *testing.T) {
-	// The agent renews 2 s after joining. The registry keeps one credential
-	// per cluster, so the old one is
-	// revoked the moment the new one is issued: an agent that kept using it
-	// would be refused (ErrRevoked) when it reconnects.
+	// The agent renews 2 s after joining. The renewal replaces the old
+	// credential (accepted for registry.Config.RenewalGrace more): an
+	// agent that kept using it would be refused (ErrRevoked) when it
+	// reconnects after that.
 	p := startPath(t, "prod",
 		withRegistry(func(c *registry.Config) { c.CredentialTTL = 10 * time.Minute; c.MaxCredentials = 1 }),
 		withAgent(func(c *agent.Config) { c.RenewBefore = 10*time.Minute - 2*time.Second; c.RenewRetry = time.Hour }))
 	joined := p.reg
 	deadline := time.Now().Add(10 * time.Second)
-	var first string
 	for {
 		c, err := joined.Cluster("prod")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if first == "" {
-			first = serial(t, p.agentDir)
+		// One current credential, issued by a renewal, and stored.
+		var current []registry.CredentialInfo
+		for _, ci := range c.Credentials {
+			if ci.Current() {
+				current = append(current, ci)
+			}
 		}
-		if len(c.Credentials) == 1 && c.Credentials[0].Serial != first && serial(t, p.agentDir) == c.Credentials[0].Serial {
+		if len(current) == 1 && current[0].RenewedFrom != "" && serial(t, p.agentDir) == current[0].Serial {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -542,5 +545,68 @@ func TestOversizedTokenIsRefusedWithItsSize(t *testing.T) {
 	p.token.Store(strings.Repeat("a", proxy.MaxTokenBytes))
 	if code, body := p.get(t, "/api/v1/pods"); code == http.StatusUnauthorized && strings.Contains(body["message"].(string), "smaller token") {
 		t.Fatalf("a token at the cap was refused by the proxy: %v", body)
+	}
+}
+
+// TestReplicasSharingACredentialRenewItOnce: two agents share one stored
+// credential (the chart's Secret). The first to renew stores the new one;
+// the other finds it there and uses it rather than renew with a key of its
+// own, which the relay takes for theft (and revokes both).
+func TestReplicasSharingACredentialRenewItOnce(t *testing.T) {
+	p := startPath(t, "prod",
+		withRegistry(func(c *registry.Config) { c.CredentialTTL = 10 * time.Minute }),
+		withAgent(func(c *agent.Config) { c.RenewBefore = 10*time.Minute - 2*time.Second; c.RenewRetry = time.Hour }))
+	cfg := p.agentCfg
+	cfg.RenewBefore = 10*time.Minute - 8*time.Second
+	b, err := agent.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- b.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-ran })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := p.reg.Cluster("prod")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var current []registry.CredentialInfo
+		for _, ci := range c.Credentials {
+			if ci.Current() {
+				current = append(current, ci)
+			}
+		}
+		if len(current) != 1 {
+			t.Fatalf("current credentials %+v, want exactly one (a second renewal revokes the chain)", c.Credentials)
+		}
+		renewed := current[0].RenewedFrom != ""
+		if renewed && b.CredentialNotAfter().Equal(p.agent.CredentialNotAfter()) && time.Until(b.CredentialNotAfter()) > 9*time.Minute+50*time.Second {
+			break
+		}
+		select {
+		case err := <-ran:
+			t.Fatalf("the second replica stopped: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the second replica did not take up the renewed credential: registry %+v, replica A's expires %s, B's %s", c.Credentials, p.agent.CredentialNotAfter(), b.CredentialNotAfter())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Past B's own renewal time, still one chain, nothing revoked.
+	time.Sleep(9 * time.Second)
+	c, _ := p.reg.Cluster("prod")
+	for _, ci := range c.Credentials {
+		if ci.Current() && ci.RenewedFrom == "" {
+			t.Fatalf("after both replicas' renewal times: %+v", c.Credentials)
+		}
+	}
+	if len(c.Credentials) == 0 {
+		t.Fatal("every credential was revoked: the replicas renewed twice")
+	}
+	if code, body := p.get(t, "/api/v1/pods"); code != 200 {
+		t.Fatalf("after the renewal: %d %v", code, body)
 	}
 }

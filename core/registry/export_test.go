@@ -1,0 +1,4 @@
+package registry
+
+// WriteTransactions counts the write transactions r's store committed.
+func WriteTransactions(r *Registry) int64 { return r.store.writes() }
