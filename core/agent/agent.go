@@ -553,7 +553,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: listen for /healthz, /readyz and /metrics on %s: %w", a.cfg.HealthAddr, err)
 		}
-		health := &http.Server{Handler: a.healthHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
+		health := &http.Server{Handler: a.healthHandler(), ReadHeaderTimeout: healthHeaderTimeout, ReadTimeout: healthRequestTimeout,
+			WriteTimeout: healthRequestTimeout, IdleTimeout: healthIdleTimeout, MaxHeaderBytes: 8 << 10,
+			ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -569,6 +571,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	cancel()
 	return err
 }
+
+// Limits of the health endpoint: probes and scrapes are small and quick.
+const (
+	healthHeaderTimeout  = 5 * time.Second
+	healthRequestTimeout = 10 * time.Second
+	healthIdleTimeout    = time.Minute
+)
 
 func (a *Agent) healthHandler() http.Handler {
 	mux := http.NewServeMux()

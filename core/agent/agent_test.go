@@ -11,8 +11,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
 	"log/slog"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -262,4 +264,56 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestHealthEndpointCutsSlowClients: issue 15, hole 5, on the agent's
+// health listener: a request whose body trickles in is cut at the request
+// limit (10 s); there was no limit on bodies.
+func TestHealthEndpointCutsSlowClients(t *testing.T) {
+	j := newJoinRelay(t, "prod")
+	cfg := j.config(t.TempDir())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HealthAddr = l.Addr().String()
+	_ = l.Close()
+	a, err := agent.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ran := make(chan error, 1)
+	go func() { ran <- a.Run(ctx) }()
+	defer func() { cancel(); <-ran }()
+	var conn net.Conn
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if conn, err = net.Dial("tcp", cfg.HealthAddr); err == nil {
+			break
+		}
+	}
+	if conn == nil {
+		t.Fatalf("the health endpoint did not listen: %v", err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	_, _ = conn.Write([]byte("POST /readyz HTTP/1.1\r\nHost: agent\r\nContent-Length: 100000\r\n\r\n"))
+	done := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, conn); done <- err }()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			if took := time.Since(start); took > 13*time.Second {
+				t.Fatalf("the trickling request was cut after %s, want about 10 s", took.Round(time.Millisecond))
+			}
+			return
+		case <-tick.C:
+			if time.Since(start) > 20*time.Second {
+				t.Fatal("the trickling request is still open after 20 s")
+			}
+			_, _ = conn.Write([]byte("x"))
+		}
+	}
 }

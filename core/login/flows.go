@@ -93,38 +93,39 @@ func (c *Client) BrowserLogin(ctx context.Context) (*Entry, error) {
 		err  error
 	}
 	got := make(chan result, 1)
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/callback" {
-			http.NotFound(w, r)
-			return
-		}
-		q := r.URL.Query()
-		var res result
-		switch {
-		case subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(state)) != 1:
-			// Not the answer to our request (a stale tab, or a forged
-			// redirect): refuse it and keep waiting for the real one.
-			http.Error(w, "tether: this login answer does not match the login in progress (state mismatch); it was refused", http.StatusBadRequest)
-			fmt.Fprintln(c.cfg.Out, "refused a callback whose state does not match this login")
-			return
-		case q.Get("error") != "":
-			res.err = fmt.Errorf("login: the identity provider answered %s: %s", q.Get("error"), q.Get("error_description"))
-		case q.Get("code") == "":
-			res.err = errors.New("login: the identity provider's answer has no code")
-		default:
-			res.code = q.Get("code")
-		}
-		select {
-		case got <- res:
-		default: // a second answer after the first
-		}
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		if res.err != nil {
-			fmt.Fprintf(w, "<p>tether: the login failed: %s</p>", html.EscapeString(res.err.Error()))
-			return
-		}
-		fmt.Fprint(w, "<p>tether: logged in. You may close this window.</p>")
-	})}
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+		IdleTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/callback" {
+				http.NotFound(w, r)
+				return
+			}
+			q := r.URL.Query()
+			var res result
+			switch {
+			case subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(state)) != 1:
+				// Not the answer to our request (a stale tab, or a forged
+				// redirect): refuse it and keep waiting for the real one.
+				http.Error(w, "tether: this login answer does not match the login in progress (state mismatch); it was refused", http.StatusBadRequest)
+				fmt.Fprintln(c.cfg.Out, "refused a callback whose state does not match this login")
+				return
+			case q.Get("error") != "":
+				res.err = fmt.Errorf("login: the identity provider answered %s: %s", q.Get("error"), q.Get("error_description"))
+			case q.Get("code") == "":
+				res.err = errors.New("login: the identity provider's answer has no code")
+			default:
+				res.code = q.Get("code")
+			}
+			select {
+			case got <- res:
+			default: // a second answer after the first
+			}
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			if res.err != nil {
+				fmt.Fprintf(w, "<p>tether: the login failed: %s</p>", html.EscapeString(res.err.Error()))
+				return
+			}
+			fmt.Fprint(w, "<p>tether: logged in. You may close this window.</p>")
+		})}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	defer func() {

@@ -327,7 +327,10 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           p.guard(rp),
 		ReadHeaderTimeout: 30 * time.Second,
-		MaxHeaderBytes:    1 << 20,
+		// kubectl's requests stream (watches, logs -f, uploads), so there
+		// is no whole-request limit; an idle keep-alive connection closes.
+		IdleTimeout:    5 * time.Minute,
+		MaxHeaderBytes: 1 << 20,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{p.server}, ClientAuth: tls.RequireAndVerifyClientCert,
 			ClientCAs: p.localCAs, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
 		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),

@@ -161,6 +161,12 @@ func (e *clusterEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: a cluster request's path is "+prefix+"/ followed by the Kubernetes API path")
 		return
 	}
+	// The caller is authenticated and kubectl's traffic streams (watches,
+	// logs -f, large bodies): lift the API's request limit for it. The
+	// caller's streams stay bounded by the router's caps.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
 	c := &call{cluster: id, user: who.User, owner: ownerOf(res), token: token, client: r.RemoteAddr, path: path, rawPath: rawPath}
 	c.pool = e.pool(id, token)
 	ctx := context.WithValue(r.Context(), callKey{}, c)

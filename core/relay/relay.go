@@ -77,6 +77,9 @@ type Options struct {
 	// Login is published at GET /v1/login. Its issuer must be one of
 	// Authentication's, with the client ID among its audiences.
 	Login relayapi.LoginSettings
+	// Timeouts bound how long a client may take over its requests, on the
+	// API, the health endpoint and the admin socket.
+	Timeouts Timeouts
 	// Router sets the stream limits. Its Logger is Logger when nil.
 	Router RouterConfig
 	// Logger receives operational events; Audit one line per tunnel and per
@@ -111,6 +114,9 @@ func (o *Options) Validate() error {
 		return errors.New("relay: Options.APIAddr and AgentAddr are required")
 	case o.Authentication == nil && o.Authenticator == nil:
 		return errors.New("relay: Options.Authentication is nil: without it no caller can be authenticated")
+	}
+	if err := o.Timeouts.Validate(); err != nil {
+		return err
 	}
 	if err := o.Registry.Validate(); err != nil {
 		return err
@@ -178,7 +184,22 @@ func (o Options) withDefaults() Options {
 	if o.Listen == nil {
 		o.Listen = net.Listen
 	}
+	o.Timeouts = o.Timeouts.withDefaults()
 	return o
+}
+
+// Timeouts bound what a client can hold a connection with. Zero values are
+// the defaults.
+type Timeouts struct {
+	// Header bounds reading a request's headers. Zero means 10s.
+	Header time.Duration
+	// Request bounds reading a whole request (its body too) and writing
+	// its answer, on every endpoint but those that stream: a caller's
+	// tunnel, an agent's session over WebSocket, and the cluster endpoint
+	// once the caller is authenticated. Zero means 30s.
+	Request time.Duration
+	// Idle closes a keep-alive connection idle this long. Zero means 2m.
+	Idle time.Duration
 }
 
 // Relay is a running relay: its registry, router and servers, and the
@@ -194,22 +215,54 @@ type Relay struct {
 	health        *http.Server
 	agentL        net.Listener
 	apiAddr       net.Addr
+	healthL       net.Listener
 	cancel        context.CancelFunc
 	wg            sync.WaitGroup
 	errc          chan error
 	closeOnce     sync.Once
 }
 
-// Timeouts of the relay's HTTP servers.
+// apiMaxHeaderBytes bounds a request's headers on the API (a caller's
+// token with a thousand groups is about 13 KiB); the health endpoint and
+// the admin socket take healthMaxHeaderBytes.
 const (
-	// apiReadHeaderTimeout bounds a request's headers on the API.
-	apiReadHeaderTimeout = 10 * time.Second
-	// apiIdleTimeout closes an idle keep-alive connection on the API.
-	apiIdleTimeout = 2 * time.Minute
-	// apiMaxHeaderBytes bounds a request's headers (a caller's token with
-	// a thousand groups is about 13 KiB).
-	apiMaxHeaderBytes = 64 << 10
+	apiMaxHeaderBytes    = 64 << 10
+	healthMaxHeaderBytes = 8 << 10
 )
+
+// Defaults of Timeouts.
+const (
+	DefaultHeaderTimeout  = 10 * time.Second
+	DefaultRequestTimeout = 30 * time.Second
+	DefaultIdleTimeout    = 2 * time.Minute
+)
+
+// Validate reports a negative timeout.
+func (t *Timeouts) Validate() error {
+	if t.Header < 0 || t.Request < 0 || t.Idle < 0 {
+		return fmt.Errorf("relay: Options.Timeouts %+v must not be negative", *t)
+	}
+	return nil
+}
+
+func (t Timeouts) withDefaults() Timeouts {
+	if t.Header == 0 {
+		t.Header = DefaultHeaderTimeout
+	}
+	if t.Request == 0 {
+		t.Request = DefaultRequestTimeout
+	}
+	if t.Idle == 0 {
+		t.Idle = DefaultIdleTimeout
+	}
+	return t
+}
+
+// server returns an http.Server with t's limits for handler.
+func (t Timeouts) server(h http.Handler, maxHeader int, log *slog.Logger) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: t.Header, ReadTimeout: t.Request, WriteTimeout: t.Request, IdleTimeout: t.Idle,
+		MaxHeaderBytes: maxHeader, ErrorLog: slogLogger(log)}
+}
 
 // Start validates opts, opens the store, and starts serving the API, the
 // agent endpoint and, when set, the health endpoint and the local admin
@@ -311,25 +364,23 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 		apiCert = *opts.APICertificate
 	}
 
-	r.api = &http.Server{
-		Handler:           r.srv.Handler(),
-		ReadHeaderTimeout: apiReadHeaderTimeout,
-		MaxHeaderBytes:    apiMaxHeaderBytes,
-		IdleTimeout:       apiIdleTimeout,
-		ErrorLog:          slogLogger(opts.Logger),
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{apiCert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
-	}
+	// Every request must arrive, and be answered, within the limits; what
+	// streams (tunnels, agents over WebSocket, the cluster endpoint once
+	// the caller is authenticated) lifts them for itself.
+	r.api = opts.Timeouts.server(r.srv.Handler(), apiMaxHeaderBytes, opts.Logger)
+	r.api.TLSConfig = &tls.Config{Certificates: []tls.Certificate{apiCert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
 	r.serve("agent endpoint", func() error {
 		return r.srv.ServeAgents(ctx, tlsListener(r.agentL, r.srv.AgentTLSConfig(serving)))
 	})
 	r.serve("API", func() error { return ignoreClosed(r.api.ServeTLS(apiL, "", "")) })
 	r.serve("registry change feed", func() error { r.follow(ctx); return nil })
 	if adminL != nil {
-		r.admin = &http.Server{Handler: r.srv.AdminHandler(), ReadHeaderTimeout: apiReadHeaderTimeout, ErrorLog: slogLogger(opts.Logger)}
+		r.admin = opts.Timeouts.server(r.srv.AdminHandler(), healthMaxHeaderBytes, opts.Logger)
 		r.serve("admin socket", func() error { return ignoreClosed(r.admin.Serve(adminL)) })
 	}
 	if healthL != nil {
-		r.health = &http.Server{Handler: r.healthHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slogLogger(opts.Logger)}
+		r.healthL = healthL
+		r.health = opts.Timeouts.server(r.healthHandler(), healthMaxHeaderBytes, opts.Logger)
 		r.serve("health endpoint", func() error { return ignoreClosed(r.health.Serve(healthL)) })
 	}
 	r.log.Info("relay: serving", "relay", opts.RelayID, "api", apiL.Addr().String(), "agents", r.agentL.Addr().String(),
@@ -437,6 +488,15 @@ func (r *Relay) Drain(ctx context.Context) { r.srv.Drain(ctx) }
 // APIAddr returns the address the API listens on (a port chosen by the
 // system when Options.APIAddr named port 0).
 func (r *Relay) APIAddr() net.Addr { return r.apiAddr }
+
+// HealthAddr returns the address of /healthz, /readyz and /metrics, or nil
+// without Options.HealthAddr.
+func (r *Relay) HealthAddr() net.Addr {
+	if r.healthL == nil {
+		return nil
+	}
+	return r.healthL.Addr()
+}
 
 // AgentAddr returns the address the agent endpoint listens on.
 func (r *Relay) AgentAddr() net.Addr { return r.agentL.Addr() }
