@@ -227,6 +227,11 @@ it has one. If the revocation fails, it says so and exits 1: the login is remove
 
 // openBrowser opens url with the desktop's opener, when there is one.
 func openBrowser(url string) error {
+	// The opener runs whatever the URL names (file:, custom schemes): only
+	// the provider's https login page is handed to it.
+	if !strings.HasPrefix(url, "https://") {
+		return fmt.Errorf("not opening %q: only https URLs are opened", url)
+	}
 	name := "xdg-open"
 	switch runtime.GOOS {
 	case "darwin":

@@ -182,7 +182,7 @@ func New(ctx context.Context, cfg Config) (_ *Authenticator, err error) {
 		if cfg.DialContext != nil {
 			tr.DialContext = cfg.DialContext
 		}
-		client := &http.Client{Timeout: 30 * time.Second, Transport: tr}
+		client := issuerClient(tr)
 		ks := newKeySet(j.Issuer.URL, j.Issuer.DiscoveryURL, client, oidc.AllValidSigningAlgorithms(), cfg.JWKSMaxAge, cfg.JWKSMinRefresh, log)
 		// With a KeySet the authenticator does no discovery of its own
 		// (and refuses a DiscoveryURL, which the key set honours).
@@ -338,4 +338,20 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+// issuerClient is the client that fetches an issuer's discovery document and
+// keys: it follows a redirect only to another https URL, at most 3 times,
+// so that a compromised or misconfigured issuer cannot send the fetch to
+// plain HTTP, where anyone on the path could serve their own keys.
+func issuerClient(tr http.RoundTripper) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: tr, CheckRedirect: func(req *http.Request, via []*http.Request) error {
+		if req.URL.Scheme != "https" {
+			return fmt.Errorf("authn: the issuer redirected %s to %s: only https is followed", via[0].URL.Redacted(), req.URL.Redacted())
+		}
+		if len(via) >= 3 {
+			return fmt.Errorf("authn: the issuer redirected %s more than 3 times", via[0].URL.Redacted())
+		}
+		return nil
+	}}
 }

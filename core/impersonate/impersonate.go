@@ -212,8 +212,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &recorder{ResponseWriter: w}
 	h.proxy.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), planKey{}, p)))
 	h.observe(rec.status(), false)
+	// A service-account token passed through is verified by the API
+	// server, not here: its sub is what it claims, not who it is.
+	user := slog.String("user", who.User)
+	if p.as == nil {
+		user = slog.String("claimedServiceAccount", who.User)
+	}
 	h.audit.Info("impersonate: request",
-		"requestID", reqID, "user", who.User, "groups", len(who.Groups), "impersonated", p.as != nil,
+		"requestID", reqID, user, "groups", len(who.Groups), "impersonated", p.as != nil,
 		"verb", r.Method, "path", r.URL.Path, "status", rec.status(), "bytes", rec.bytes,
 		"durationMs", time.Since(start).Milliseconds(), "client", r.RemoteAddr)
 }
@@ -270,9 +276,17 @@ var connectionTokensAllowed = map[string]bool{"keep-alive": true, "close": true,
 // naming anything but the usual hop-by-hop tokens, and Proxy-Authorization.
 func checkHeaders(r *http.Request) *refusal {
 	for k := range r.Header {
-		if strings.HasPrefix(strings.ToLower(k), "impersonate") {
+		lk := strings.ToLower(k)
+		if strings.HasPrefix(lk, "impersonate") {
 			return refuse(http.StatusForbidden, kstatus.ReasonForbidden,
 				"the %s header is not accepted: tether sets the identity from your token (kubectl --as and --as-group are not supported through tether)", http.CanonicalHeaderKey(k))
+		}
+		// The API server's request-header authentication trusts these from
+		// an authenticating proxy with a client certificate; the agent is
+		// not one, and a caller never sends them.
+		if strings.HasPrefix(lk, "x-remote-") {
+			return refuse(http.StatusForbidden, kstatus.ReasonForbidden,
+				"the %s header is not accepted: tether sets the identity from your token", http.CanonicalHeaderKey(k))
 		}
 	}
 	for _, v := range r.Header.Values("Connection") {
@@ -412,7 +426,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	out := pr.Out.Header
 	for k := range out {
 		lk := strings.ToLower(k)
-		if strings.HasPrefix(lk, "impersonate") || strings.HasPrefix(lk, "x-forwarded") ||
+		if strings.HasPrefix(lk, "impersonate") || strings.HasPrefix(lk, "x-forwarded") || strings.HasPrefix(lk, "x-remote-") ||
 			lk == "forwarded" || lk == "authorization" || lk == "proxy-authorization" {
 			delete(out, k)
 		}

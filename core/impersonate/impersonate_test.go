@@ -265,6 +265,11 @@ func TestRefusals(t *testing.T) {
 		{"empty bearer token", get("/api/v1/pods", "Authorization: Bearer "), 401, "bearer token", false},
 		{"duplicate Authorization", get("/api/v1/pods", bearer, "Authorization: Bearer other"), 400, "Authorization", false},
 		{"Proxy-Authorization", get("/api/v1/pods", bearer, "Proxy-Authorization: Basic eDp5"), 400, "Proxy-Authorization", false},
+		// kube-apiserver's request-header authentication trusts these from
+		// an authenticating front proxy: never from a caller.
+		{"X-Remote-User", get("/api/v1/pods", bearer, "X-Remote-User: system:admin"), 403, "X-Remote-User", false},
+		{"x-remote-group in lower case", get("/api/v1/pods", bearer, "x-remote-group: system:masters"), 403, "X-Remote-Group", false},
+		{"X-Remote-Extra-*", get("/api/v1/pods", bearer, "X-Remote-Extra-Scopes: all"), 403, "X-Remote-Extra-Scopes", false},
 		{"token over the size cap", get("/api/v1/pods", "Authorization: Bearer "+strings.Repeat("a", 17<<10)), 401, "longer than", false},
 		{"token refused by the authenticator", get("/api/v1/pods", "Authorization: Bearer not-a-valid-token"), 401, "token is expired", true},
 		{"Upgrade: h2c", get("/api/v1/pods", bearer, "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQAAP__"), 400, "h2c", false},
@@ -446,6 +451,12 @@ func TestServiceAccountTokenPassesThrough(t *testing.T) {
 		if strings.HasPrefix(k, "Impersonate-") {
 			t.Fatalf("service-account mode must impersonate no one, upstream got %s", k)
 		}
+	}
+	// The agent did not verify the token: its audit line says whom it
+	// claims, never that this is the user.
+	if !eventually(func() bool { return strings.Contains(h.logs.String(), `"claimedServiceAccount":"system:serviceaccount:ns:deployer"`) }) ||
+		strings.Contains(h.logs.String(), `"user":"system:serviceaccount:ns:deployer"`) {
+		t.Fatalf("the audit line of a passed-through token:\n%s", h.logs.String())
 	}
 }
 

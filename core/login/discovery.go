@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -38,7 +39,39 @@ func discover(ctx context.Context, hc *http.Client, issuer string) (*Provider, e
 	if p.TokenEndpoint == "" || p.JWKSURI == "" {
 		return nil, fmt.Errorf("login: discovery at %s lists no token endpoint or JWKS", issuer)
 	}
+	// The issuer is https; so must be every endpoint it sends the login
+	// to: the device code, the PKCE verifier and the refresh token travel
+	// there.
+	for _, e := range []struct{ name, url string }{{"token_endpoint", p.TokenEndpoint}, {"jwks_uri", p.JWKSURI},
+		{"device_authorization_endpoint", p.DeviceAuthorizationEndpoint}, {"authorization_endpoint", p.AuthorizationEndpoint},
+		{"revocation_endpoint", p.RevocationEndpoint}} {
+		if e.url == "" {
+			continue
+		}
+		if u, err := url.Parse(e.url); err != nil || u.Scheme != "https" || u.Host == "" {
+			return nil, fmt.Errorf("login: discovery at %s: %s %q: want an https URL", issuer, e.name, printable(e.url))
+		}
+	}
 	return &p, nil
+}
+
+// printable replaces every control character of s (terminal escapes, CR,
+// LF, C1 controls) with U+FFFD and caps its length, so that what a provider
+// sends cannot rewrite the user's terminal when it is printed.
+func printable(s string) string {
+	const maxLen = 512
+	var b strings.Builder
+	for i, r := range s {
+		if i >= maxLen {
+			b.WriteString("…")
+			break
+		}
+		if r < 0x20 || r == 0x7f || r >= 0x80 && r <= 0x9f {
+			r = '\uFFFD'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 func getJSON(ctx context.Context, hc *http.Client, u string, out any) error {

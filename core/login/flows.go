@@ -43,9 +43,9 @@ func (c *Client) DeviceLogin(ctx context.Context) (*Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("login: start the device login at %s: %w", p.DeviceAuthorizationEndpoint, describe(err))
 	}
-	fmt.Fprintf(c.cfg.Out, "Open %s and enter %s\n", da.VerificationURI, da.UserCode)
+	fmt.Fprintf(c.cfg.Out, "Open %s and enter %s\n", printable(da.VerificationURI), printable(da.UserCode))
 	if da.VerificationURIComplete != "" {
-		fmt.Fprintf(c.cfg.Out, "(or open %s)\n", da.VerificationURIComplete)
+		fmt.Fprintf(c.cfg.Out, "(or open %s)\n", printable(da.VerificationURIComplete))
 	}
 	fmt.Fprintln(c.cfg.Out, "waiting…")
 	tok, err := oc.DeviceAccessToken(octx, da)

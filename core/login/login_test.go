@@ -49,6 +49,10 @@ type fakeOP struct {
 	n             int
 	// clock is the provider's clock, the one the clients under test use.
 	clock *clock
+	// discovery, when set, edits the discovery document; userCode and
+	// verificationURI, when set, replace the device flow's.
+	discovery                 func(map[string]any)
+	userCode, verificationURI string
 }
 
 func newFakeOP(t *testing.T) *fakeOP {
@@ -62,9 +66,13 @@ func newFakeOP(t *testing.T) *fakeOP {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
 		u := op.srv.URL
-		_ = json.NewEncoder(w).Encode(map[string]any{"issuer": u, "authorization_endpoint": u + "/authorize",
+		doc := map[string]any{"issuer": u, "authorization_endpoint": u + "/authorize",
 			"token_endpoint": u + "/token", "device_authorization_endpoint": u + "/device_authorization",
-			"jwks_uri": u + "/jwks", "revocation_endpoint": u + "/revoke"})
+			"jwks_uri": u + "/jwks", "revocation_endpoint": u + "/revoke"}
+		if op.discovery != nil {
+			op.discovery(doc)
+		}
+		_ = json.NewEncoder(w).Encode(doc)
 	})
 	mux.HandleFunc("GET /jwks", func(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "RS256", Use: "sig"}}})
@@ -74,8 +82,12 @@ func newFakeOP(t *testing.T) *fakeOP {
 			http.Error(w, `{"error":"invalid_client"}`, http.StatusUnauthorized)
 			return
 		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"device_code": "dev-code", "user_code": "ABCD-EFGH",
-			"verification_uri": op.srv.URL + "/device", "interval": 1, "expires_in": 60})
+		code, uri := "ABCD-EFGH", op.srv.URL+"/device"
+		if op.userCode != "" {
+			code, uri = op.userCode, op.verificationURI
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"device_code": "dev-code", "user_code": code,
+			"verification_uri": uri, "interval": 1, "expires_in": 60})
 	})
 	mux.HandleFunc("GET /authorize", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
@@ -555,5 +567,42 @@ func TestRefusesTamperedIDToken(t *testing.T) {
 	hmac, _ := jwt.Signed(hs).Claims(good).Serialize()
 	if _, err := verifyIDToken(t.Context(), c.hc, p, "tether", hmac, time.Now()); err == nil {
 		t.Error("an HS256 ID token was accepted")
+	}
+}
+
+// TestDiscoveryRefusesPlainHTTPEndpoints: an https issuer whose discovery
+// document points at plain-HTTP endpoints would send the device code, the
+// PKCE verifier or the refresh token in clear.
+func TestDiscoveryRefusesPlainHTTPEndpoints(t *testing.T) {
+	for _, key := range []string{"token_endpoint", "device_authorization_endpoint", "jwks_uri", "authorization_endpoint", "revocation_endpoint"} {
+		t.Run(key, func(t *testing.T) {
+			op := newFakeOP(t)
+			op.discovery = func(doc map[string]any) { doc[key] = strings.Replace(doc[key].(string), "https://", "http://", 1) }
+			c := newClient(t, op, t.TempDir(), nil, io.Discard)
+			_, err := c.DeviceLogin(t.Context())
+			if err == nil || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "https") {
+				t.Fatalf("DeviceLogin with a plain-HTTP %s: %v, want a refusal naming it", key, err)
+			}
+		})
+	}
+}
+
+// TestDeviceFlowPrintsNoTerminalEscapes: what the provider says is printed
+// to the user's terminal; control characters in it are not.
+func TestDeviceFlowPrintsNoTerminalEscapes(t *testing.T) {
+	op := newFakeOP(t)
+	op.device = []string{"ok"}
+	op.userCode = "ABCD\x1b]0;pwned\x07-EFGH"
+	op.verificationURI = op.srv.URL + "/device\x1b[2J\r\n$ sudo rm -rf /"
+	var out strings.Builder
+	c := newClient(t, op, t.TempDir(), nil, &out)
+	if _, err := c.DeviceLogin(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.ContainsAny(out.String(), "\x1b\x07\r") || strings.Count(out.String(), "\n") > 4 {
+		t.Fatalf("control characters reached the terminal: %q", out.String())
+	}
+	if !strings.Contains(out.String(), "ABCD") || !strings.Contains(out.String(), "EFGH") {
+		t.Fatalf("the user code is not printed: %q", out.String())
 	}
 }
