@@ -454,7 +454,9 @@ func TestServiceAccountTokenPassesThrough(t *testing.T) {
 	}
 	// The agent did not verify the token: its audit line says whom it
 	// claims, never that this is the user.
-	if !eventually(func() bool { return strings.Contains(h.logs.String(), `"claimedServiceAccount":"system:serviceaccount:ns:deployer"`) }) ||
+	if !eventually(func() bool {
+		return strings.Contains(h.logs.String(), `"claimedServiceAccount":"system:serviceaccount:ns:deployer"`)
+	}) ||
 		strings.Contains(h.logs.String(), `"user":"system:serviceaccount:ns:deployer"`) {
 		t.Fatalf("the audit line of a passed-through token:\n%s", h.logs.String())
 	}
