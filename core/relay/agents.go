@@ -91,12 +91,19 @@ func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
 	// to cap sessions per credential, end the session when it expires, and
 	// check it again when the registry changes.
 	var leaf *x509.Certificate
+	var slot *Reservation
 	sess, err := tunnel.AcceptAgent(ctx, conn, tunnel.RelayConfig{
 		Authorize: func(ctx context.Context, h *tunnel.Hello, st tls.ConnectionState) error {
 			if err := s.authorizeAgent(ctx, h, st); err != nil {
 				return err
 			}
 			leaf = st.PeerCertificates[0]
+			// A slot within the session caps, before the Welcome: an
+			// agent over a cap is told so.
+			var err error
+			if slot, err = s.cfg.Router.Reserve(h.Cluster, leaf); err != nil {
+				return tunnel.Refuse(tunnel.ReasonTooManySessions, err.Error())
+			}
 			return nil
 		},
 		Session: newID(),
@@ -106,13 +113,16 @@ func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
 		Logger: s.log,
 	})
 	if err != nil {
+		if slot != nil {
+			slot.Cancel()
+		}
 		s.log.Warn("relay: agent refused", "remote", conn.RemoteAddr(), "error", err)
 		return
 	}
 	if s.cfg.OnAgentSession != nil {
 		s.cfg.OnAgentSession(sess)
 	}
-	if err := s.cfg.Router.Add(sess, leaf); err != nil {
+	if err := slot.Add(sess); err != nil {
 		s.log.Warn("relay: agent session not routed", "cluster", sess.Hello.Cluster, "agent", sess.Hello.Agent, "error", err)
 		_ = sess.Close()
 		return
@@ -182,9 +192,6 @@ func (s *Server) authorizeAgent(_ context.Context, h *tunnel.Hello, st tls.Conne
 	}
 	if id != h.Cluster {
 		return tunnel.Refuse(tunnel.ReasonClusterMismatch, fmt.Sprintf("the certificate is for cluster %s, not %s", id, h.Cluster))
-	}
-	if err := s.cfg.Router.CanAdd(id, st.PeerCertificates[0]); err != nil {
-		return tunnel.Refuse(tunnel.ReasonTooManySessions, err.Error())
 	}
 	return nil
 }

@@ -190,6 +190,10 @@ type Router struct {
 	// the sessions per credential (cluster and serial).
 	creds   map[*tunnel.RelaySession]*sessionCred
 	perCred map[string]int
+	// reserved counts the sessions admitted (Reserve) and not yet routed,
+	// per cluster and per credential: they count against the caps.
+	reservedCluster map[string]int
+	reservedCred    map[string]int
 	closed  bool
 	// moving owns the goroutines that tell sessions on a superseded
 	// credential to move, then end them; Close waits for them.
@@ -249,7 +253,8 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	}
 	cfg = cfg.withDefaults()
 	return &Router{cfg: cfg, maxStreams: max(1, int(cfg.StreamMemory/int64(cfg.StreamWindow))), log: cfg.Logger,
-		clusters: map[string]*cluster{}, callers: map[string]int{}, creds: map[*tunnel.RelaySession]*sessionCred{}, perCred: map[string]int{}}, nil
+		clusters: map[string]*cluster{}, callers: map[string]int{}, creds: map[*tunnel.RelaySession]*sessionCred{}, perCred: map[string]int{},
+		reservedCluster: map[string]int{}, reservedCred: map[string]int{}}, nil
 }
 
 // StreamWindow returns the yamux stream window the relay's agent sessions
@@ -260,24 +265,80 @@ func (r *Router) StreamWindow() uint32 { return r.cfg.StreamWindow }
 // StreamMemory / StreamWindow.
 func (r *Router) MaxStreams() int { return r.maxStreams }
 
-// CanAdd reports whether a session of cluster presenting cred would be
-// routed now, or the ErrTooManySessions it would be refused with: the
-// relay's agent endpoint asks before it welcomes an agent, so that the
-// agent hears why. Add decides.
-func (r *Router) CanAdd(cluster string, cred *x509.Certificate) error {
+// Reservation is a session slot Reserve admitted: Add it with its session,
+// or Cancel it if the session did not come (its handshake failed).
+type Reservation struct {
+	r       *Router
+	cluster string
+	cred    *x509.Certificate
+	once    sync.Once
+}
+
+// Reserve admits a session of cluster presenting cred within the caps, or
+// returns the ErrTooManySessions it is refused with. The relay's agent
+// endpoint reserves before it welcomes an agent, so that an agent over a
+// cap is always told why, even when many connect at once.
+func (r *Router) Reserve(cluster string, cred *x509.Certificate) (*Reservation, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.admitLocked(cluster, cred)
+	if err := r.admitLocked(cluster, cred); err != nil {
+		return nil, err
+	}
+	r.reservedCluster[cluster]++
+	if cred != nil {
+		r.reservedCred[credKey(cluster, cred)]++
+	}
+	return &Reservation{r: r, cluster: cluster, cred: cred}, nil
+}
+
+// Cancel gives the reservation's slot back; it does nothing once the
+// reservation was added or cancelled.
+func (v *Reservation) Cancel() { v.once.Do(func() { v.r.unreserve(v.cluster, v.cred) }) }
+
+// Add routes s in the reserved slot (see Router.Add), which the
+// reservation admitted: it is not refused for the caps.
+func (v *Reservation) Add(s *tunnel.RelaySession) error {
+	err := errors.New("relay: the session reservation was already used or cancelled")
+	v.once.Do(func() {
+		v.r.unreserve(v.cluster, v.cred)
+		err = v.r.add(s, v.cred, false)
+	})
+	return err
+}
+
+func (r *Router) unreserve(cluster string, cred *x509.Certificate) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	decr(r.reservedCluster, cluster)
+	if cred != nil {
+		decr(r.reservedCred, credKey(cluster, cred))
+	}
+}
+
+// decr decrements m[k], dropping it at zero.
+func decr(m map[string]int, k string) {
+	if m[k] <= 1 {
+		delete(m, k)
+		return
+	}
+	m[k]--
 }
 
 func (r *Router) admitLocked(cluster string, cred *x509.Certificate) error {
-	if c := r.clusters[cluster]; c != nil && len(c.sessions) >= r.cfg.MaxSessionsPerCluster {
+	held := r.reservedCluster[cluster]
+	if c := r.clusters[cluster]; c != nil {
+		held += len(c.sessions)
+	}
+	if held >= r.cfg.MaxSessionsPerCluster {
 		return fmt.Errorf("%w: cluster %s holds %d, the relay's --max-sessions-per-cluster: stop the extra agents, or ask the relay's operator to raise it",
 			ErrTooManySessions, cluster, r.cfg.MaxSessionsPerCluster)
 	}
-	if cred != nil && r.perCred[credKey(cluster, cred)] >= r.cfg.MaxSessionsPerCredential {
-		return fmt.Errorf("%w: this credential of cluster %s holds %d, the relay's --max-sessions-per-credential: an agent keeps 2 (--sessions); agents sharing one credential share the cap",
-			ErrTooManySessions, cluster, r.cfg.MaxSessionsPerCredential)
+	if cred != nil {
+		key := credKey(cluster, cred)
+		if r.perCred[key]+r.reservedCred[key] >= r.cfg.MaxSessionsPerCredential {
+			return fmt.Errorf("%w: this credential of cluster %s holds %d, the relay's --max-sessions-per-credential: an agent keeps 2 (--sessions); agents sharing one credential share the cap",
+				ErrTooManySessions, cluster, r.cfg.MaxSessionsPerCredential)
+		}
 	}
 	return nil
 }
@@ -286,16 +347,20 @@ func (r *Router) admitLocked(cluster string, cred *x509.Certificate) error {
 // the certificate the agent presented: the session counts against its
 // MaxSessionsPerCredential, and ends when it expires. Nil (a session
 // without TLS, in tests) counts only against the cluster.
-func (r *Router) Add(s *tunnel.RelaySession, cred *x509.Certificate) error {
+func (r *Router) Add(s *tunnel.RelaySession, cred *x509.Certificate) error { return r.add(s, cred, true) }
+
+func (r *Router) add(s *tunnel.RelaySession, cred *x509.Certificate, check bool) error {
 	id := s.Hello.Cluster
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		return errors.New("relay: router closed")
 	}
-	if err := r.admitLocked(id, cred); err != nil {
-		r.mu.Unlock()
-		return err
+	if check {
+		if err := r.admitLocked(id, cred); err != nil {
+			r.mu.Unlock()
+			return err
+		}
 	}
 	c := r.clusters[id]
 	if c == nil {

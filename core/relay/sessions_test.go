@@ -100,6 +100,17 @@ func (a *agentRelay) renew(t *testing.T, cert tls.Certificate) tls.Certificate {
 	return next
 }
 
+// routed waits up to 5 s for the relay to route n sessions of cluster (a
+// session is routed just after its agent read the Welcome).
+func (a *agentRelay) routed(t *testing.T, cluster string, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); a.r.Router().Sessions(cluster) != n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions of %s routed, want %d", a.r.Router().Sessions(cluster), cluster, n)
+		}
+	}
+}
+
 // ended waits up to d for s to end, and reports whether it did.
 func ended(s *tunnel.AgentSession, d time.Duration) bool {
 	done := make(chan struct{})
@@ -134,6 +145,7 @@ func TestSessionCaps(t *testing.T) {
 			if _, err := a.connect(t, cert, "prod"); err != nil {
 				t.Fatalf("session %d: %v", i, err)
 			}
+			a.routed(t, "prod", i+1)
 		}
 		_, err := a.connect(t, cert, "prod")
 		var ref *tunnel.RefusedError
@@ -151,6 +163,7 @@ func TestSessionCaps(t *testing.T) {
 			if _, err := a.connect(t, cert, "prod"); err != nil {
 				t.Fatalf("session %d: %v", i, err)
 			}
+			a.routed(t, "prod", i+1)
 		}
 		_, err := a.connect(t, cert, "prod")
 		var ref *tunnel.RefusedError
@@ -223,9 +236,7 @@ func TestRotateBetweenAuthorizationAndRouting(t *testing.T) {
 	if err == nil && !ended(s, 5*time.Second) {
 		t.Fatal("a session whose credential was revoked before it was routed still runs")
 	}
-	if n := a.r.Router().Sessions("prod"); n != 0 {
-		t.Fatalf("%d sessions routed, want 0", n)
-	}
+	a.routed(t, "prod", 0)
 }
 
 // TestExpiredCredentialEndsItsSession: the credential's expiry ends the
