@@ -194,7 +194,7 @@ type Router struct {
 	// per cluster and per credential: they count against the caps.
 	reservedCluster map[string]int
 	reservedCred    map[string]int
-	closed  bool
+	closed          bool
 	// moving owns the goroutines that tell sessions on a superseded
 	// credential to move, then end them; Close waits for them.
 	moving sync.WaitGroup
@@ -347,7 +347,9 @@ func (r *Router) admitLocked(cluster string, cred *x509.Certificate) error {
 // the certificate the agent presented: the session counts against its
 // MaxSessionsPerCredential, and ends when it expires. Nil (a session
 // without TLS, in tests) counts only against the cluster.
-func (r *Router) Add(s *tunnel.RelaySession, cred *x509.Certificate) error { return r.add(s, cred, true) }
+func (r *Router) Add(s *tunnel.RelaySession, cred *x509.Certificate) error {
+	return r.add(s, cred, true)
+}
 
 func (r *Router) add(s *tunnel.RelaySession, cred *x509.Certificate, check bool) error {
 	id := s.Hello.Cluster
