@@ -52,12 +52,13 @@ It never replaces a context it did not write (yours, one tether-proxy kubeconfig
 another tether-proxy still running) without --overwrite, and never repoints a cluster or user
 entry of yours: the context gets entries of its own.
 
-  tether-proxy login --relay https://relay.example.com:8443        # once: your OpenID login, cached and renewed
-  tether-proxy --relay https://relay.example.com:8443 --cluster prod &
+  tether-proxy login --relay https://relay.example.com:8443 --relay-ca relay-ca.pem     # once: your OpenID login, cached and renewed
+  tether-proxy --relay https://relay.example.com:8443 --relay-ca relay-ca.pem --cluster prod &
   kubectl --context tether-prod get pods
 
 With no token flag it uses that login; --token-file, --token-command, --token-from or
-$TETHER_TOKEN give a token instead.`,
+$TETHER_TOKEN give a token instead. --relay-ca is the relay's CA (tether-relay ca prints it):
+the relay signs its own certificate unless given one from a public CA.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
 	}

@@ -60,3 +60,34 @@ func TestKubeconfigFlagSpellings(t *testing.T) {
 		}
 	}
 }
+
+// TestNoFlagThatIsAlwaysRefused: token and kubeconfig (the relay's cluster
+// endpoint) cannot carry a service-account token, so they do not list
+// --cluster-token-file.
+func TestNoFlagThatIsAlwaysRefused(t *testing.T) {
+	root := newRootCommand()
+	for _, name := range []string{"token", "kubeconfig"} {
+		if f := subcommand(t, root, name).Flags().Lookup("cluster-token-file"); f != nil {
+			t.Errorf("tether-proxy %s lists --cluster-token-file", name)
+		}
+	}
+	for _, c := range []*cobra.Command{root, subcommand(t, root, "exec")} {
+		if c.Flags().Lookup("cluster-token-file") == nil {
+			t.Errorf("%s lost --cluster-token-file", c.CommandPath())
+		}
+	}
+}
+
+// TestHelpExamplesNameTheRelayCA: the relay signs its own certificate by
+// default, so every example that names a relay also names --relay-ca.
+func TestHelpExamplesNameTheRelayCA(t *testing.T) {
+	cmds := []*cobra.Command{newRootCommand()}
+	cmds = append(cmds, cmds[0].Commands()...)
+	for _, c := range cmds {
+		for _, line := range strings.Split(c.Long, "\n") {
+			if strings.Contains(line, "--relay https://") && !strings.Contains(line, "--relay-ca") {
+				t.Errorf("%s --help: an example without --relay-ca: %s", c.CommandPath(), strings.TrimSpace(line))
+			}
+		}
+	}
+}

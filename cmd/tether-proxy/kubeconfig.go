@@ -46,8 +46,17 @@ type endpointOptions struct {
 func (o *endpointOptions) addCommon(fs *pflag.FlagSet) {
 	fs.StringVar(&o.relayURL, "relay", "", "the relay's API, https://host:port (required)")
 	fs.StringVar(&o.cluster, "cluster", "", "the cluster to reach (required)")
+	all := pflag.NewFlagSet("token", pflag.ContinueOnError)
+	o.token.Add(all)
 	o.tokenFlags = pflag.NewFlagSet("token", pflag.ContinueOnError)
-	o.token.Add(o.tokenFlags)
+	all.VisitAll(func(f *pflag.Flag) {
+		// The relay's cluster endpoint carries one token, the caller's, which
+		// the relay checks and the agent authenticates: a service-account
+		// token (--cluster-token-file) needs tether-proxy running.
+		if f.Name != "cluster-token-file" {
+			o.tokenFlags.AddFlag(f)
+		}
+	})
 	fs.AddFlagSet(o.tokenFlags)
 }
 
@@ -61,9 +70,6 @@ func (o *endpointOptions) validate() error {
 	}
 	if err := clusterid.Validate(o.cluster); err != nil {
 		return fmt.Errorf("--cluster: %w", err)
-	}
-	if o.token.ClusterFile != "" {
-		return errors.New("--cluster-token-file (service-account-token mode) needs tether-proxy running: the relay's cluster endpoint carries one token, which it checks and the agent authenticates")
 	}
 	return nil
 }
