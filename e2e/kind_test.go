@@ -278,7 +278,7 @@ func setupKind(ctx context.Context) {
 	logFile, err := os.Create(filepath.Join(k.dir, "proxy.log"))
 	Expect(err).NotTo(HaveOccurred())
 	proxy := exec.Command(filepath.Join(root, "bin", "tether-proxy"), "--relay", k.relayURL, "--relay-ca", caFile,
-		"--cluster", k.cluster, "--port", fmt.Sprint(stack.ProxyPort), "-f", k.proxyKubeconfig, "--token-file", tokFile)
+		"--cluster", k.cluster, "--port", fmt.Sprint(stack.ProxyPort), "--kubeconfig", k.proxyKubeconfig, "--token-file", tokFile)
 	proxy.Stdout, proxy.Stderr = logFile, logFile
 	Expect(proxy.Start()).To(Succeed(), "start tether-proxy (make build)")
 	DeferCleanup(func() {

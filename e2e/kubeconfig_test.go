@@ -14,6 +14,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/tether-k8s/tether/fixtures/cluster"
 	"github.com/tether-k8s/tether/fixtures/netns"
@@ -189,5 +190,144 @@ var _ = Describe("kubectl through the relay's cluster endpoint, with no local pr
 		for _, name := range []string{"relay", "agent"} {
 			Expect(readFile(ts.LogFile(name))).NotTo(ContainSubstring(tok), "the caller's token in the %s log", name)
 		}
+	})
+})
+
+// Beside a user's own kubeconfig, with the real kubectl reading it: what
+// tether-proxy and tether-proxy kubeconfig write never repoints an entry
+// another context uses (which would send that context's credential to the
+// relay), and a tether-proxy's exit removes only what it wrote, putting back
+// what it replaced.
+var _ = Describe("tether's kubeconfig entries beside a user's own", func() {
+	const proxyName = "kubeconfig-proxy"
+	port := stack.ProxyPort + 50
+	var file, original, adminToken string
+	lap := func() *netns.Host { return lc.Host(cluster.HostLaptop) }
+	// userServer is the user's own cluster: nothing listens there, so
+	// kubectl's error names it when a request goes to it.
+	const userServer = "https://127.0.0.1:9"
+	// tetherProxy runs tether-proxy to its end, which a refused proxy
+	// reaches at once (one that is not refused is stopped after 30 s).
+	tetherProxy := func(ctx context.Context, args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		cmd := lap().Command(ctx, filepath.Join(ts.BinDir(), "tether-proxy"), args...)
+		cmd.Env = append(os.Environ(), "TETHER_TOKEN=")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	proxyFlags := func(extra ...string) []string {
+		return append([]string{"--relay", ts.RelayURL(lap()), "--relay-ca", ts.RelayCAFile(), "--cluster", lc.Name(),
+			"--port", fmt.Sprint(port), "--token-file", ts.UserTokenFile(), "--kubeconfig", file}, extra...)
+	}
+	kubeconfigFlags := func(extra ...string) []string {
+		return append([]string{"kubeconfig", "--relay", ts.RelayURL(lap()), "--relay-ca", ts.RelayCAFile(), "--cluster", lc.Name(),
+			"--token-file", ts.UserTokenFile(), "--kubeconfig", file}, extra...)
+	}
+	kubectlOn := func(ctx context.Context, args ...string) (string, error) {
+		out, err := lc.KubectlOn(ctx, lap(), file, args...).CombinedOutput()
+		return string(out), err
+	}
+	// view is the whole kubeconfig as kubectl reads it.
+	view := func(ctx context.Context) string {
+		GinkgoHelper()
+		out, err := kubectlOn(ctx, "config", "view", "--raw", "-o", "json")
+		Expect(err).NotTo(HaveOccurred(), out)
+		return out
+	}
+	serverOf := func(ctx context.Context, context string) string {
+		GinkgoHelper()
+		out, err := kubectlOn(ctx, "--context", context, "config", "view", "--minify", "--raw", "-o", "jsonpath={.clusters[0].cluster.server}")
+		Expect(err).NotTo(HaveOccurred(), out)
+		return out
+	}
+	// startProxy starts tether-proxy with flags and waits for its port.
+	startProxy := func(ctx context.Context, flags ...string) {
+		GinkgoHelper()
+		Expect(ts.StartProcess(proxyName, lap(), nil, filepath.Join(ts.BinDir(), "tether-proxy"), proxyFlags(flags...)...)).To(Succeed())
+		DeferCleanup(func() { _ = ts.StopProcess(proxyName) })
+		Expect(ts.WaitForProcess(ctx, proxyName, func() error {
+			return cluster.ProbeTCP(ctx, lap(), fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		})).To(Succeed())
+	}
+
+	BeforeEach(func(ctx SpecContext) {
+		dir, err := os.MkdirTemp(lc.WorkDir(), "user-kubeconfig-")
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func() { _ = os.RemoveAll(dir) })
+		file = filepath.Join(dir, "config")
+		adminToken = randomName("work-admin-token")
+		cfg := clientcmdapi.NewConfig()
+		cfg.Clusters["work"] = &clientcmdapi.Cluster{Server: userServer}
+		cfg.AuthInfos["work"] = &clientcmdapi.AuthInfo{Token: randomName("work-token")}
+		cfg.AuthInfos["work-admin"] = &clientcmdapi.AuthInfo{Token: adminToken}
+		cfg.Contexts["work"] = &clientcmdapi.Context{Cluster: "work", AuthInfo: "work", Namespace: "team-a"}
+		cfg.Contexts["work-ro"] = &clientcmdapi.Context{Cluster: "work", AuthInfo: "work-admin"}
+		cfg.CurrentContext = "work"
+		Expect(clientcmd.WriteToFile(*cfg, file)).To(Succeed())
+		original = view(ctx)
+	})
+
+	It("tether-proxy kubeconfig refuses to repoint a cluster another context shares; with --overwrite the context gets entries of its own", func(ctx SpecContext) {
+		before := readFile(file)
+		out, err := tetherProxy(ctx, kubeconfigFlags("--context", "work")...)
+		Expect(err).To(HaveOccurred(), "tether-proxy kubeconfig --context work:\n%s", out)
+		Expect(out).To(ContainSubstring("context work in " + file + " was not written by tether"))
+		Expect(out).To(ContainSubstring("also used by context work-ro"))
+		Expect(readFile(file)).To(Equal(before), "the refused command changed the file")
+
+		out, err = tetherProxy(ctx, kubeconfigFlags("--context", "work", "--overwrite")...)
+		Expect(err).NotTo(HaveOccurred(), out)
+		GinkgoWriter.Print(out)
+		Expect(serverOf(ctx, "work")).To(Equal(ts.RelayURL(lap()) + "/v1/clusters/" + lc.Name() + "/k8s"))
+		Expect(serverOf(ctx, "work-ro")).To(Equal(userServer), "work-ro's cluster was repointed")
+
+		// work goes through the relay as the caller; work-ro still sends
+		// work-admin's token to its own server, not to the relay.
+		out, err = kubectlOn(ctx, "--context", "work", "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).To(Equal("oidc:demo-user"))
+		out, err = kubectlOn(ctx, "--context", "work-ro", "--request-timeout=5s", "get", "--raw", "/version")
+		Expect(err).To(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring("127.0.0.1:9"), "work-ro's request went elsewhere than its own server")
+		Expect(readFile(ts.LogFile("relay"))).NotTo(ContainSubstring(adminToken))
+	})
+
+	It("tether-proxy refuses a user's context; with --overwrite it puts the context back when it exits", func(ctx SpecContext) {
+		before := readFile(file)
+		out, err := tetherProxy(ctx, proxyFlags("--context", "work")...)
+		Expect(err).To(HaveOccurred(), "tether-proxy --context work:\n%s", out)
+		Expect(out).To(ContainSubstring("context work in " + file + " was not written by tether"))
+		Expect(readFile(file)).To(Equal(before), "the refused proxy changed the file")
+
+		startProxy(ctx, "--context", "work", "--overwrite")
+		Expect(serverOf(ctx, "work")).To(Equal(fmt.Sprintf("https://127.0.0.1:%d", port)))
+		Expect(serverOf(ctx, "work-ro")).To(Equal(userServer), "work-ro's cluster was repointed")
+		out, err = kubectlOn(ctx, "--context", "work", "get", "nodes")
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring("kwok-node-0"))
+
+		Expect(ts.StopProcess(proxyName)).To(Succeed())
+		Expect(view(ctx)).To(MatchJSON(original), "the user's kubeconfig after the proxy exited")
+		Expect(readFile(ts.LogFile(proxyName))).To(ContainSubstring("tether-proxy: put back context work as it was; removed cluster work-tether, user work-tether in " + file))
+	})
+
+	It("tether-proxy refuses the context tether-proxy kubeconfig wrote; with --overwrite it puts it back when it exits", func(ctx SpecContext) {
+		ctxName := "tether-" + lc.Name()
+		out, err := tetherProxy(ctx, kubeconfigFlags()...)
+		Expect(err).NotTo(HaveOccurred(), out)
+		written := view(ctx)
+		out, err = tetherProxy(ctx, proxyFlags()...)
+		Expect(err).To(HaveOccurred(), "tether-proxy over the context tether-proxy kubeconfig wrote:\n%s", out)
+		Expect(out).To(ContainSubstring("context " + ctxName + " in " + file + " was written by tether-proxy kubeconfig"))
+		Expect(view(ctx)).To(MatchJSON(written))
+
+		startProxy(ctx, "--overwrite")
+		Expect(serverOf(ctx, ctxName)).To(Equal(fmt.Sprintf("https://127.0.0.1:%d", port)))
+		Expect(ts.StopProcess(proxyName)).To(Succeed())
+		Expect(view(ctx)).To(MatchJSON(written), "the kubeconfig after the proxy exited")
+		out, err = kubectlOn(ctx, "--context", ctxName, "get", "nodes")
+		Expect(err).NotTo(HaveOccurred(), "the relay's cluster endpoint after the proxy exited: %s", out)
+		Expect(out).To(ContainSubstring("kwok-node-0"))
 	})
 })

@@ -10,6 +10,7 @@ import (
 	osexec "os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,6 +19,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/tether-k8s/tether/cmd/internal/cli"
+	"github.com/tether-k8s/tether/cmd/tether-proxy/internal/kubeconfig"
 	"github.com/tether-k8s/tether/core/proxy"
 )
 
@@ -27,6 +29,7 @@ type options struct {
 	port              int
 	file              string
 	context           string
+	overwrite         bool
 	idleTunnels       int
 	idleTimeout       time.Duration
 	token             tokenFlags
@@ -40,17 +43,22 @@ func newRootCommand() *cobra.Command {
 		Short: "Reach a firewalled cluster with kubectl, through the tether relay",
 		Long: `tether-proxy listens on 127.0.0.1, writes a kubeconfig context that points at it, and forwards
 each kubectl request through the relay to the cluster's agent, adding your token. It runs until
-Ctrl-C, then removes the context it wrote.
+Ctrl-C, then removes the entries it wrote (and puts back a context it replaced with --overwrite).
 
 The context's credential is a client certificate made for this run: only that kubeconfig can use
 the proxy, not another program or a web page on your machine.
 
-  tether-proxy login --relay https://relay.example.com:8443        # once: your OpenID login, cached and renewed
-  tether-proxy --relay https://relay.example.com:8443 --cluster prod &
+It never replaces a context it did not write (yours, one tether-proxy kubeconfig wrote, one of
+another tether-proxy still running) without --overwrite, and never repoints a cluster or user
+entry of yours: the context gets entries of its own.
+
+  tether-proxy login --relay https://relay.example.com:8443 --relay-ca relay-ca.pem     # once: your OpenID login, cached and renewed
+  tether-proxy --relay https://relay.example.com:8443 --relay-ca relay-ca.pem --cluster prod &
   kubectl --context tether-prod get pods
 
 With no token flag it uses that login; --token-file, --token-command, --token-from or
-$TETHER_TOKEN give a token instead.`,
+$TETHER_TOKEN give a token instead. --relay-ca is the relay's CA (tether-relay ca prints it):
+the relay signs its own certificate unless given one from a public CA.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
 	}
@@ -59,8 +67,7 @@ $TETHER_TOKEN give a token instead.`,
 	fs.StringVar(&o.relayCA, "relay-ca", "", "PEM file of the CA that signed the relay's certificate (default: the system's roots)")
 	fs.StringVar(&o.cluster, "cluster", "", "the cluster to reach (required)")
 	fs.IntVar(&o.port, "port", 47011, "local port, on 127.0.0.1")
-	fs.StringVarP(&o.file, "kubeconfig-file", "f", "", "kubeconfig to merge the context into, or - to print it (default: $KUBECONFIG or ~/.kube/config)")
-	fs.StringVar(&o.context, "kube-context", "", "name of the context to write (default: tether-CLUSTER)")
+	o.addKubeconfigFlags(fs)
 	o.addTunnelFlags(fs)
 	o.token.Add(fs)
 	o.logs.Add(fs)
@@ -96,6 +103,19 @@ In a GitHub Actions job with "permissions: id-token: write", the job's own OIDC 
 	o.token.Add(fs)
 	o.logs.Add(fs)
 	return c
+}
+
+// addKubeconfigFlags adds the flags of the kubeconfig the proxy writes,
+// spelt as kubectl and tether-proxy kubeconfig spell them, and their old
+// spellings, deprecated.
+func (o *options) addKubeconfigFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.file, "kubeconfig", "", "kubeconfig file to merge the context into, or - to print it (default: as kubectl, the files of $KUBECONFIG, else ~/.kube/config)")
+	fs.StringVar(&o.context, "context", "", "name of the context to write (default: tether-CLUSTER)")
+	fs.BoolVar(&o.overwrite, "overwrite", false, "replace the context even if tether-proxy did not write it, for this run: it is put back when tether-proxy exits (your cluster and user entries are never repointed)")
+	fs.StringVarP(&o.file, "kubeconfig-file", "f", "", "old spelling of --kubeconfig")
+	fs.StringVar(&o.context, "kube-context", "", "old spelling of --context")
+	_ = fs.MarkDeprecated("kubeconfig-file", "use --kubeconfig")
+	_ = fs.MarkDeprecated("kube-context", "use --context")
 }
 
 // addTunnelFlags adds the flags of the proxy's pool of tunnels.
@@ -214,8 +234,8 @@ func (o *options) run(parent context.Context) error {
 	return err
 }
 
-// writeKubeconfig merges the context into the kubeconfig file (or prints
-// it) and returns a function that removes it again.
+// writeKubeconfig merges the context into the kubeconfig (or prints it)
+// and returns a function that removes what it wrote again.
 func (o *options) writeKubeconfig(kc *clientcmdapi.Config) (func(), error) {
 	if o.file == "-" {
 		b, err := clientcmd.Write(*kc)
@@ -225,43 +245,41 @@ func (o *options) writeKubeconfig(kc *clientcmdapi.Config) (func(), error) {
 		_, err = os.Stdout.Write(b)
 		return func() {}, err
 	}
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	path := o.file
-	if path == "" {
-		path = rules.GetDefaultFilename()
-	}
-	existing, err := clientcmd.LoadFromFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		existing, err = clientcmdapi.NewConfig(), nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read kubeconfig %s: %w", path, err)
-	}
 	name := o.context
-	existing.Clusters[name] = kc.Clusters[name]
-	existing.AuthInfos[name] = kc.AuthInfos[name]
-	existing.Contexts[name] = kc.Contexts[name]
-	if existing.CurrentContext == "" {
-		existing.CurrentContext = name
+	w, err := kubeconfig.Write(kubeconfig.Config{
+		Path: o.file, Context: name, Cluster: kc.Clusters[name], User: kc.AuthInfos[name],
+		Mode: kubeconfig.ModeProxy, Relay: o.relayURL, ClusterName: o.cluster,
+		Overwrite: o.overwrite, Current: kubeconfig.CurrentIfUnset, Secret: true,
+	})
+	if err != nil {
+		return nil, err
 	}
-	if err := clientcmd.WriteToFile(*existing, path); err != nil {
-		return nil, fmt.Errorf("write kubeconfig %s: %w", path, err)
+	for _, n := range w.Notes {
+		fmt.Fprintf(os.Stderr, "tether-proxy: %s\n", n)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+	replaced := ""
+	if w.Replaced != "" && w.Replaced != "own" {
+		replaced = fmt.Sprintf(" (it replaces, until tether-proxy exits, the context that %s)", w.Replaced)
 	}
-	fmt.Fprintf(os.Stderr, "tether-proxy: context %s written to %s; use: kubectl --context %s ...\n", name, path, name)
+	fmt.Fprintf(os.Stderr, "tether-proxy: context %s written to %s%s; use: kubectl --context %s ...\n", name, w.File, replaced, name)
 	return func() {
-		cur, err := clientcmd.LoadFromFile(path)
+		r, err := w.Remove()
 		if err != nil {
+			fmt.Fprintf(os.Stderr, "tether-proxy: remove context %s: %v\n", name, err)
 			return
 		}
-		delete(cur.Clusters, name)
-		delete(cur.AuthInfos, name)
-		delete(cur.Contexts, name)
-		if cur.CurrentContext == name {
-			cur.CurrentContext = ""
+		var done []string
+		if r.Restored != "" {
+			done = append(done, "put back "+r.Restored+" as it was")
 		}
-		_ = clientcmd.WriteToFile(*cur, path)
+		if len(r.Removed) > 0 {
+			done = append(done, "removed "+strings.Join(r.Removed, ", "))
+		}
+		if len(r.Kept) > 0 {
+			done = append(done, "left "+strings.Join(r.Kept, ", "))
+		}
+		if len(done) > 0 {
+			fmt.Fprintf(os.Stderr, "tether-proxy: %s in %s\n", strings.Join(done, "; "), r.File)
+		}
 	}, nil
 }

@@ -16,10 +16,10 @@ import (
 	"github.com/spf13/pflag"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientauthv1 "k8s.io/client-go/pkg/apis/clientauthentication/v1"
-	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/tether-k8s/tether/cmd/internal/cli"
+	"github.com/tether-k8s/tether/cmd/tether-proxy/internal/kubeconfig"
 	"github.com/tether-k8s/tether/core/clusterid"
 	"github.com/tether-k8s/tether/core/relayapi"
 )
@@ -36,6 +36,7 @@ type endpointOptions struct {
 	file              string
 	context           string
 	use               bool
+	overwrite         bool
 	token             tokenFlags
 	// tokenFlags holds only the token flags, to pass those given on to
 	// `tether-proxy token` in the kubeconfig.
@@ -45,8 +46,17 @@ type endpointOptions struct {
 func (o *endpointOptions) addCommon(fs *pflag.FlagSet) {
 	fs.StringVar(&o.relayURL, "relay", "", "the relay's API, https://host:port (required)")
 	fs.StringVar(&o.cluster, "cluster", "", "the cluster to reach (required)")
+	all := pflag.NewFlagSet("token", pflag.ContinueOnError)
+	o.token.Add(all)
 	o.tokenFlags = pflag.NewFlagSet("token", pflag.ContinueOnError)
-	o.token.Add(o.tokenFlags)
+	all.VisitAll(func(f *pflag.Flag) {
+		// The relay's cluster endpoint carries one token, the caller's, which
+		// the relay checks and the agent authenticates: a service-account
+		// token (--cluster-token-file) needs tether-proxy running.
+		if f.Name != "cluster-token-file" {
+			o.tokenFlags.AddFlag(f)
+		}
+	})
 	fs.AddFlagSet(o.tokenFlags)
 }
 
@@ -60,9 +70,6 @@ func (o *endpointOptions) validate() error {
 	}
 	if err := clusterid.Validate(o.cluster); err != nil {
 		return fmt.Errorf("--cluster: %w", err)
-	}
-	if o.token.ClusterFile != "" {
-		return errors.New("--cluster-token-file (service-account-token mode) needs tether-proxy running: the relay's cluster endpoint carries one token, which it checks and the agent authenticates")
 	}
 	return nil
 }
@@ -160,6 +167,10 @@ relay's endpoint for the cluster (https://RELAY/v1/clusters/NAME/k8s), and the u
 credential plugin, "tether-proxy token" with the same relay, cluster and token flags, which kubectl
 runs when it needs your token. No tether-proxy keeps running.
 
+Running it again replaces what it wrote. It never replaces a context it did not write without
+--overwrite, and never repoints a cluster or user entry of yours (another context using it would
+send its credential to the relay): the context gets entries of its own.
+
 In this mode the relay terminates your TLS connection and sees your requests in clear (it forwards
 them over TLS to the cluster's agent, which checks your token itself); plain tether-proxy keeps TLS
 end to end from your machine to the agent. See docs/security.md.
@@ -172,20 +183,11 @@ end to end from your machine to the agent. See docs/security.md.
 	fs := c.Flags()
 	o.addCommon(fs)
 	fs.StringVar(&o.relayCA, "relay-ca", "", "PEM file of the CA that signed the relay's certificate, embedded in the kubeconfig (default: the system's roots)")
-	fs.StringVar(&o.file, "kubeconfig", "", "kubeconfig file to merge into (default: the first file of $KUBECONFIG, or ~/.kube/config)")
-	fs.StringVar(&o.context, "context", "", "name of the context, cluster and user to write (default: tether-CLUSTER)")
+	fs.StringVar(&o.file, "kubeconfig", "", "kubeconfig file to merge into (default: as kubectl, the files of $KUBECONFIG, else ~/.kube/config)")
+	fs.StringVar(&o.context, "context", "", "name of the context to write, and of its cluster and user when those names are free or tether's own (default: tether-CLUSTER)")
+	fs.BoolVar(&o.overwrite, "overwrite", false, "replace the context even if tether did not write it (your cluster and user entries are never repointed)")
 	fs.BoolVar(&o.use, "use", false, "also make the context the current one")
 	return c
-}
-
-// defaultKubeconfig is the first file of $KUBECONFIG, or ~/.kube/config.
-func defaultKubeconfig() string {
-	for _, f := range filepath.SplitList(os.Getenv(clientcmd.RecommendedConfigPathEnvVar)) {
-		if f != "" {
-			return f
-		}
-	}
-	return clientcmd.RecommendedHomeFile
 }
 
 // tokenArgs returns the token flags given on the command line, for
@@ -247,47 +249,40 @@ func (o *endpointOptions) writeKubeconfig(out io.Writer) error {
 	if o.context == "" {
 		o.context = "tether-" + o.cluster
 	}
-	path := o.file
-	if path == "" {
-		path = defaultKubeconfig()
-	}
 	server := strings.TrimSuffix(o.relayURL, "/") + fmt.Sprintf(relayapi.ClusterEndpointPath, o.cluster)
-
-	kc, err := clientcmd.LoadFromFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		kc, err = clientcmdapi.NewConfig(), nil
+	current := kubeconfig.CurrentNever
+	if o.use {
+		current = kubeconfig.CurrentAlways
 	}
+	w, err := kubeconfig.Write(kubeconfig.Config{
+		Path:    o.file,
+		Context: o.context,
+		Cluster: &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: caData},
+		User: &clientcmdapi.AuthInfo{Exec: &clientcmdapi.ExecConfig{
+			APIVersion:      execAPIVersion,
+			Command:         self,
+			Args:            append([]string{"token", "--relay", o.relayURL, "--cluster", o.cluster}, tokenArgs...),
+			InteractiveMode: clientcmdapi.IfAvailableExecInteractiveMode,
+			InstallHint:     "tether-proxy gives this user its token: install it (docs/install.md) and run tether-proxy kubeconfig again",
+		}},
+		Mode: kubeconfig.ModeEndpoint, Relay: o.relayURL, ClusterName: o.cluster,
+		Overwrite: o.overwrite, Current: current,
+	})
 	if err != nil {
-		return fmt.Errorf("read kubeconfig %s: %w", path, err)
+		return err
 	}
 	name := o.context
-	_, replaced := kc.Contexts[name]
-	kc.Clusters[name] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: caData}
-	kc.AuthInfos[name] = &clientcmdapi.AuthInfo{Exec: &clientcmdapi.ExecConfig{
-		APIVersion:      execAPIVersion,
-		Command:         self,
-		Args:            append([]string{"token", "--relay", o.relayURL, "--cluster", o.cluster}, tokenArgs...),
-		InteractiveMode: clientcmdapi.IfAvailableExecInteractiveMode,
-		InstallHint:     "tether-proxy gives this user its token: install it (docs/install.md) and run tether-proxy kubeconfig again",
-	}}
-	kc.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name}
-	if o.use {
-		kc.CurrentContext = name
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("kubeconfig directory: %w", err)
-	}
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		return fmt.Errorf("write kubeconfig %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		return fmt.Errorf("kubeconfig %s: %w", path, err)
+	for _, n := range w.Notes {
+		fmt.Fprintf(out, "tether-proxy: %s\n", n)
 	}
 	verb := "added"
-	if replaced {
+	if w.Replaced != "" {
 		verb = "replaced"
 	}
-	fmt.Fprintf(out, "tether-proxy: %s context %s in %s: server %s, user %s (kubectl runs %s token for your token)", verb, name, path, server, name, self)
+	if w.Replaced != "" && w.Replaced != "own" {
+		fmt.Fprintf(out, "tether-proxy: --overwrite: the context %s replaced %s\n", name, w.Replaced)
+	}
+	fmt.Fprintf(out, "tether-proxy: %s context %s in %s: server %s, user %s (kubectl runs %s token for your token)", verb, name, w.File, server, w.User, self)
 	if len(tokenArgs) == 0 {
 		fmt.Fprint(out, "; the token comes from $TETHER_TOKEN in kubectl's environment")
 	}
