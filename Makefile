@@ -40,7 +40,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 .PHONY: build
 build: ## build tether-relay, tether-agent and tether-proxy into bin/
 	go build ./...
-	go build -trimpath -ldflags "-X github.com/tether-k8s/tether/cmd/internal/cli.Version=$(VERSION)" -o bin/ ./cmd/tether-relay ./cmd/tether-agent ./cmd/tether-proxy
+	go build -trimpath -ldflags "-X github.com/tether-k8s/tether/core/version.Version=$(VERSION)" -o bin/ ./cmd/tether-relay ./cmd/tether-agent ./cmd/tether-proxy
 
 .PHONY: fixtures
 fixtures: ## build kube-apiserver, kubectl, etcd, kwok..., and the fixture OpenID provider into .cache/bin (cold ~20 min, cached seconds)

@@ -31,6 +31,7 @@ import (
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
+	"github.com/tether-k8s/tether/core/version"
 )
 
 // Files the agent keeps in Config.CredentialDir.
@@ -214,7 +215,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a.keeper, err = tunnel.NewKeeper(tunnel.KeeperConfig{
 		Sessions: cfg.Sessions,
 		Dial:     a.dial,
-		Agent: tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: cfg.Cluster, Agent: cfg.Name, Software: "tether-agent"},
+		Agent: tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: cfg.Cluster, Agent: cfg.Name, Software: "tether-agent " + version.String()},
 			Yamux: tunnel.YamuxConfig(cfg.StreamWindow), Logger: a.log},
 		Serve: a.serve,
 		// The keeper names the cluster and the agent in its lines itself.

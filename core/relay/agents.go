@@ -13,6 +13,7 @@ import (
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/tunnel"
+	"github.com/tether-k8s/tether/core/version"
 )
 
 // agentWebSocket carries an agent's connection over WebSocket: inside it,
@@ -106,8 +107,9 @@ func (s *Server) acceptAgent(ctx context.Context, conn net.Conn) {
 			}
 			return nil
 		},
-		Session: newID(),
-		Relay:   s.cfg.RelayID,
+		Session:  newID(),
+		Relay:    s.cfg.RelayID,
+		Software: "tether-relay " + version.String(),
 		// The router's window: its stream caps bound window × streams.
 		Yamux:  tunnel.YamuxConfig(s.cfg.Router.StreamWindow()),
 		Logger: s.log,

@@ -381,7 +381,7 @@ func (r *Router) add(s *tunnel.RelaySession, cred *x509.Certificate, check bool)
 		r.creds[s] = sc
 	}
 	r.mu.Unlock()
-	r.log.Info("relay: agent session added", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "sessions", n)
+	r.log.Info("relay: agent session added", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "software", s.Hello.Software, "sessions", n)
 	// Unrouted when it ends, by the session's own goroutine: no watcher
 	// goroutine per idle session.
 	s.AfterClose(func() { r.remove(s) })

@@ -198,7 +198,7 @@ func (k *Keeper) once(ctx context.Context, slot int) error {
 	// A session counts as live until it ends, draining or not: it still
 	// serves its streams, so readiness does not flap while a relay drains.
 	k.live.Add(1)
-	k.log.Info("tunnel: session established", "slot", slot, "session", s.Welcome.Session, "relay", s.Welcome.Relay)
+	k.log.Info("tunnel: session established", "slot", slot, "session", s.Welcome.Session, "relay", s.Welcome.Relay, "relaySoftware", s.Welcome.Software)
 	served := make(chan error, 1)
 	k.draining.Add(1)
 	go func() {

@@ -95,6 +95,9 @@ type RelayConfig struct {
 	Authorize func(ctx context.Context, h *Hello, state tls.ConnectionState) error
 	// Session and Relay are IDs sent in the Welcome, for logs.
 	Session, Relay string
+	// Software is the relay's version, sent in the Welcome for the
+	// agent's logs.
+	Software string
 	// HandshakeTimeout bounds the TLS handshake and the Hello. Zero means
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
@@ -160,7 +163,7 @@ func AcceptAgent(ctx context.Context, conn net.Conn, cfg RelayConfig) (_ *RelayS
 		_ = WriteFrame(conn, &Welcome{Reason: ref.Reason, Message: ref.Message})
 		return nil, fmt.Errorf("tunnel: agent %s for cluster %s refused: %w", hello.Agent, hello.Cluster, err)
 	}
-	if err := WriteFrame(conn, &Welcome{OK: true, Session: cfg.Session, Relay: cfg.Relay}); err != nil {
+	if err := WriteFrame(conn, &Welcome{OK: true, Session: cfg.Session, Relay: cfg.Relay, Software: cfg.Software}); err != nil {
 		return nil, err
 	}
 	_ = conn.SetDeadline(time.Time{})

@@ -112,6 +112,8 @@ type Welcome struct {
 	Session string `json:"session,omitempty"`
 	// Relay identifies the relay replica, for logs.
 	Relay string `json:"relay,omitempty"`
+	// Software is the relay's version, for the agent's logs.
+	Software string `json:"software,omitempty"`
 }
 
 // Refusal reasons in Welcome and OpenReply.
@@ -230,7 +232,7 @@ func (w *Welcome) Validate() error {
 	if w.OK == (w.Reason != "") {
 		return invalid(FrameWelcome, "a refusal needs a reason and an acceptance has none")
 	}
-	for _, s := range []string{w.Reason, w.Message, w.Session, w.Relay} {
+	for _, s := range []string{w.Reason, w.Message, w.Session, w.Relay, w.Software} {
 		if !textRE.MatchString(s) {
 			return invalid(FrameWelcome, "fields must be printable ASCII, at most 512 bytes")
 		}

@@ -13,12 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"github.com/tether-k8s/tether/core/version"
 	"k8s.io/klog/v2"
 )
-
-// Version is tether's version, set at build time with
-// -ldflags "-X github.com/tether-k8s/tether/cmd/internal/cli.Version=v0.1.0".
-var Version = "dev"
 
 // LogFlags are the logging flags every binary has.
 type LogFlags struct {
@@ -71,9 +68,20 @@ type ExitCoder interface {
 	ExitCode() int
 }
 
-// Execute runs root and exits 1 with "NAME: error" on failure.
+// Execute runs root and exits 1 with "NAME: error" on failure. It gives
+// root --version and a version subcommand.
 func Execute(root *cobra.Command) {
-	root.Version = Version
+	root.Version = version.String()
+	root.SetVersionTemplate(version.Full(root.Name()) + "\n")
+	root.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print this binary's version, Go release and platform",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), version.Full(root.Name()))
+			return err
+		},
+	})
 	root.SilenceUsage = true
 	root.SilenceErrors = true
 	if err := root.Execute(); err != nil {
