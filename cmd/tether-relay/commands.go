@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -41,7 +42,7 @@ The cluster commands work whether or not the relay runs: while it runs they go t
 admin socket (so rotate and delete also end the cluster's live sessions at once); otherwise
 they open --data directly.`,
 	}
-	root.PersistentFlags().StringVar(&data, "data", "tether-relay.db", "the relay's state: clusters, hashed join tokens, its CA (a bbolt file, mode 0600; with --store etcd, only names the admin socket)")
+	root.PersistentFlags().StringVar(&data, "data", defaultDataFile(), "the relay's state: clusters, hashed join tokens, its CA (a bbolt file, mode 0600, created by serve and cluster create; the other commands refuse a missing one). Default: $STATE_DIRECTORY/relay.db under systemd, /var/lib/tether-relay/relay.db as root, else $XDG_STATE_HOME/tether-relay/relay.db (~/.local/state). With --store etcd, only names the admin socket")
 	var store storeOptions
 	store.addFlags(root.PersistentFlags())
 	root.PersistentFlags().StringVar(&socket, "admin-socket", "", "the running relay's admin socket (mode 0600), which the cluster commands use (default: --data with .sock appended)")
@@ -61,7 +62,7 @@ they open --data directly.`,
 	}
 	// withAdmin runs fn against the running relay, or against the data
 	// file when no relay serves the socket.
-	withAdmin := func(fn func(relay.Admin) error) error {
+	withAdmin := func(use storeUse, fn func(relay.Admin) error) error {
 		if remote.url != "" {
 			u, err := url.Parse(remote.url)
 			if err != nil || u.Scheme != "https" || u.Host == "" {
@@ -95,6 +96,12 @@ they open --data directly.`,
 		if err != nil {
 			return err
 		}
+		cfg.MustExist = use == manage
+		if use == mayCreate && cfg.Store == registry.StoreBbolt {
+			if err := os.MkdirAll(filepath.Dir(data), 0o700); err != nil {
+				return fmt.Errorf("--data %s: create its directory: %w", data, err)
+			}
+		}
 		reg, err := registry.Open(cfg)
 		if err != nil {
 			return fmt.Errorf("%w\n(no relay answered on %s, so the command opened the store itself)", err, socketPath())
@@ -107,7 +114,7 @@ they open --data directly.`,
 		Short: "Print the relay's CA certificate, which agents and proxies pin (--relay-ca)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withAdmin(func(a relay.Admin) error {
+			return withAdmin(manage, func(a relay.Admin) error {
 				pem, err := a.CA(cmd.Context())
 				if err != nil {
 					return err
@@ -120,7 +127,24 @@ they open --data directly.`,
 	return root
 }
 
-func newClusterCommand(withAdmin func(func(relay.Admin) error) error) *cobra.Command {
+// storeUse says whether a command that opens the store itself (no relay
+// answers its socket) may create a new relay there.
+type storeUse bool
+
+const (
+	// manage refuses a store that holds no relay: a mistyped --data must
+	// not create a new relay with a new CA.
+	manage storeUse = false
+	// mayCreate creates the store, and its directory, when missing
+	// (cluster create; serve creates its own).
+	mayCreate storeUse = true
+)
+
+// adminRunner runs fn against the running relay's admin API, or against
+// the store when no relay runs.
+type adminRunner func(use storeUse, fn func(relay.Admin) error) error
+
+func newClusterCommand(withAdmin adminRunner) *cobra.Command {
 	c := &cobra.Command{Use: "cluster", Short: "Create, list, rotate and delete clusters (on the running relay, or on --data)"}
 	c.AddCommand(&cobra.Command{
 		Use:   "create NAME",
@@ -128,7 +152,7 @@ func newClusterCommand(withAdmin func(func(relay.Admin) error) error) *cobra.Com
 		Long:  "Create a cluster and print its join token. The token is shown once, stored only hashed, expires in 24h and works once.",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withAdmin(func(a relay.Admin) error {
+			return withAdmin(mayCreate, func(a relay.Admin) error {
 				res, err := a.Create(cmd.Context(), args[0])
 				if err != nil {
 					return err
@@ -144,7 +168,7 @@ func newClusterCommand(withAdmin func(func(relay.Admin) error) error) *cobra.Com
 		Short: "Revoke every credential of a cluster, end its sessions, and print a new join token",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withAdmin(func(a relay.Admin) error {
+			return withAdmin(manage, func(a relay.Admin) error {
 				res, err := a.Rotate(cmd.Context(), args[0])
 				if err != nil {
 					return err
@@ -159,7 +183,7 @@ func newClusterCommand(withAdmin func(func(relay.Admin) error) error) *cobra.Com
 		Short: "List clusters (with live agent sessions when the relay runs)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withAdmin(func(a relay.Admin) error {
+			return withAdmin(manage, func(a relay.Admin) error {
 				cs, err := a.Clusters(cmd.Context())
 				if err != nil {
 					return err
@@ -183,7 +207,7 @@ func newClusterCommand(withAdmin func(func(relay.Admin) error) error) *cobra.Com
 			Short: "Show who may reach a cluster",
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				return withAdmin(func(a relay.Admin) error {
+				return withAdmin(manage, func(a relay.Admin) error {
 					res, err := a.Policy(cmd.Context(), args[0])
 					if err != nil {
 						return err
@@ -197,7 +221,7 @@ func newClusterCommand(withAdmin func(func(relay.Admin) error) error) *cobra.Com
 			Short: "Delete a cluster: its agents' credentials stop working and its sessions end",
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				return withAdmin(func(a relay.Admin) error {
+				return withAdmin(manage, func(a relay.Admin) error {
 					res, err := a.Delete(cmd.Context(), args[0])
 					if err != nil {
 						return err
@@ -211,7 +235,7 @@ func newClusterCommand(withAdmin func(func(relay.Admin) error) error) *cobra.Com
 }
 
 // policyCommand is grant or revoke: the same flags, adding or removing.
-func policyCommand(verb, short string, withAdmin func(func(relay.Admin) error) error) *cobra.Command {
+func policyCommand(verb, short string, withAdmin adminRunner) *cobra.Command {
 	var p policy.Policy
 	c := &cobra.Command{
 		Use:   verb + " NAME (--user USER | --group GROUP | --rule CEL | --audience AUD)...",
@@ -231,7 +255,7 @@ authenticates every caller itself, and the cluster's RBAC decides what they may 
 			if p.Empty() && len(p.Audiences) == 0 {
 				return fmt.Errorf("%s: name at least one --user, --group, --rule or --audience", verb)
 			}
-			return withAdmin(func(a relay.Admin) error {
+			return withAdmin(manage, func(a relay.Admin) error {
 				change := a.Grant
 				if verb == "revoke" {
 					change = a.Revoke
@@ -402,6 +426,11 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 	if err != nil {
 		return relay.Options{}, err
 	}
+	if reg.Store == registry.StoreBbolt {
+		if err := os.MkdirAll(filepath.Dir(data), 0o700); err != nil {
+			return relay.Options{}, fmt.Errorf("--data %s: create its directory: %w", data, err)
+		}
+	}
 	opts := relay.Options{
 		Registry: reg, Authentication: ac, Hostnames: o.hostnames,
 		APIAddr: o.listen, AgentAddr: o.agentListen, HealthAddr: o.healthListen, AdminSocket: adminSocket,
@@ -466,4 +495,27 @@ func (o *serveOptions) run(parent context.Context, data, adminSocket string, sto
 	case first = <-r.Done():
 	}
 	return errors.Join(first, r.Close())
+}
+
+// defaultDataFile is where the relay keeps its bbolt file unless --data
+// says otherwise: the state directory systemd gives the unit
+// (StateDirectory=), /var/lib/tether-relay for root (where the chart mounts
+// its volume), else the user's XDG state directory. Never the working
+// directory, where a command run from anywhere would find no relay and
+// create one.
+func defaultDataFile() string {
+	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+		// systemd may list several, colon-separated; the first is ours.
+		return filepath.Join(strings.Split(d, ":")[0], "relay.db")
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/tether-relay/relay.db"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "tether-relay", "relay.db")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "tether-relay", "relay.db")
+	}
+	return "relay.db"
 }

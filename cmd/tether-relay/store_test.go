@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"crypto/rand"
 	"os"
 	"path/filepath"
@@ -98,15 +96,7 @@ func TestStoreMigrateCommand(t *testing.T) {
 	cert, key, ca := etcd.ClientTLS()
 	etcdFlags := []string{"--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--etcd-cert", cert, "--etcd-key", key, "--etcd-ca", ca,
 		"--etcd-prefix", "/tether/test/", "--ca-key-encryption-key-file", writeKEK(t)}
-	run := func(args ...string) (string, error) {
-		root := newRootCommand()
-		var out bytes.Buffer
-		root.SetOut(&out)
-		root.SetErr(&out)
-		root.SetArgs(args)
-		err := root.ExecuteContext(context.Background())
-		return out.String(), err
-	}
+	run := func(args ...string) (string, error) { return runRelay(t, args...) }
 	out, err := run(append([]string{"store", "migrate", "--from", "bbolt", data, "--to", "etcd"}, etcdFlags...)...)
 	if err != nil || !strings.Contains(out, "migrated 1 clusters and 1 join tokens") {
 		t.Fatalf("migrate: %v\n%s", err, out)

@@ -74,6 +74,12 @@ type Config struct {
 	// Logger receives one line per change to the registry. Nil discards.
 	// Join tokens are never logged.
 	Logger *slog.Logger
+	// MustExist makes Open refuse, with ErrNoState, a store that holds no
+	// relay yet (a bbolt file that does not exist, an etcd prefix with no
+	// CA) instead of creating one. Commands that only read or manage a
+	// relay's state set it, so a mistyped --data does not quietly create
+	// a new relay with a new CA. False (serve, cluster create) creates.
+	MustExist bool
 }
 
 // EtcdConfig says how to reach the etcd store and how to protect what the

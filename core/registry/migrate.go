@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"time"
 )
 
@@ -224,6 +226,11 @@ func Migrate(ctx context.Context, from, to Config, opts MigrateOptions) (Migrate
 func openBackend(cfg Config) (backend, error) {
 	if cfg.Store == StoreEtcd {
 		return openEtcd(cfg.Etcd, cfg.Logger)
+	}
+	if cfg.MustExist {
+		if _, err := os.Stat(cfg.Path); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("registry: %s: %w: check the path (the relay's --data), or create a relay with `tether-relay serve` or `tether-relay cluster create`", cfg.Path, ErrNoState)
+		}
 	}
 	return openBolt(cfg.Path)
 }

@@ -221,6 +221,9 @@ func (r *Registry) initCA() error {
 			if stored != nil {
 				return fmt.Errorf("registry: %s has a CA key but no CA certificate: restore it from a backup", r.store)
 			}
+			if r.cfg.MustExist {
+				return fmt.Errorf("registry: %s: %w: check --store and --etcd-prefix, or create a relay with `tether-relay serve` or `tether-relay cluster create`", r.store, ErrNoState)
+			}
 			if err := mustBeEmpty(tx, r.store); err != nil {
 				return err
 			}

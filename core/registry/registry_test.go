@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"io/fs"
 	"log/slog"
 	"net/url"
 	"os"
@@ -450,4 +451,51 @@ func TestServingCertificate(t *testing.T) {
 			t.Fatal("a serving certificate for no host")
 		}
 	})
+}
+
+// A command that only reads or manages a relay's state, given a store with
+// no relay in it (a mistyped --data, another --etcd-prefix), is refused and
+// creates nothing; once a relay exists there, the same command opens it.
+func TestMustExistRefusesAStoreWithNoRelay(t *testing.T) {
+	for _, kind := range backends {
+		t.Run(kind, func(t *testing.T) {
+			f := &fixture{kind: kind, clk: &clock{now: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}, logs: &logBuffer{}}
+			switch kind {
+			case "bbolt":
+				f.path = filepath.Join(t.TempDir(), "typo.db")
+			case "etcd":
+				f.etcd, f.prefix, f.kek = sharedEtcd(t), testPrefix(t), testKEK(t)
+			}
+			cfg := f.config()
+			cfg.MustExist = true
+			if reg, err := registry.Open(cfg); !errors.Is(err, registry.ErrNoState) {
+				if reg != nil {
+					_ = reg.Close()
+				}
+				t.Fatalf("Open(MustExist) on an empty %s store: %v, want ErrNoState", kind, err)
+			} else if !strings.Contains(err.Error(), "tether-relay serve") {
+				t.Errorf("the refusal does not say how to create a relay: %v", err)
+			}
+			if kind == "bbolt" {
+				if _, err := os.Stat(f.path); !errors.Is(err, fs.ErrNotExist) {
+					t.Fatalf("the refused Open left a file at %s: %v", f.path, err)
+				}
+			} else if b := f.storedBytes(t); len(b) != 0 {
+				t.Fatalf("the refused Open wrote %d bytes under %s", len(b), f.prefix)
+			}
+			f.reopen(t) // creates the relay, as serve does
+			ca := f.reg.CAPEM()
+			if err := f.reg.Close(); err != nil {
+				t.Fatal(err)
+			}
+			reg, err := registry.Open(cfg)
+			if err != nil {
+				t.Fatalf("Open(MustExist) once the relay exists: %v", err)
+			}
+			defer reg.Close()
+			if !bytes.Equal(reg.CAPEM(), ca) {
+				t.Fatal("Open(MustExist) found another CA")
+			}
+		})
+	}
 }

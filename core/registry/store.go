@@ -12,6 +12,10 @@ import (
 // and says what to do; the relay answers 503.
 var ErrStoreUnavailable = errors.New("the registry's store is unavailable")
 
+// ErrNoState is returned by Open with Config.MustExist when the store holds
+// no relay: no bbolt file at the path, or no CA under the etcd prefix.
+var ErrNoState = errors.New("no relay state there")
+
 // bucket is a namespace of keys in a store: a bbolt bucket, an etcd key
 // prefix.
 type bucket struct {

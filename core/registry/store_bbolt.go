@@ -27,7 +27,10 @@ type boltStore struct {
 func openBolt(path string) (*boltStore, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
-		return nil, fmt.Errorf("registry: open %s: %w (is another relay using it?)", path, err)
+		if errors.Is(err, bberrors.ErrTimeout) {
+			return nil, fmt.Errorf("registry: open %s: %w: another process holds the file (is a relay using it? then stop it, or run the command where that relay's --admin-socket is)", path, err)
+		}
+		return nil, fmt.Errorf("registry: open %s: %w", path, err)
 	}
 	s := &boltStore{path: path, db: db}
 	err = db.Update(func(tx *bolt.Tx) error {
