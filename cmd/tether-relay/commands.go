@@ -179,9 +179,10 @@ func newClusterCommand(withAdmin adminRunner) *cobra.Command {
 			})
 		},
 	}, &cobra.Command{
-		Use:   "list",
-		Short: "List clusters (with live agent sessions when the relay runs)",
-		Args:  cobra.NoArgs,
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List clusters (with live agent sessions when the relay runs)",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withAdmin(manage, func(a relay.Admin) error {
 				cs, err := a.Clusters(cmd.Context())

@@ -3,11 +3,13 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 
 	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/ext"
 	"github.com/tether-k8s/tether/core/identity"
 )
 
@@ -58,15 +60,15 @@ func (p Policy) Validate() error {
 			}
 		}
 	}
-	sample := map[string]any{"user": map[string]any{"username": "", "uid": "", "groups": []string{}, "extra": map[string][]string{}}}
+	sample := map[string]any{"user": celUser{Groups: []string{}, Extra: map[string][]string{}}}
 	for _, r := range p.Rules {
 		prg, err := compile(r)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
-		// The variables are dynamic, so the type checker cannot always
-		// tell; a rule that yields a non-bool for an empty identity is
-		// caught here. (One that errors on it may still be fine.)
+		// The checker types every field of user; a rule that still
+		// yields a non-bool for an empty identity (through a dynamic
+		// macro) is caught here. (One that errors on it may be fine.)
 		if out, _, err := prg.Eval(sample); err == nil {
 			if _, ok := out.Value().(bool); !ok {
 				return fmt.Errorf("%w: rule %q evaluates to %v, not a bool", ErrInvalid, r, out.Type())
@@ -135,7 +137,7 @@ func Check(p Policy, id identity.Identity) (Decision, error) {
 		if groups == nil {
 			groups = []string{}
 		}
-		vars := map[string]any{"user": map[string]any{"username": id.User, "uid": id.UID, "groups": groups, "extra": extra}}
+		vars := map[string]any{"user": celUser{Username: id.User, UID: id.UID, Groups: groups, Extra: extra}}
 		for _, r := range p.Rules {
 			prg, err := compile(r)
 			if err != nil {
@@ -175,6 +177,17 @@ func CheckAudience(p Policy, audiences []string) error {
 	return fmt.Errorf("the token is for audience %v, not %v: get a token for this cluster's audience", audiences, p.Audiences)
 }
 
+// celUser is the caller as rules see it, a typed object: the checker
+// refuses a rule naming a field it does not have (user.nope, which would
+// admit no one) or comparing a field with the wrong type, when the rule is
+// granted rather than when a caller is silently refused.
+type celUser struct {
+	Username string              `cel:"username"`
+	UID      string              `cel:"uid"`
+	Groups   []string            `cel:"groups"`
+	Extra    map[string][]string `cel:"extra"`
+}
+
 var (
 	envOnce sync.Once
 	env     *cel.Env
@@ -191,7 +204,9 @@ func compile(rule string) (cel.Program, error) {
 		return nil, fmt.Errorf("policy: rule %q: want a CEL expression of 1 to %d bytes", rule, maxRuleLen)
 	}
 	envOnce.Do(func() {
-		env, envErr = cel.NewEnv(cel.Variable("user", cel.MapType(cel.StringType, cel.DynType)))
+		env, envErr = cel.NewEnv(
+			ext.NativeTypes(reflect.TypeFor[celUser](), ext.ParseStructTags(true)),
+			cel.Variable("user", cel.ObjectType("policy.celUser")))
 	})
 	if envErr != nil {
 		return nil, fmt.Errorf("policy: CEL environment: %w", envErr)

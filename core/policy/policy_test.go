@@ -45,6 +45,11 @@ func TestValidate(t *testing.T) {
 		{Rules: []string{`user.username`}},           // not a bool
 		{Rules: []string{`user.username ==`}},        // syntax
 		{Rules: []string{`nosuchvar == "x"`}},        // undeclared
+		{Rules: []string{`user.nope == "x"`}},        // no such field: admits no one
+		{Rules: []string{`user.username == 1`}},      // a string compared to an int
+		{Rules: []string{`"g" in user.username`}},    // in a string
+		{Rules: []string{`user.extra["k"] == "v"`}},  // a list compared to a string
+		{Rules: []string{`user["username"] == "x"`}}, // user is an object, not a map
 		{Rules: []string{" "}},                       // empty
 		{Rules: []string{strings.Repeat("a", 3000)}}, // too long
 		{Users: []string{"oidc:a\nb"}},               // control characters
@@ -54,7 +59,8 @@ func TestValidate(t *testing.T) {
 			t.Errorf("Validate(%+v) = nil, want an error", bad)
 		}
 	}
-	ok := policy.Policy{Users: []string{"oidc:a"}, Groups: []string{"oidc:g"}, Rules: []string{`user.username.startsWith("oidc:")`}}
+	ok := policy.Policy{Users: []string{"oidc:a"}, Groups: []string{"oidc:g"}, Rules: []string{`user.username.startsWith("oidc:")`,
+		`"oidc:g" in user.groups && user.uid != ""`, `"k" in user.extra && user.extra["k"].exists(v, v == "x")`}}
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -82,6 +83,7 @@ func Execute(root *cobra.Command) {
 			return err
 		},
 	})
+	RefuseUnknownSubcommands(root)
 	root.SilenceUsage = true
 	root.SilenceErrors = true
 	if err := root.Execute(); err != nil {
@@ -91,6 +93,34 @@ func Execute(root *cobra.Command) {
 		}
 		fmt.Fprintf(os.Stderr, "%s: %v\n", root.Name(), err)
 		os.Exit(1)
+	}
+}
+
+// RefuseUnknownSubcommands makes every command under c that only groups
+// subcommands (tether-relay cluster) fail on an argument that names none
+// of them, saying which it meant, instead of printing its help and exiting
+// 0 as cobra does (`tether-relay cluster ls` looked like it worked). With
+// no argument it still prints its help.
+func RefuseUnknownSubcommands(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		RefuseUnknownSubcommands(sub)
+	}
+	if !c.HasSubCommands() || c.Runnable() {
+		return
+	}
+	c.Args = cobra.ArbitraryArgs
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		if cmd.SuggestionsMinimumDistance <= 0 {
+			cmd.SuggestionsMinimumDistance = 2 // cobra's own default for the root
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += "; did you mean " + strings.Join(s, " or ") + "?"
+		}
+		return fmt.Errorf("%s (%s --help lists them)", msg, cmd.CommandPath())
 	}
 }
 
