@@ -112,6 +112,13 @@ var _ = Describe("kubectl through the relay's cluster endpoint, with no local pr
 		Expect(mustViaRelay(ctx, nil, "get", "pods", "-n", ns, "-o", "name")).To(ContainSubstring("pod/" + pod))
 	})
 
+	It("answers kubectl get --raw, at the API server's root paths too", func(ctx SpecContext) {
+		Expect(mustViaRelay(ctx, nil, "get", "--raw", "/version")).To(ContainSubstring(`"gitVersion"`))
+		Expect(mustViaRelay(ctx, nil, "get", "--raw", "/api")).To(ContainSubstring(`"APIVersions"`))
+		Expect(mustViaRelay(ctx, nil, "get", "--raw", "/readyz")).To(Equal("ok"))
+		Expect(mustViaRelay(ctx, nil, "get", "--raw", "/api/v1/namespaces/"+ns+"/pods")).To(ContainSubstring(pod))
+	})
+
 	It("delivers a watch event", func(ctx SpecContext) {
 		r := streamFrom(lc.KubectlOn(ctx, lap(), kubeconfig, "--context", ctxName, "get", "configmaps", "-n", ns, "-w", "-o", "name"))
 		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("kube-root-ca.crt"))
