@@ -119,6 +119,26 @@ var _ = Describe("kubectl through the relay's cluster endpoint, with no local pr
 		Expect(mustViaRelay(ctx, nil, "get", "--raw", "/api/v1/namespaces/"+ns+"/pods")).To(ContainSubstring(pod))
 	})
 
+	It("says the cluster is not connected while its agent is away, and works again when it is back", func(ctx SpecContext) {
+		Expect(ts.StopAgent()).To(Succeed())
+		restarted := false
+		DeferCleanup(func(ctx SpecContext) {
+			if !restarted {
+				Expect(ts.StartAgent(ctx)).To(Succeed())
+			}
+		})
+		Eventually(func() string {
+			out, err := viaRelay(ctx, nil, "get", "pods", "-n", ns)
+			if err == nil {
+				return "kubectl succeeded with no agent: " + out
+			}
+			return out
+		}).WithTimeout(30 * time.Second).Should(ContainSubstring("cluster " + lc.Name() + " is not connected"))
+		Expect(ts.StartAgent(ctx)).To(Succeed())
+		restarted = true
+		Expect(mustViaRelay(ctx, nil, "get", "pods", "-n", ns, "-o", "name")).To(ContainSubstring("pod/" + pod))
+	})
+
 	It("delivers a watch event", func(ctx SpecContext) {
 		r := streamFrom(lc.KubectlOn(ctx, lap(), kubeconfig, "--context", ctxName, "get", "configmaps", "-n", ns, "-w", "-o", "name"))
 		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("kube-root-ca.crt"))

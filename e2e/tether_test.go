@@ -202,6 +202,15 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		typ := kubectl(ctx, nil, "get", "secret", stack.CredentialSecret, "-n", "tether-system", "-o", "jsonpath={.type}")
 		Expect(typ).To(Equal("kubernetes.io/tls"))
 		Expect(ts.StopAgent()).To(Succeed())
+		// While no agent is connected, kubectl says so: the relay's reason,
+		// not only "the server is currently unable to handle the request".
+		Eventually(func() string {
+			out, err := viaTether(ctx, nil, "get", "pods", "-n", ns)
+			if err == nil {
+				return "kubectl succeeded with no agent: " + out
+			}
+			return out
+		}).WithTimeout(30 * time.Second).Should(ContainSubstring("cluster " + lc.Name() + " is not connected"))
 		Expect(ts.StartAgent(ctx)).To(Succeed(), "restart the agent (its join token is spent)")
 		Eventually(func() error {
 			_, err := viaTether(ctx, nil, "get", "pods", "-n", ns)
