@@ -130,7 +130,7 @@ var _ = Describe("identity: tokens, CI jobs and access", Ordered, func() {
 			out, err := viaTether(ctx, nil, "get", "nodes", "-o", "name")
 			Expect(err).To(HaveOccurred(), "%s token: kubectl succeeded:\n%s", name, out)
 			Expect(out).To(ContainSubstring(bad.relaySays), "%s token", name)
-			Expect(out).To(ContainSubstring("tether: "), "%s token: the relay's refusal reaches kubectl", name)
+			Expect(out).To(ContainSubstring("tether relay: "), "%s token: the relay's refusal reaches kubectl", name)
 		}
 		good, err := ts.UserToken("demo-user", []string{stack.DemoGroup})
 		Expect(err).NotTo(HaveOccurred())

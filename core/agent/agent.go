@@ -520,9 +520,9 @@ func admitTunnelUser(r *http.Request, id identity.Identity) error {
 	t, _ := r.Context().Value(tunnelKey{}).(*tunnelInfo)
 	switch {
 	case t == nil || t.user == "":
-		return errors.New("tether: the relay did not say whom this tunnel is for; refusing (upgrade the relay)")
+		return errors.New("tether agent: the relay did not say whom this tunnel is for; refusing (upgrade the relay)")
 	case t.user != id.User:
-		return fmt.Errorf("tether: this tunnel was opened for %s, and the request is %s's: open a new tunnel (tether-proxy does, per token)", t.user, id.User)
+		return fmt.Errorf("tether agent: this tunnel was opened for %s, and the request is %s's: open a new tunnel (tether-proxy does, per token)", t.user, id.User)
 	}
 	return nil
 }

@@ -187,7 +187,7 @@ type refusal struct {
 }
 
 func refuse(code int, reason, format string, args ...any) *refusal {
-	return &refusal{code: code, reason: reason, message: "tether: " + fmt.Sprintf(format, args...)}
+	return &refusal{code: code, reason: reason, message: "tether agent: " + fmt.Sprintf(format, args...)}
 }
 
 // ServeHTTP implements http.Handler.
@@ -461,7 +461,7 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	if errors.Is(err, context.Canceled) {
 		return
 	}
-	kstatus.Write(w, http.StatusBadGateway, kstatus.ReasonBadGateway, "tether: the agent could not complete the request to the API server: "+err.Error())
+	kstatus.Write(w, http.StatusBadGateway, kstatus.ReasonBadGateway, "tether agent: the agent could not complete the request to the API server: "+err.Error())
 }
 
 // recorder notes the status and size of the response for the audit line.

@@ -52,7 +52,7 @@ func TestAdminAPIOverItsSocket(t *testing.T) {
 	if err != nil || len(granted.Policy.Groups) != 1 || len(granted.Policy.Rules) != 1 {
 		t.Fatalf("grant: %+v, %v", granted, err)
 	}
-	if _, err := a.Grant(ctx, "prod", policy.Policy{Rules: []string{`user.username`}}); err == nil || !strings.Contains(err.Error(), "not a bool") {
+	if _, err := a.Grant(ctx, "prod", policy.Policy{Rules: []string{`user.username`}}); err == nil || !strings.Contains(err.Error(), "must be a bool") {
 		t.Fatalf("granting a rule that is not a bool: %v", err)
 	}
 	revoked, err := a.Revoke(ctx, "prod", policy.Policy{Rules: []string{`user.username == "ci"`}})

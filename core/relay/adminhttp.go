@@ -88,7 +88,7 @@ func AdminHTTP(a Admin) http.Handler {
 		_, _ = w.Write(pem)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: no such admin endpoint: "+r.Method+" "+r.URL.Path)
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: no such admin endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
 }
@@ -103,7 +103,7 @@ func adminError(w http.ResponseWriter, err error) {
 	case errors.Is(err, clusterid.ErrInvalid), errors.Is(err, policy.ErrInvalid):
 		code, reason = http.StatusBadRequest, kstatus.ReasonBadRequest
 	}
-	kstatus.Write(w, code, reason, "tether: "+err.Error())
+	kstatus.Write(w, code, reason, "tether relay: "+err.Error())
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -20,7 +20,7 @@ import (
 // the same mutual TLS and session as on the agent endpoint.
 func (s *Server) agentWebSocket(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.AgentCertificate == nil {
-		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: this relay does not accept agents over WebSocket")
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: this relay does not accept agents over WebSocket")
 		return
 	}
 	ws, err := tunnel.AcceptWebSocket(w, r)

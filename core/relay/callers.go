@@ -31,13 +31,13 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 	id = r.PathValue("id")
 	if err := clusterid.Validate(id); err != nil {
 		count(ResultBadRequest)
-		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: "+err.Error())
+		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether relay: "+err.Error())
 		return "", who, "", false
 	}
 	token, found := bearer(r)
 	if !found {
 		count(ResultUnauthorized)
-		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: a bearer token is required to reach a cluster")
+		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: a bearer token is required to reach a cluster")
 		return "", who, "", false
 	}
 	res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
@@ -45,27 +45,27 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 		count(ResultUnauthorized)
 		why := strings.ReplaceAll(err.Error(), token, "<token>")
 		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "why", why)
-		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+why)
+		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: the bearer token was refused: "+why)
 		return "", who, "", false
 	}
 	if slices.Contains(res.Audiences, s.cfg.AdminAudience) {
 		count(ResultForbidden)
 		s.log.Warn("relay: caller refused: a token for the admin audience", "cluster", id, "user", res.Identity.User, "client", r.RemoteAddr)
 		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf(
-			"tether: this token is for the admin audience %s, and the cluster's agent would see it: reach clusters with a token for the callers' audience, and keep admin tokens for the admin API",
+			"tether relay: this token is for the admin audience %s, and the cluster's agent would see it: reach clusters with a token for the callers' audience, and keep admin tokens for the admin API",
 			s.cfg.AdminAudience))
 		return "", who, "", false
 	}
 	c, err := s.cfg.Registry.Cluster(id)
 	if err != nil {
 		count(ResultUnknown)
-		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: "+err.Error())
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: "+err.Error())
 		return "", who, "", false
 	}
 	if err := policy.CheckAudience(c.Policy, res.Audiences); err != nil {
 		count(ResultForbidden)
 		s.log.Warn("relay: caller refused: token for another audience", "cluster", id, "user", res.Identity.User, "client", r.RemoteAddr, "why", err)
-		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether: cluster %s refuses this token: %v", id, err))
+		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether relay: cluster %s refuses this token: %v", id, err))
 		return "", who, "", false
 	}
 	d, perr := policy.Check(c.Policy, res.Identity)
@@ -73,7 +73,7 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 		count(ResultForbidden)
 		s.log.Warn("relay: caller refused by the cluster's policy", "cluster", id, "user", res.Identity.User, "groups", len(res.Identity.Groups),
 			"client", r.RemoteAddr, "why", d.Why, "ruleErrors", perr)
-		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether: %s may not reach cluster %s: %s (an administrator grants access with: tether-relay cluster grant %s --user|--group|--rule)",
+		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether relay: %s may not reach cluster %s: %s (an administrator grants access with: tether-relay cluster grant %s --user|--group|--rule)",
 			res.Identity.User, id, d.Why, id))
 		return "", who, "", false
 	}
@@ -103,7 +103,7 @@ func (s *Server) clusterInfo(w http.ResponseWriter, r *http.Request) {
 // agents, answers 101 and splices bytes until either side ends.
 func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 	if !strings.EqualFold(r.Header.Get("Upgrade"), relayapi.TunnelProtocol) || !headerHasToken(r.Header, "Connection", "upgrade") {
-		kstatus.Write(w, http.StatusUpgradeRequired, kstatus.ReasonBadRequest, "tether: this endpoint needs Connection: Upgrade and Upgrade: "+relayapi.TunnelProtocol)
+		kstatus.Write(w, http.StatusUpgradeRequired, kstatus.ReasonBadRequest, "tether relay: this endpoint needs Connection: Upgrade and Upgrade: "+relayapi.TunnelProtocol)
 		return
 	}
 	id, res, _, ok := s.caller(w, r, s.cfg.Metrics.tunnel)
@@ -132,7 +132,7 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		s.log.Error("relay: hijack", "error", err)
-		kstatus.Write(w, http.StatusInternalServerError, kstatus.ReasonInternalError, "tether: cannot take over the connection")
+		kstatus.Write(w, http.StatusInternalServerError, kstatus.ReasonInternalError, "tether relay: cannot take over the connection")
 		return
 	}
 	s.track(conn)

@@ -144,13 +144,13 @@ func (e *clusterEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			count(ResultForbidden)
 			e.s.log.Warn("relay: cluster request with an impersonation header refused", "cluster", id, "user", who.User, "header", http.CanonicalHeaderKey(k), "client", r.RemoteAddr)
 			kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden,
-				"tether: the "+http.CanonicalHeaderKey(k)+" header is not accepted: tether sets your identity from your token (kubectl --as and --as-group are not supported through tether)")
+				"tether relay: the "+http.CanonicalHeaderKey(k)+" header is not accepted: tether sets your identity from your token (kubectl --as and --as-group are not supported through tether)")
 			return
 		}
 	}
 	if up := r.Header.Get("Upgrade"); up != "" && !strings.EqualFold(up, "SPDY/3.1") && !strings.EqualFold(up, "websocket") {
 		count(ResultBadRequest)
-		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: Upgrade "+up+" is not supported: only SPDY/3.1 and websocket (exec, attach, port-forward)")
+		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether relay: Upgrade "+up+" is not supported: only SPDY/3.1 and websocket (exec, attach, port-forward)")
 		return
 	}
 	prefix := fmt.Sprintf(relayapi.ClusterEndpointPath, id)
@@ -158,7 +158,7 @@ func (e *clusterEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path, err := url.PathUnescape(rawPath)
 	if !ok || !strings.HasPrefix(rawPath, "/") || err != nil {
 		count(ResultBadRequest)
-		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: a cluster request's path is "+prefix+"/ followed by the Kubernetes API path")
+		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether relay: a cluster request's path is "+prefix+"/ followed by the Kubernetes API path")
 		return
 	}
 	// The caller is authenticated and kubectl's traffic streams (watches,
@@ -337,7 +337,7 @@ func (e *clusterEndpoint) forwardError(w http.ResponseWriter, r *http.Request, e
 	e.s.log.Warn("relay: cluster request failed", "cluster", r.PathValue("id"), "verb", r.Method, "error", err)
 	var te *AgentTLSError
 	if errors.As(err, &te) {
-		kstatus.Write(w, http.StatusBadGateway, kstatus.ReasonBadGateway, "tether: the relay refused the agent it reached for cluster "+te.Cluster+": "+te.Err.Error()+
+		kstatus.Write(w, http.StatusBadGateway, kstatus.ReasonBadGateway, "tether relay: the relay refused the agent it reached for cluster "+te.Cluster+": "+te.Err.Error()+
 			" (a routing fault or a replaced credential; retry, and tell the relay's operator if it lasts)")
 		return
 	}

@@ -25,12 +25,12 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		secs := max(1, int(math.Ceil(wait.Seconds())))
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 		kstatus.Write(w, http.StatusTooManyRequests, kstatus.ReasonTooManyRequests,
-			fmt.Sprintf("tether: too many join attempts from this address: retry in %d s", secs))
+			fmt.Sprintf("tether relay: too many join attempts from this address: retry in %d s", secs))
 		return
 	}
 	var req relayapi.JoinRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJoinBody)).Decode(&req); err != nil {
-		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether: a join request is JSON {token, csr}: "+err.Error())
+		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether relay: a join request is JSON {token, csr}: "+err.Error())
 		return
 	}
 	cred, err := s.cfg.Registry.Join(req.Token, req.CSR)
@@ -46,7 +46,7 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		}
 		s.cfg.Metrics.join(false)
 		s.log.Warn("relay: join refused", "client", r.RemoteAddr, "error", err)
-		kstatus.Write(w, code, reason, "tether: "+err.Error())
+		kstatus.Write(w, code, reason, "tether relay: "+err.Error())
 		return
 	}
 	s.cfg.Metrics.join(true)

@@ -142,6 +142,7 @@ func TestStreamsOutliveTheRequestLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	tunneltest.Serve(t, as, func(st *tunnel.Stream) { _, _ = io.Copy(st, st) })
+	waitRouted(t, r.Router(), "prod", 1)
 
 	// A caller's tunnel, idle past the limit, still carries bytes.
 	conn, err := tls.Dial("tcp", r.APIAddr().String(), &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", NextProtos: []string{"http/1.1"}})

@@ -12,7 +12,7 @@ import (
 func (s *Server) login(w http.ResponseWriter, _ *http.Request) {
 	if s.cfg.Login.Issuer == "" {
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound,
-			"tether: this relay publishes no login settings (it was started without --login-issuer); pass --issuer and --client-id to tether-proxy login, or ask the relay's operator for them")
+			"tether relay: this relay publishes no login settings (it was started without --login-issuer); pass --issuer and --client-id to tether-proxy login, or ask the relay's operator for them")
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

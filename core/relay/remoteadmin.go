@@ -18,20 +18,20 @@ func (s *Server) remoteAdmin() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(s.cfg.AdminGroups) == 0 {
 			kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound,
-				"tether: the remote admin API is off on this relay: use its local admin socket, or start it with --admin-group GROUP")
+				"tether relay: the remote admin API is off on this relay: use its local admin socket, or start it with --admin-group GROUP")
 			return
 		}
 		begin := time.Now()
 		token, ok := bearer(r)
 		if !ok {
-			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: a bearer token is required for the admin API")
+			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: a bearer token is required for the admin API")
 			s.audit.Warn("relay: admin request", "user", "", "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "status", http.StatusUnauthorized)
 			return
 		}
 		res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
 		if err != nil {
 			why := strings.ReplaceAll(err.Error(), token, "<token>")
-			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether: the bearer token was refused: "+why)
+			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: the bearer token was refused: "+why)
 			s.audit.Warn("relay: admin request", "user", "", "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path,
 				"status", http.StatusUnauthorized, "why", why)
 			return
@@ -39,14 +39,14 @@ func (s *Server) remoteAdmin() http.Handler {
 		user := res.Identity.User
 		if !slices.ContainsFunc(res.Identity.Groups, func(g string) bool { return slices.Contains(s.cfg.AdminGroups, g) }) {
 			kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf(
-				"tether: %s is not in an admin group of this relay (%s); an administrator can run the command on the relay's host instead",
+				"tether relay: %s is not in an admin group of this relay (%s); an administrator can run the command on the relay's host instead",
 				user, strings.Join(s.cfg.AdminGroups, ", ")))
 			s.audit.Warn("relay: admin request", "user", user, "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "status", http.StatusForbidden)
 			return
 		}
 		if !slices.Contains(res.Audiences, s.cfg.AdminAudience) {
 			kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf(
-				"tether: the admin API accepts only tokens for its own audience, %s; this token is for %v, which agents may have seen: "+
+				"tether relay: the admin API accepts only tokens for its own audience, %s; this token is for %v, which agents may have seen: "+
 					"present a token your identity provider issued for %s (docs/security.md, \"The admin audience\")",
 				s.cfg.AdminAudience, res.Audiences, s.cfg.AdminAudience))
 			s.audit.Warn("relay: admin request", "user", user, "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path,

@@ -793,5 +793,5 @@ func WriteError(w http.ResponseWriter, err error) {
 	case errors.As(err, &ref):
 		code, reason = http.StatusBadGateway, kstatus.ReasonBadGateway
 	}
-	kstatus.Write(w, code, reason, "tether: "+err.Error())
+	kstatus.Write(w, code, reason, "tether relay: "+err.Error())
 }

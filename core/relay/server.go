@@ -214,12 +214,12 @@ func (s *Server) Handler() http.Handler {
 	} else {
 		mux.HandleFunc("/v1/clusters/{id}/k8s/", func(w http.ResponseWriter, _ *http.Request) {
 			kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound,
-				"tether: this relay's cluster endpoint is switched off (tether-relay serve --cluster-endpoint=false): reach the cluster with tether-proxy")
+				"tether relay: this relay's cluster endpoint is switched off (tether-relay serve --cluster-endpoint=false): reach the cluster with tether-proxy")
 		})
 	}
 	mux.HandleFunc("GET "+relayapi.LoginPath, s.login)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether: no such relay endpoint: "+r.Method+" "+r.URL.Path)
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: no such relay endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
 }

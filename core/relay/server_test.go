@@ -431,13 +431,7 @@ func TestServeAgents(t *testing.T) {
 	if _, err := connect(&prod, "prod"); err != nil {
 		t.Fatalf("agent with a prod credential: %v", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for h.router.Sessions("prod") != 1 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if h.router.Sessions("prod") != 1 {
-		t.Fatal("the session was not routed")
-	}
+	waitRouted(t, h.router, "prod", 1)
 
 	var ref *tunnel.RefusedError
 	if _, err := connect(&prod, "staging"); !errors.As(err, &ref) || ref.Reason != tunnel.ReasonClusterMismatch {

@@ -104,9 +104,17 @@ func (a *agentRelay) renew(t *testing.T, cert tls.Certificate) tls.Certificate {
 // session is routed just after its agent read the Welcome).
 func (a *agentRelay) routed(t *testing.T, cluster string, n int) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); a.r.Router().Sessions(cluster) != n; time.Sleep(5 * time.Millisecond) {
+	waitRouted(t, a.r.Router(), cluster, n)
+}
+
+// waitRouted waits up to 5 s for router to route n sessions of cluster: an
+// agent's ConnectAgent returns when it reads the Welcome, just before the
+// relay routes the session, so a tunnel dialled at once may find none.
+func waitRouted(t *testing.T, router *relay.Router, cluster string, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); router.Sessions(cluster) != n; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d sessions of %s routed, want %d", a.r.Router().Sessions(cluster), cluster, n)
+			t.Fatalf("%d sessions of %s routed, want %d", router.Sessions(cluster), cluster, n)
 		}
 	}
 }
