@@ -196,6 +196,12 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		// The RBAC spec's Forbidden came from the API server, not the agent.
 		Expect(agentMetrics).To(MatchRegexp(`tether_agent_requests_total\{code="403",refused="false"\} [1-9]`))
 		Expect(agentMetrics).To(ContainSubstring("tether_agent_relay_sessions 2"))
+		// Every binary says what it is, and has the runtime's collectors.
+		for name, m := range map[string]string{"tether-relay": relayMetrics, "tether-agent": agentMetrics} {
+			Expect(m).To(MatchRegexp(`tether_build_info\{binary="`+name+`",goversion="go[^"]+",version="[^"]+"\} 1`), name)
+			Expect(m).To(MatchRegexp(`(?m)^go_goroutines [1-9]`), name)
+			Expect(m).To(MatchRegexp(`(?m)^process_open_fds [1-9]`), name)
+		}
 	})
 
 	It("keeps the agent's credential in its Secret, so a restarted agent needs no new join token", func(ctx SpecContext) {

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -163,7 +162,7 @@ func (o *options) run(parent context.Context) error {
 	defer oidcAuthn.Close()
 	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr, RelayWebSocketURL: wsURL,
 		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Sessions: o.sessions, RenewBefore: o.renewBefore,
-		StreamWindow: uint32(o.streamWindow), Logger: log, Prometheus: prometheus.NewRegistry(), HealthAddr: o.healthListen,
+		StreamWindow: uint32(o.streamWindow), Logger: log, Prometheus: cli.NewMetricsRegistry("tether-agent"), HealthAddr: o.healthListen,
 		Forward: impersonate.Config{
 			Upstream: upstream, Transport: transport, Credential: credential,
 			Authenticator:    authn.ServiceAccountPassthrough(o.saIssuers, 0, oidcAuthn),

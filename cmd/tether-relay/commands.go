@@ -436,7 +436,8 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 		Registry: reg, Authentication: ac, Hostnames: o.hostnames,
 		APIAddr: o.listen, AgentAddr: o.agentListen, HealthAddr: o.healthListen, AdminSocket: adminSocket,
 		RelayID: o.relayID, AdminGroups: o.adminGroups, AdminAudience: o.adminAudience, Router: rcfg,
-		Login: relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID},
+		Login:      relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID},
+		Prometheus: cli.NewMetricsRegistry("tether-relay"),
 	}
 	if o.clusterEndpoint {
 		opts.ClusterEndpoint = &relay.ClusterEndpointConfig{}
