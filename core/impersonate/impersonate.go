@@ -19,6 +19,7 @@ import (
 	"github.com/tether-k8s/tether/core/copybuf"
 	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/tokensource"
 )
 
 // Extra keys the handler adds to every impersonated request.
@@ -240,7 +241,7 @@ func (h *Handler) decide(r *http.Request, reqID string) (*plan, identity.Identit
 	res, err := h.cfg.Authenticator.AuthenticateToken(r.Context(), token)
 	if err != nil {
 		msg := strings.ReplaceAll(err.Error(), token, "<token>")
-		return nil, identity.Identity{}, refuse(http.StatusUnauthorized, kstatus.ReasonUnauthorized, "the bearer token was refused: %s", msg)
+		return nil, identity.Identity{}, refuse(http.StatusUnauthorized, kstatus.ReasonUnauthorized, "the bearer token was refused: %s%s", msg, tokensource.ExpiredHint(token, time.Now()))
 	}
 	if res.Passthrough {
 		return &plan{authorization: "Bearer " + token}, res.Identity, nil

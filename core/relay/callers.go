@@ -20,6 +20,7 @@ import (
 	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/relayapi"
+	"github.com/tether-k8s/tether/core/tokensource"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
 
@@ -45,7 +46,7 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 		count(ResultUnauthorized)
 		why := strings.ReplaceAll(err.Error(), token, "<token>")
 		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "why", why)
-		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: the bearer token was refused: "+why)
+		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: the bearer token was refused: "+why+tokensource.ExpiredHint(token, time.Now()))
 		return "", who, "", false
 	}
 	if slices.Contains(res.Audiences, s.cfg.AdminAudience) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/tokensource"
 )
 
 // remoteAdmin serves AdminHandler on the public API to members of
@@ -31,7 +32,7 @@ func (s *Server) remoteAdmin() http.Handler {
 		res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
 		if err != nil {
 			why := strings.ReplaceAll(err.Error(), token, "<token>")
-			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: the bearer token was refused: "+why)
+			kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: the bearer token was refused: "+why+tokensource.ExpiredHint(token, time.Now()))
 			s.audit.Warn("relay: admin request", "user", "", "client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path,
 				"status", http.StatusUnauthorized, "why", why)
 			return

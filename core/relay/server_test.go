@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,6 +56,10 @@ const (
 	// bobToken is bob's, in group dev like alice.
 	bobToken = "bob-token-0123456789"
 )
+
+// expiredJWT is a JWT whose exp (2026-01-01) has passed; tokenAuthn refuses
+// it as every other unknown token.
+var expiredJWT = "eyJhbGciOiJSUzI1NiJ9." + base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"alice","exp":1767225600}`)) + ".c2ln"
 
 type tokenAuthn struct{}
 
@@ -235,6 +240,7 @@ func TestTunnelRefusals(t *testing.T) {
 	}{
 		{"no token", "prod", "", 401, "bearer token is required"},
 		{"bad token", "prod", "stale", 401, "token is expired"},
+		{"an expired JWT: the caller is told to log in again", "prod", expiredJWT, 401, "it expired at 2026-01-01T00:00:00Z: log in again (tether-proxy login), or fetch a fresh token"},
 		{"unknown cluster", "staging", goodToken, 404, "unknown cluster"},
 		{"cluster ID %2e%2e", "%2e%2e", goodToken, 400, "invalid cluster ID"},
 		{"cluster ID in upper case", "PROD", goodToken, 400, "invalid cluster ID"},
@@ -261,7 +267,7 @@ func TestTunnelRefusals(t *testing.T) {
 tether_relay_tunnels_total{result="bad_request"} 2
 tether_relay_tunnels_total{result="forbidden"} 4
 tether_relay_tunnels_total{result="not_connected"} 2
-tether_relay_tunnels_total{result="unauthorized"} 2
+tether_relay_tunnels_total{result="unauthorized"} 3
 tether_relay_tunnels_total{result="unknown_cluster"} 1
 `
 		if err := testutil.GatherAndCompare(h.prom, strings.NewReader(want), "tether_relay_tunnels_total"); err != nil {

@@ -109,3 +109,15 @@ func UnverifiedExpiry(jwt string) (time.Time, bool) {
 	}
 	return time.Unix(c.Exp, 0), true
 }
+
+// ExpiredHint returns, for a refused token whose (unverified) exp is before
+// now, what to tell its holder: when it expired and how to get another.
+// Empty for a token that has not expired or is not a JWT: the refusal's own
+// reason says what is wrong then.
+func ExpiredHint(token string, now time.Time) string {
+	exp, ok := UnverifiedExpiry(token)
+	if !ok || exp.After(now) {
+		return ""
+	}
+	return fmt.Sprintf(" (it expired at %s: log in again (tether-proxy login), or fetch a fresh token)", exp.UTC().Format(time.RFC3339))
+}
