@@ -250,6 +250,13 @@ func (a *Agent) credential(ctx context.Context) (tls.Certificate, error) {
 	if a.cfg.JoinToken == "" || a.cfg.RelayAPI == "" {
 		return tls.Certificate{}, fmt.Errorf("agent: no credential in %s and no join token and relay API to get one: run `tether-relay cluster create %s` and pass the token it prints", store, a.cfg.Cluster)
 	}
+	// The join token works once: spend it only when the sessions that the
+	// credential is for can reach the relay.
+	probe, _, err := a.dialRaw(ctx)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("%w; the join token was not used", err)
+	}
+	_ = probe.Close()
 	cert, err := a.join(ctx, store)
 	if err == nil {
 		return cert, nil
@@ -339,41 +346,9 @@ func (a *Agent) dial(ctx context.Context) (net.Conn, error) {
 // HTTP proxy if one is configured for it, or over WebSocket), and completes
 // TLS with the credential and alpn.
 func (a *Agent) dialALPN(ctx context.Context, alpn string) (*tls.Conn, error) {
-	proxyFor := a.cfg.Proxy
-	if proxyFor == nil {
-		proxyFor = http.ProxyFromEnvironment
-	}
-	var raw net.Conn
-	var host string
-	if a.cfg.RelayWebSocketURL != "" {
-		u, err := url.Parse(a.cfg.RelayWebSocketURL)
-		if err != nil {
-			return nil, fmt.Errorf("agent: relay WebSocket URL %q: %w", a.cfg.RelayWebSocketURL, err)
-		}
-		host = u.Hostname()
-		d := &tunnel.WebSocketDialer{URL: a.cfg.RelayWebSocketURL, Proxy: proxyFor, TLSConfig: outerTLS(a.cfg.RelayCA, host), NetDialContext: a.netDial}
-		if raw, err = d.DialContext(ctx); err != nil {
-			return nil, fmt.Errorf("agent: reach the relay at %s: %w", a.cfg.RelayWebSocketURL, err)
-		}
-	} else {
-		h, _, err := net.SplitHostPort(a.cfg.RelayAgentAddr)
-		if err != nil {
-			return nil, fmt.Errorf("agent: relay agent address %q: %w", a.cfg.RelayAgentAddr, err)
-		}
-		host = h
-		target := &url.URL{Scheme: "https", Host: a.cfg.RelayAgentAddr}
-		proxyURL, err := proxyFor(&http.Request{URL: target, Header: http.Header{}})
-		if err != nil {
-			return nil, fmt.Errorf("agent: proxy for %s: %w", target, err)
-		}
-		if proxyURL == nil {
-			raw, err = a.netDial(ctx, "tcp", a.cfg.RelayAgentAddr)
-		} else {
-			raw, err = connectThrough(ctx, a.netDial, proxyURL, a.cfg.RelayAgentAddr)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("agent: reach the relay at %s: %w", a.cfg.RelayAgentAddr, err)
-		}
+	raw, host, err := a.dialRaw(ctx)
+	if err != nil {
+		return nil, err
 	}
 	tc := tls.Client(raw, &tls.Config{
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return a.cert.Load(), nil },
@@ -387,6 +362,49 @@ func (a *Agent) dialALPN(ctx context.Context, alpn string) (*tls.Conn, error) {
 		return nil, fmt.Errorf("agent: TLS with the relay: %w", err)
 	}
 	return tc, nil
+}
+
+// dialRaw connects to the relay's agent endpoint, directly, through an HTTP
+// proxy, or over WebSocket, and returns the connection (before the
+// session's TLS) and the relay's host name.
+func (a *Agent) dialRaw(ctx context.Context) (net.Conn, string, error) {
+	proxyFor := a.cfg.Proxy
+	if proxyFor == nil {
+		proxyFor = http.ProxyFromEnvironment
+	}
+	var raw net.Conn
+	var host string
+	if a.cfg.RelayWebSocketURL != "" {
+		u, err := url.Parse(a.cfg.RelayWebSocketURL)
+		if err != nil {
+			return nil, "", fmt.Errorf("agent: relay WebSocket URL %q: %w", a.cfg.RelayWebSocketURL, err)
+		}
+		host = u.Hostname()
+		d := &tunnel.WebSocketDialer{URL: a.cfg.RelayWebSocketURL, Proxy: proxyFor, TLSConfig: outerTLS(a.cfg.RelayCA, host), NetDialContext: a.netDial}
+		if raw, err = d.DialContext(ctx); err != nil {
+			return nil, "", fmt.Errorf("agent: reach the relay at %s: %w", a.cfg.RelayWebSocketURL, err)
+		}
+		return raw, host, nil
+	}
+	h, _, err := net.SplitHostPort(a.cfg.RelayAgentAddr)
+	if err != nil {
+		return nil, "", fmt.Errorf("agent: relay agent address %q: %w", a.cfg.RelayAgentAddr, err)
+	}
+	host = h
+	target := &url.URL{Scheme: "https", Host: a.cfg.RelayAgentAddr}
+	proxyURL, err := proxyFor(&http.Request{URL: target, Header: http.Header{}})
+	if err != nil {
+		return nil, "", fmt.Errorf("agent: proxy for %s: %w", target, err)
+	}
+	if proxyURL == nil {
+		raw, err = a.netDial(ctx, "tcp", a.cfg.RelayAgentAddr)
+	} else {
+		raw, err = connectThrough(ctx, a.netDial, proxyURL, a.cfg.RelayAgentAddr)
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("agent: reach the relay's agent endpoint at %s: %w (the relay's --agent-listen port: if it is not there, pass --relay-agent-addr HOST:PORT; where only the relay's HTTPS port is reachable, --relay-transport websocket)", a.cfg.RelayAgentAddr, err)
+	}
+	return raw, host, nil
 }
 
 // netDial makes a network connection with Config.DialContext, or a

@@ -55,8 +55,10 @@ type joinRelay struct {
 	pool    *x509.CertPool
 	cluster string
 	refuse  string
-	mu      sync.Mutex
-	joins   int
+	// agentAddr is a listener standing for the relay's agent endpoint.
+	agentAddr string
+	mu        sync.Mutex
+	joins     int
 }
 
 func newJoinRelay(t *testing.T, cluster string) *joinRelay {
@@ -106,13 +108,32 @@ func newJoinRelay(t *testing.T, cluster string) *joinRelay {
 			CA:          string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})), NotAfter: tmpl.NotAfter})
 	}))
 	t.Cleanup(j.srv.Close)
+	// The agent endpoint: it only needs to answer the agent's check that
+	// it is reachable before the join token is spent.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.agentAddr = l.Addr().String()
+	accepted := make(chan struct{})
+	go func() {
+		defer close(accepted)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	t.Cleanup(func() { _ = l.Close(); <-accepted })
 	j.pool = x509.NewCertPool()
 	j.pool.AddCert(j.srv.Certificate())
 	return j
 }
 
 func (j *joinRelay) config(dir string) agent.Config {
-	return agent.Config{Cluster: "prod", Name: "agent-test", RelayAPI: j.srv.URL, RelayAgentAddr: "127.0.0.1:1", RelayCA: j.pool,
+	return agent.Config{Cluster: "prod", Name: "agent-test", RelayAPI: j.srv.URL, RelayAgentAddr: j.agentAddr, RelayCA: j.pool,
 		CredentialDir: dir, JoinToken: "tether-join.test", Forward: forward(),
 		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }}
 }
@@ -178,6 +199,22 @@ func TestJoinKeepsTheCredentialAndReusesIt(t *testing.T) {
 	}
 	if j.joins != 1 {
 		t.Fatalf("%d joins, want 1: the stored credential must be reused", j.joins)
+	}
+}
+
+// An agent that cannot reach the relay's agent endpoint (a relay on another
+// agent port, say) does not spend its one-time join token, and says which
+// flag fixes it.
+func TestJoinWaitsForTheAgentEndpoint(t *testing.T) {
+	j := newJoinRelay(t, "prod")
+	cfg := j.config(t.TempDir())
+	cfg.RelayAgentAddr = "127.0.0.1:1"
+	_, err := agent.New(t.Context(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "--relay-agent-addr") || !strings.Contains(err.Error(), "the join token was not used") {
+		t.Fatalf("New with an unreachable agent endpoint: %v", err)
+	}
+	if j.joins != 0 {
+		t.Fatalf("%d joins: the token was spent on a relay the agent cannot hold sessions with", j.joins)
 	}
 }
 

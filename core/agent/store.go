@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -31,8 +33,28 @@ type CredentialStore interface {
 // FileStore keeps the credential as tls.crt and tls.key (mode 0600) in Dir.
 type FileStore struct{ Dir string }
 
-// Load implements CredentialStore.
-func (f FileStore) Load(context.Context) ([]byte, []byte, error) {
+// Load implements CredentialStore. Save renames the key, then the
+// certificate, into place: a Load between the two (a replica sharing the
+// directory renews) reads a pair that does not match, so Load reads again,
+// a few times, until the pair matches.
+func (f FileStore) Load(ctx context.Context) ([]byte, []byte, error) {
+	for i := 0; ; i++ {
+		cert, key, err := f.load()
+		if err != nil || i == 4 {
+			return cert, key, err
+		}
+		if _, err := tls.X509KeyPair(cert, key); err == nil {
+			return cert, key, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (f FileStore) load() ([]byte, []byte, error) {
 	cert, err := os.ReadFile(filepath.Join(f.Dir, CertFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("%s: %w", f, ErrNoCredential)
