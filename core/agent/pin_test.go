@@ -267,4 +267,3 @@ func (im *impostor) checkRefused(t *testing.T, logs string, want ...string) {
 		t.Fatal("the join token is in the log")
 	}
 }
-
