@@ -144,9 +144,9 @@ func paths(rs []*http.Request) []string {
 // rawUpstream is a stand-in API server that keeps the bytes it receives,
 // to check how the agent frames what it forwards.
 type rawUpstream struct {
-	l    net.Listener
-	wg   sync.WaitGroup
-	mu   sync.Mutex
+	l     net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
 	raw   bytes.Buffer
 	reqs  []rawRequest
 	conns []net.Conn
@@ -250,13 +250,13 @@ func TestRequestSmugglingIsRefused(t *testing.T) {
 		bodies []string
 	}{
 		{name: "CL.TE: chunked body ends early, the rest would start the next request",
-			payload: crlf(post("Content-Length: "+fmt.Sprint(len(crlf("0\n\n"+hidden))), "Transfer-Encoding: chunked")+"0\n\n"+hidden),
+			payload: crlf(post("Content-Length: "+fmt.Sprint(len(crlf("0\n\n"+hidden))), "Transfer-Encoding: chunked") + "0\n\n" + hidden),
 			codes:   []int{200, 403}, bodies: []string{""}},
 		{name: "TE.CL: Content-Length ends early, the rest is in the chunk",
 			payload: crlf(post("Content-Length: 4", "Transfer-Encoding: chunked")) + fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(crlf(hidden)), crlf(hidden)),
 			codes:   []int{200}, bodies: []string{crlf(hidden)}},
 		{name: "TE before CL, lower case",
-			payload: crlf(post("transfer-encoding: chunked", "content-length: 3")+"0\n\nGET /smuggled HTTP/1.1\nHost: x\n\n"),
+			payload: crlf(post("transfer-encoding: chunked", "content-length: 3") + "0\n\nGET /smuggled HTTP/1.1\nHost: x\n\n"),
 			codes:   []int{200, 401}, bodies: []string{""}},
 		{name: "two different Content-Lengths", payload: crlf(post("Content-Length: 0", "Content-Length: 5") + "hello"), codes: []int{400}},
 		{name: "Content-Length with a sign", payload: crlf(post("Content-Length: +5") + "hello"), codes: []int{400}},
