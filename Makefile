@@ -117,7 +117,7 @@ sim: ## run the simulator's suite with a fresh seed and longer runs (SIM_FLAGS, 
 FUZZTIME ?= 100000x
 .PHONY: fuzz
 fuzz: ## run every fuzz target briefly (FUZZTIME each, default 100000 runs, or a target's own //tether:fuzztime line)
-	@for f in $$(grep -rl --include='*_test.go' '^func Fuzz' core fixtures 2>/dev/null); do \
+	@for f in $$(grep -rl --include='*_test.go' '^func Fuzz' core cmd fixtures 2>/dev/null); do \
 	  for fn in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
 	    t=$(FUZZTIME); \
 	    if [ "$(origin FUZZTIME)" = file ]; then \

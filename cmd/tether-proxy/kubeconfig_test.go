@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/tether-k8s/tether/core/tokensource"
 	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
 )
 
@@ -186,4 +187,44 @@ func TestWriteKubeconfig(t *testing.T) {
 		!slices.Contains(got.AuthInfos["tether-prod"].Exec.Args, "--token-command=cat t") {
 		t.Fatalf("with --use: current %q, printed %q, args %q", got.CurrentContext, out.String(), got.AuthInfos["tether-prod"].Exec.Args)
 	}
+}
+
+// FuzzTokenExpiry reads the exp of fuzzed tokens as `tether-proxy token`
+// does, unverified, to tell kubectl when to ask again: it never fails on a
+// token that is not a JWT (kubectl keeps it), gives a time only for a
+// JWT-shaped token whose exp is a positive number of seconds up to 2^40,
+// agrees with the other unverified reader (tokensource.UnverifiedExpiry)
+// whenever both read one, and never quotes the token in an error.
+func FuzzTokenExpiry(f *testing.F) {
+	f.Add(jwt(`{"exp":1700000000}`))
+	f.Add(jwt(`{"exp":1.7e9}`))
+	f.Add(jwt(`{"exp":"1700000000"}`))
+	f.Add(jwt(`{"exp":-1}`))
+	f.Add(jwt(`{"exp":1e300}`))
+	f.Add(jwt(`{}`))
+	f.Add(jwt(`null`))
+	f.Add("not-a-jwt")
+	f.Add("a.b.c.d")
+	f.Add("a.!!.c")
+	f.Fuzz(func(t *testing.T, tok string) {
+		exp, ok, err := tokenExpiry(tok)
+		if err != nil {
+			if len(tok) >= 8 && strings.Contains(err.Error(), tok) {
+				t.Fatalf("the error quotes the token: %v", err)
+			}
+			if strings.Count(tok, ".") != 2 {
+				t.Fatalf("a token that is not a JWT failed: %v", err)
+			}
+			return
+		}
+		if !ok {
+			return
+		}
+		if strings.Count(tok, ".") != 2 || len(tok) > maxTokenBytes || exp.Unix() <= 0 || exp.Unix() > 1<<40 {
+			t.Fatalf("%q: exp %v", tok, exp)
+		}
+		if other, ok := tokensource.UnverifiedExpiry(tok); ok && !other.Equal(exp) {
+			t.Fatalf("%q: exp %v here, %v in tokensource", tok, exp, other)
+		}
+	})
 }

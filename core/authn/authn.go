@@ -91,6 +91,11 @@ type Config struct {
 	// keys (a token with an unknown kid triggers one). Zero means
 	// DefaultJWKSMinRefresh.
 	JWKSMinRefresh time.Duration
+	// JWKSFetchTimeout bounds one fetch of an issuer's keys (discovery and
+	// JWKS together): a verification that needs a fetch waits at most this
+	// long for an issuer that accepts and never answers. Zero means
+	// DefaultJWKSFetchTimeout.
+	JWKSFetchTimeout time.Duration
 	// DialContext connects to issuers (discovery and keys). Nil means the
 	// default transport's dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -110,8 +115,8 @@ func (c *Config) Validate() error {
 		return errors.New("authn: Config.Authentication enables anonymous access, which tether never allows")
 	case c.MaxTokenBytes < 0:
 		return fmt.Errorf("authn: Config.MaxTokenBytes %d is negative", c.MaxTokenBytes)
-	case c.JWKSMaxAge < 0 || c.JWKSMinRefresh < 0:
-		return errors.New("authn: Config.JWKSMaxAge and JWKSMinRefresh must not be negative")
+	case c.JWKSMaxAge < 0 || c.JWKSMinRefresh < 0 || c.JWKSFetchTimeout < 0:
+		return errors.New("authn: Config.JWKSMaxAge, JWKSMinRefresh and JWKSFetchTimeout must not be negative")
 	}
 	return nil
 }
@@ -126,6 +131,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.JWKSMinRefresh == 0 {
 		c.JWKSMinRefresh = DefaultJWKSMinRefresh
+	}
+	if c.JWKSFetchTimeout == 0 {
+		c.JWKSFetchTimeout = DefaultJWKSFetchTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -183,7 +191,7 @@ func New(ctx context.Context, cfg Config) (_ *Authenticator, err error) {
 			tr.DialContext = cfg.DialContext
 		}
 		client := issuerClient(tr)
-		ks := newKeySet(j.Issuer.URL, j.Issuer.DiscoveryURL, client, oidc.AllValidSigningAlgorithms(), cfg.JWKSMaxAge, cfg.JWKSMinRefresh, log)
+		ks := newKeySet(j.Issuer.URL, j.Issuer.DiscoveryURL, client, oidc.AllValidSigningAlgorithms(), cfg.JWKSMaxAge, cfg.JWKSMinRefresh, cfg.JWKSFetchTimeout, log)
 		// With a KeySet the authenticator does no discovery of its own
 		// (and refuses a DiscoveryURL, which the key set honours).
 		j.Issuer.DiscoveryURL = ""

@@ -27,6 +27,13 @@ const (
 	// issuer's keys: a storm of tokens with unknown kids costs at most one
 	// fetch per interval (they wait for it together).
 	DefaultJWKSMinRefresh = time.Second
+	// DefaultJWKSFetchTimeout bounds one fetch of an issuer's keys
+	// (discovery and JWKS together).
+	DefaultJWKSFetchTimeout = 10 * time.Second
+	// issuerDownRetry is how long after a failed fetch the key set serves
+	// the keys it has (or refuses at once) without fetching again: only
+	// one verification per interval waits for an issuer that is down.
+	issuerDownRetry = 5 * time.Second
 	// maxJWKSBytes bounds a discovery document or a JWKS.
 	maxJWKSBytes = 1 << 20
 )
@@ -47,7 +54,11 @@ var errUnknownKey = errors.New("the token's signing key (kid) is not in the issu
 //     are at least minRefresh apart, and concurrent verifications share one.
 //
 // If a refetch fails, the keys fetched last stay in use (an issuer outage
-// does not lock every caller out) and the failure is logged.
+// does not lock every caller out) and the failure is logged. A fetch takes
+// at most fetchTimeout; after one failed, verifications neither wait for
+// another nor start one for issuerDownRetry (or minRefresh, if longer), so
+// an issuer that accepts and never answers costs one verification in that
+// interval the wait, not every one.
 type keySet struct {
 	issuer       string
 	discoveryURL string
@@ -55,6 +66,7 @@ type keySet struct {
 	algs         []jose.SignatureAlgorithm
 	maxAge       time.Duration
 	minRefresh   time.Duration
+	fetchTimeout time.Duration
 	now          func() time.Time
 	log          *slog.Logger
 
@@ -65,14 +77,18 @@ type keySet struct {
 	lastTry  time.Time
 	lastErr  error
 	inflight chan struct{} // closed when the fetch in flight ends
+	// failing is set while the last fetch failed, and downUntil is when
+	// the next may start.
+	failing   bool
+	downUntil time.Time
 }
 
-func newKeySet(issuer, discoveryURL string, client *http.Client, algs []string, maxAge, minRefresh time.Duration, log *slog.Logger) *keySet {
+func newKeySet(issuer, discoveryURL string, client *http.Client, algs []string, maxAge, minRefresh, fetchTimeout time.Duration, log *slog.Logger) *keySet {
 	if discoveryURL == "" {
 		discoveryURL = strings.TrimSuffix(issuer, "/") + "/.well-known/openid-configuration"
 	}
 	ks := &keySet{issuer: issuer, discoveryURL: discoveryURL, client: client, maxAge: maxAge, minRefresh: minRefresh,
-		now: time.Now, log: log, lastErr: fmt.Errorf("authn: the keys of issuer %q are not fetched yet", issuer)}
+		fetchTimeout: fetchTimeout, now: time.Now, log: log, lastErr: fmt.Errorf("authn: the keys of issuer %q are not fetched yet", issuer)}
 	for _, a := range algs {
 		ks.algs = append(ks.algs, jose.SignatureAlgorithm(a))
 	}
@@ -121,6 +137,15 @@ func (ks *keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, erro
 			return nil, errors.New("failed to verify the token's signature")
 		}
 	}
+	ks.mu.Lock()
+	failing, lastErr := ks.failing || ks.keys == nil, ks.lastErr
+	ks.mu.Unlock()
+	switch {
+	case len(keys) == 0:
+		return nil, fmt.Errorf("the issuer's keys could not be fetched (retried at most every %s): %w", max(ks.minRefresh, issuerDownRetry), lastErr)
+	case failing:
+		return nil, fmt.Errorf("the token's signing key (kid) is not among the keys fetched last, and the issuer's keys could not be fetched since: %w", lastErr)
+	}
 	return nil, errUnknownKey
 }
 
@@ -139,9 +164,17 @@ func verifyWith(jws *jose.JSONWebSignature, keys []jose.JSONWebKey, kid string) 
 // refresh fetches the keys, at most once per minRefresh (callers inside
 // that interval wait for its end, or for ctx), sharing a fetch in flight,
 // and returns the keys to use: the new ones, or on failure the last ones.
+// While the issuer is known down (the last fetch failed) it returns the
+// last keys at once, neither waiting for a fetch in flight nor starting one
+// before downUntil.
 func (ks *keySet) refresh(ctx context.Context) []jose.JSONWebKey {
 	for {
 		ks.mu.Lock()
+		if ks.failing && (ks.inflight != nil || ks.now().Before(ks.downUntil)) {
+			keys := ks.keys
+			ks.mu.Unlock()
+			return keys
+		}
 		if ch := ks.inflight; ch != nil {
 			ks.mu.Unlock()
 			select {
@@ -169,17 +202,27 @@ func (ks *keySet) refresh(ctx context.Context) []jose.JSONWebKey {
 		ks.inflight, ks.lastTry = ch, ks.now()
 		ks.mu.Unlock()
 
-		keys, maxAge, err := ks.fetch(ctx)
+		fctx, cancel := context.WithTimeout(ctx, ks.fetchTimeout)
+		keys, maxAge, err := ks.fetch(fctx)
+		cancel()
 		ks.mu.Lock()
-		if err != nil {
-			ks.lastErr = err
-			ks.log.Warn("authn: fetching the issuer's keys failed; the last ones stay in use", "issuer", ks.issuer, "err", err)
-		} else {
+		switch {
+		case err != nil && ctx.Err() != nil:
+			// The caller went away: that says nothing of the issuer.
+		case err != nil:
+			if errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("%w (no answer within %s)", err, ks.fetchTimeout)
+			}
+			ks.lastErr, ks.failing = err, true
+			ks.downUntil = ks.now().Add(max(ks.minRefresh, issuerDownRetry))
+			ks.log.Warn("authn: fetching the issuer's keys failed; the last ones stay in use", "issuer", ks.issuer, "err", err,
+				"retryAfter", max(ks.minRefresh, issuerDownRetry))
+		default:
 			age := ks.maxAge
 			if maxAge >= 0 && maxAge < age {
 				age = max(maxAge, ks.minRefresh)
 			}
-			ks.keys, ks.expires, ks.lastErr = keys, ks.now().Add(age), nil
+			ks.keys, ks.expires, ks.lastErr, ks.failing = keys, ks.now().Add(age), nil, false
 		}
 		ks.inflight = nil
 		keys = ks.keys

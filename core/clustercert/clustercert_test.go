@@ -184,3 +184,43 @@ func FuzzClusterID(f *testing.F) {
 		}
 	})
 }
+
+// FuzzVerifyAgent signs agent certificates with fuzzed names, by the
+// relay's CA or another, for client or server use, and verifies them for a
+// fuzzed cluster: VerifyAgent accepts only a client certificate from the
+// relay's CA whose one URI SAN and common name are the cluster asked for.
+//
+//tether:fuzztime 20000x
+func FuzzVerifyAgent(f *testing.F) {
+	relayCA, other := newCA(f), newCA(f)
+	f.Add("prod", "tether://cluster/prod", "prod", false, false)
+	f.Add("prod", "tether://cluster/prod", "dev", false, false)
+	f.Add("prod", "tether://cluster/prod", "prod", true, false)
+	f.Add("prod", "tether://cluster/prod", "prod", false, true)
+	f.Add("prod", "tether://cluster/prod/", "prod/", false, false)
+	f.Add("Prod", "tether://cluster/Prod", "Prod", false, false)
+	f.Add("", "", "", false, false)
+	f.Fuzz(func(t *testing.T, cn, uri, cluster string, byOther, serverAuth bool) {
+		signer, usage := relayCA, x509.ExtKeyUsageClientAuth
+		if byOther {
+			signer = other
+		}
+		if serverAuth {
+			usage = x509.ExtKeyUsageServerAuth
+		}
+		var uris []string
+		if uri != "" {
+			uris = []string{uri}
+		}
+		leaf, err := signer.sign(cn, uris, usage)
+		if err != nil {
+			return
+		}
+		if err := clustercert.VerifyAgent(relayCA.pool, cluster, []*x509.Certificate{leaf}); err != nil {
+			return
+		}
+		if byOther || serverAuth || cluster != cn || uri != clustercert.URIPrefix+cluster || clusterid.Validate(cluster) != nil {
+			t.Fatalf("accepted for cluster %q: cn %q, uri %q, by another CA %v, server auth %v", cluster, cn, uri, byOther, serverAuth)
+		}
+	})
+}

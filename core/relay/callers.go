@@ -88,7 +88,10 @@ func bearer(r *http.Request) (string, bool) {
 		return "", false
 	}
 	token, found := strings.CutPrefix(auth[0], "Bearer ")
-	return token, found && token != ""
+	if !found || token == "" {
+		return "", false
+	}
+	return token, true
 }
 
 func (s *Server) clusterInfo(w http.ResponseWriter, r *http.Request) {

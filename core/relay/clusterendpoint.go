@@ -153,12 +153,10 @@ func (e *clusterEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether relay: Upgrade "+up+" is not supported: only SPDY/3.1 and websocket (exec, attach, port-forward)")
 		return
 	}
-	prefix := fmt.Sprintf(relayapi.ClusterEndpointPath, id)
-	rawPath, ok := strings.CutPrefix(r.URL.EscapedPath(), prefix)
-	path, err := url.PathUnescape(rawPath)
-	if !ok || !strings.HasPrefix(rawPath, "/") || err != nil {
+	path, rawPath, ok := splitClusterPath(id, r.URL.EscapedPath())
+	if !ok {
 		count(ResultBadRequest)
-		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether relay: a cluster request's path is "+prefix+"/ followed by the Kubernetes API path")
+		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether relay: a cluster request's path is "+fmt.Sprintf(relayapi.ClusterEndpointPath, id)+"/ followed by the Kubernetes API path")
 		return
 	}
 	// The caller is authenticated and kubectl's traffic streams (watches,
@@ -212,6 +210,22 @@ func (e *clusterEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		attrs = append(attrs, "error", c.err.Error())
 	}
 	e.s.audit.Info("relay: cluster request", attrs...)
+}
+
+// splitClusterPath cuts the endpoint's prefix for cluster id from a
+// request's escaped path and returns the Kubernetes API path below it,
+// unescaped and as sent, or false when the path does not start with the
+// prefix and a slash or does not unescape.
+func splitClusterPath(id, escaped string) (path, rawPath string, ok bool) {
+	rawPath, ok = strings.CutPrefix(escaped, fmt.Sprintf(relayapi.ClusterEndpointPath, id))
+	if !ok || !strings.HasPrefix(rawPath, "/") {
+		return "", "", false
+	}
+	path, err := url.PathUnescape(rawPath)
+	if err != nil {
+		return "", "", false
+	}
+	return path, rawPath, true
 }
 
 // pool returns the (cluster, token) pool, making it if needed, and forgets

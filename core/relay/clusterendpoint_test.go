@@ -28,6 +28,10 @@ type seen struct {
 	rawPath, auth string
 	query         string
 	header        http.Header
+	// te and body are the request's Transfer-Encoding and body.
+	te      []string
+	body    string
+	bodyErr error
 }
 
 // fakeAgent serves HTTP over TLS with an agent's certificate on every
@@ -98,11 +102,19 @@ func startAgent(t *testing.T, h *relayHarness, cluster string, cert tls.Certific
 
 func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
 	st := r.Context().Value(streamKey{}).(*tunnel.Stream)
+	var body []byte
+	var bodyErr error
+	if r.Header.Get("Upgrade") == "" {
+		body, bodyErr = io.ReadAll(r.Body)
+	}
 	a.mu.Lock()
 	a.seen = append(a.seen, seen{stream: st.Open.Request, user: st.Open.User, method: r.Method, path: r.URL.Path, rawPath: r.URL.EscapedPath(),
-		auth: r.Header.Get("Authorization"), query: r.URL.RawQuery, header: r.Header.Clone()})
+		auth: r.Header.Get("Authorization"), query: r.URL.RawQuery, header: r.Header.Clone(), te: r.TransferEncoding, body: string(body), bodyErr: bodyErr})
 	a.mu.Unlock()
 	switch {
+	case r.Header.Get("Upgrade") != "" && strings.Contains(r.URL.Path, "/pods/refused/"):
+		// As the API server answers an exec the user may not do.
+		http.Error(w, "no exec for you", http.StatusForbidden)
 	case r.URL.Path == "/watch":
 		_, _ = io.WriteString(w, "event-1\n")
 		http.NewResponseController(w).Flush()

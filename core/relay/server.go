@@ -221,5 +221,22 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: no such relay endpoint: "+r.Method+" "+r.URL.Path)
 	})
-	return mux
+	return closeAfterChunked(mux)
+}
+
+// closeAfterChunked closes the connection after answering a request whose
+// body is chunked. RFC 9112 (6.3) requires it after a request that had both
+// Transfer-Encoding and Content-Length: a proxy in front of the relay that
+// framed it by Content-Length took part of it for the start of the next
+// request, maybe another client's on a connection it shares. Go's server
+// reads such a request as chunked, but drops the Content-Length before a
+// handler sees it and keeps the connection open, so every chunked request
+// ends its connection (kubectl sends its bodies with a Content-Length).
+func closeAfterChunked(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TransferEncoding) > 0 {
+			w.Header().Set("Connection", "close")
+		}
+		next.ServeHTTP(w, r)
+	})
 }

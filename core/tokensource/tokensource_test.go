@@ -81,14 +81,29 @@ func TestUnverifiedExpiry(t *testing.T) {
 }
 
 // FuzzUnverifiedExpiry: raw tokens never make the unverified reader panic,
-// and an expiry it reports is positive.
+// and an expiry it reports is positive; the hint a refusal carries
+// (ExpiredHint) says the token expired only when that expiry has passed,
+// and never quotes the token or a control character.
 func FuzzUnverifiedExpiry(f *testing.F) {
 	f.Add("a.eyJleHAiOjF9.c")
 	f.Add("....")
 	f.Add(strings.Repeat(".", 1000))
+	f.Add("a." + base64.RawURLEncoding.EncodeToString([]byte(`{"exp":9223372036854775807}`)) + ".c")
+	f.Add("a." + base64.RawURLEncoding.EncodeToString([]byte(`{"exp":1e3}`)) + ".c")
+	now := time.Unix(1_800_000_000, 0)
 	f.Fuzz(func(t *testing.T, tok string) {
-		if exp, ok := tokensource.UnverifiedExpiry(tok); ok && exp.Unix() <= 0 {
+		exp, ok := tokensource.UnverifiedExpiry(tok)
+		if ok && exp.Unix() <= 0 {
 			t.Fatalf("expiry %v from %q", exp, tok)
+		}
+		hint := tokensource.ExpiredHint(tok, now)
+		switch {
+		case hint != "" && (!ok || exp.After(now)):
+			t.Fatalf("hint %q for %q (expiry %v, %v)", hint, tok, exp, ok)
+		case hint == "" && ok && !exp.After(now):
+			t.Fatalf("no hint for %q, which expired at %v", tok, exp)
+		case len(tok) >= 8 && strings.Contains(hint, tok), strings.ContainsFunc(hint, func(r rune) bool { return r < ' ' || r == 0x7f }):
+			t.Fatalf("hint %q quotes the token or a control character", hint)
 		}
 	})
 }
