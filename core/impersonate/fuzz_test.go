@@ -28,26 +28,14 @@ func FuzzIdentityHeaders(f *testing.F) {
 	f.Add("ユーザー", "グループ", "scopes", "read write")
 	f.Add("carol", "ops", "UPPER", "v")
 	f.Fuzz(func(t *testing.T, user, group, extraKey, extraVal string) {
-		var got *http.Request
-		authn := &fakeAuthn{identity: identity.Identity{
+		h, recorded := recordingHandler(t, identity.Identity{
 			User: user, Groups: []string{group}, Extra: map[string][]string{extraKey: {extraVal}},
-		}}
-		target, _ := url.Parse("http://apiserver.invalid")
-		record := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			got = r
-			return &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader("{}")), Header: http.Header{}, Request: r}, nil
 		})
-		h, err := impersonate.New(impersonate.Config{
-			Upstream: target, Authenticator: authn, Transport: record, UpgradeTransport: record,
-			Credential: func(context.Context) (string, error) { return agentToken, nil },
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
 		req := httptest.NewRequest("GET", "/api/v1/pods", nil)
 		req.Header.Set("Authorization", "Bearer "+callerToken)
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, req)
+		got := recorded()
 		if got == nil {
 			if w.Code == 200 {
 				t.Fatal("200 without forwarding")
@@ -133,20 +121,7 @@ func FuzzRequestHeaders(f *testing.F) {
 		if !isHeaderName(k1) || !isHeaderName(k2) || !strings.HasPrefix(path, "/") {
 			return // the server refuses the request before any handler
 		}
-		var got *http.Request
-		authn := &fakeAuthn{identity: identity.Identity{User: "alice", Groups: []string{"dev"}}}
-		target, _ := url.Parse("http://apiserver.invalid")
-		record := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			got = r
-			return &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader("{}")), Header: http.Header{}, Request: r}, nil
-		})
-		h, err := impersonate.New(impersonate.Config{
-			Upstream: target, Authenticator: authn, Transport: record, UpgradeTransport: record,
-			Credential: func(context.Context) (string, error) { return agentToken, nil },
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		h, recorded := recordingHandler(t, identity.Identity{User: "alice", Groups: []string{"dev"}})
 		req := httptest.NewRequest("GET", "http://agent.invalid/", nil)
 		req.URL.Path = path
 		in := http.Header{}
@@ -155,6 +130,7 @@ func FuzzRequestHeaders(f *testing.F) {
 		in.Add(k2, v2)
 		req.Header = in.Clone()
 		h.ServeHTTP(httptest.NewRecorder(), req)
+		got := recorded()
 		if got == nil {
 			return
 		}
@@ -202,4 +178,25 @@ func FuzzRequestHeaders(f *testing.F) {
 			t.Fatalf("an upgrade forwarded on %q", path)
 		}
 	})
+}
+
+// recordingHandler is the agent's handler for a caller authenticated as id,
+// in front of an upstream that records the request it is sent (recorded
+// returns it, nil when nothing was forwarded) and answers 200.
+func recordingHandler(t *testing.T, id identity.Identity) (h *impersonate.Handler, recorded func() *http.Request) {
+	t.Helper()
+	var got *http.Request
+	target, _ := url.Parse("http://apiserver.invalid")
+	record := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		got = r
+		return &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader("{}")), Header: http.Header{}, Request: r}, nil
+	})
+	h, err := impersonate.New(impersonate.Config{
+		Upstream: target, Authenticator: &fakeAuthn{identity: id}, Transport: record, UpgradeTransport: record,
+		Credential: func(context.Context) (string, error) { return agentToken, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, func() *http.Request { return got }
 }
