@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -95,6 +97,7 @@ type Cluster struct {
 
 type agentProc struct {
 	host   string
+	starts uint64 // how many times it was started: seeds its backoff jitter
 	cancel context.CancelFunc
 	done   chan error
 	a      *agent.Agent
@@ -264,7 +267,8 @@ func (w *World) StartAgent(ctx context.Context, c *Cluster, i int) error {
 		return err
 	}
 	upstream, _ := url.Parse("http://" + apiHost(c.ID) + ":6443")
-	a, err := agent.New(ctx, agent.Config{Cluster: c.ID, Name: fmt.Sprintf("agent-%d", i), RelayAPI: fmt.Sprintf("https://%s:%d", RelayHost, relayAPI),
+	ap.starts++
+	a, err := agent.New(ctx, agent.Config{Rand: lockedRand(w.cfg.Seed, hash(ap.host)^ap.starts), Cluster: c.ID, Name: fmt.Sprintf("agent-%d", i), RelayAPI: fmt.Sprintf("https://%s:%d", RelayHost, relayAPI),
 		RelayAgentAddr: fmt.Sprintf("%s:%d", RelayHost, relayAgent), RelayCA: w.relayCA, Store: c.store, JoinToken: c.token,
 		Sessions: w.cfg.SessionsPerAgent, DialContext: dial, Logger: w.log,
 		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil },
@@ -440,6 +444,25 @@ func (w *World) Close() error {
 		errs = append(errs, w.issuer.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// lockedRand returns a seeded source of floats in [0, 1) that goroutines
+// may share (an agent's session slots draw their backoff from one).
+func lockedRand(seed, stream uint64) func() float64 {
+	var mu sync.Mutex
+	rnd := rand.New(rand.NewPCG(seed, stream))
+	return func() float64 {
+		mu.Lock()
+		defer mu.Unlock()
+		return rnd.Float64()
+	}
+}
+
+// hash is a stable hash of s, for seeding a stream per name.
+func hash(s string) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(s))
+	return h.Sum64()
 }
 
 // memStore keeps an agent's credential in memory (a Secret's stand-in).
