@@ -268,7 +268,7 @@ func (w *World) StartAgent(ctx context.Context, c *Cluster, i int) error {
 	}
 	upstream, _ := url.Parse("http://" + apiHost(c.ID) + ":6443")
 	ap.starts++
-	a, err := agent.New(ctx, agent.Config{Rand: lockedRand(w.cfg.Seed, hash(ap.host)^ap.starts), Cluster: c.ID, Name: fmt.Sprintf("agent-%d", i), RelayAPI: fmt.Sprintf("https://%s:%d", RelayHost, relayAPI),
+	a, err := agent.New(ctx, agent.Config{Rand: slotRand(w.cfg.Seed, hash(ap.host)^ap.starts), Cluster: c.ID, Name: fmt.Sprintf("agent-%d", i), RelayAPI: fmt.Sprintf("https://%s:%d", RelayHost, relayAPI),
 		RelayAgentAddr: fmt.Sprintf("%s:%d", RelayHost, relayAgent), RelayCA: w.relayCA, Store: c.store, JoinToken: c.token,
 		Sessions: w.cfg.SessionsPerAgent, DialContext: dial, Logger: w.log,
 		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil },
@@ -446,15 +446,21 @@ func (w *World) Close() error {
 	return errors.Join(errs...)
 }
 
-// lockedRand returns a seeded source of floats in [0, 1) that goroutines
-// may share (an agent's session slots draw their backoff from one).
-func lockedRand(seed, stream uint64) func() float64 {
+// slotRand returns an agent's backoff jitter: a seeded source per session
+// slot, so that what one slot draws does not depend on when the other
+// slots drew.
+func slotRand(seed, stream uint64) func(slot int) float64 {
 	var mu sync.Mutex
-	rnd := rand.New(rand.NewPCG(seed, stream))
-	return func() float64 {
+	rnds := map[int]*rand.Rand{}
+	return func(slot int) float64 {
 		mu.Lock()
 		defer mu.Unlock()
-		return rnd.Float64()
+		r := rnds[slot]
+		if r == nil {
+			r = rand.New(rand.NewPCG(seed, stream^uint64(slot+1)*0x9e3779b97f4a7c15))
+			rnds[slot] = r
+		}
+		return r.Float64()
 	}
 }
 
