@@ -6,20 +6,35 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
+	"testing"
 	"text/tabwriter"
 	"time"
 
 	"github.com/tether-k8s/tether/sim/internal/sim"
 )
 
-func main() { os.Exit(run()) }
+// main runs the suite as the one test of a testing.Main: sim.Replay runs
+// each scenario in a testing/synctest bubble, which belongs to a
+// *testing.T, and only the testing package makes one. The test ends the
+// process itself with the suite's exit code (testing.Main would print PASS
+// or FAIL after the summary). The command's flags are parsed first, so
+// -h shows only them; testing's own (-test.*) are registered after and
+// keep their defaults.
+func main() {
+	suite := parse()
+	testing.Main(func(string, string) (bool, error) { return true, nil },
+		[]testing.InternalTest{{Name: "sim", F: func(t *testing.T) { os.Exit(suite(t)) }}}, nil, nil)
+}
 
-func run() int {
+// parse parses the flags and returns the run they ask for, or exits.
+func parse() func(t *testing.T) int {
 	var (
 		list     = flag.Bool("list", false, "list the scenarios and faults, then exit")
 		scenario = flag.String("scenario", "", "run only this scenario (default: the default suite)")
@@ -45,7 +60,7 @@ func run() int {
 		}
 		fmt.Fprintf(w, "\nFAULTS\t%s\n", strings.Join(sim.FaultNames(), ", "))
 		_ = w.Flush()
-		return 0
+		os.Exit(0)
 	}
 	if *seed == 0 {
 		*seed = uint64(time.Now().UnixNano())
@@ -56,7 +71,7 @@ func run() int {
 		for _, f := range fs {
 			if _, ok := sim.Faults[f]; !ok {
 				fmt.Fprintf(os.Stderr, "sim: -faults: unknown fault %q; known: %s\n", f, strings.Join(sim.FaultNames(), ", "))
-				return 2
+				os.Exit(2)
 			}
 		}
 	}
@@ -65,7 +80,7 @@ func run() int {
 		s := sim.ScenarioByName(*scenario)
 		if s == nil {
 			fmt.Fprintf(os.Stderr, "sim: -scenario %q: no such scenario (go run ./sim -list)\n", *scenario)
-			return 2
+			os.Exit(2)
 		}
 		suite = []*sim.Scenario{s}
 	}
@@ -74,19 +89,30 @@ func run() int {
 		level = slog.LevelWarn
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return func(t *testing.T) int {
+		return runSuite(t, suite, *scenario, *seed, *report, sim.Options{Duration: *duration, Clusters: *clusters, Agents: *agents,
+			Clients: *clients, Faults: fs, Logger: log, Progress: os.Stderr})
+	}
+}
+
+// runSuite runs each scenario of suite in its own bubble, prints the
+// summary and returns the exit code. Ctrl-C ends the scenario running
+// (its bubble polls for it) and skips the rest.
+func runSuite(t *testing.T, suite []*sim.Scenario, scenario string, seed uint64, report string, o sim.Options) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	o.Seed = seed
+	o.Interrupted = func() bool { return ctx.Err() != nil }
 
-	fmt.Printf("seed %d (replay: go run ./sim -seed %d", *seed, *seed)
-	if *scenario != "" {
-		fmt.Printf(" -scenario %s", *scenario)
+	fmt.Printf("seed %d (replay: go run ./sim -seed %d", seed, seed)
+	if scenario != "" {
+		fmt.Printf(" -scenario %s", scenario)
 	}
 	fmt.Println(")")
 	var results []*sim.Result
 	failed := false
 	for _, s := range suite {
-		r, err := sim.Run(ctx, s, sim.Options{Seed: *seed, Duration: *duration, Clusters: *clusters, Agents: *agents, Clients: *clients,
-			Faults: fs, Logger: log, Progress: os.Stderr})
+		r, err := sim.Replay(t, s, o)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "sim: %s: %v\n", s.Name, err)
 			return 1
@@ -94,7 +120,7 @@ func run() int {
 		results = append(results, r)
 		if r.Failed() {
 			failed = true
-			dir, err := writeReport(*report, r)
+			dir, err := writeReport(report, r)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "sim: write the report: %v\n", err)
 			} else {
@@ -116,10 +142,7 @@ func printSummary(rs []*sim.Result) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "SCENARIO\tSEED\tREQUESTS\tFAULTS\tHELD\tVIOLATED\tRECONNECT p50\tp99")
 	for _, r := range rs {
-		var violated []string
-		for name := range r.Violations {
-			violated = append(violated, name)
-		}
+		violated := slices.Sorted(maps.Keys(r.Violations))
 		v := "-"
 		if len(violated) > 0 {
 			v = strings.Join(violated, ",")
@@ -129,7 +152,8 @@ func printSummary(rs []*sim.Result) {
 	}
 	_ = w.Flush()
 	for _, r := range rs {
-		for name, lines := range r.Violations {
+		for _, name := range slices.Sorted(maps.Keys(r.Violations)) {
+			lines := r.Violations[name]
 			fmt.Printf("\n%s: %s violated:\n", r.Scenario, name)
 			for i, l := range lines {
 				if i == 10 {

@@ -107,6 +107,11 @@ type Config struct {
 	// DialContext makes the agent's network connections (to the relay or
 	// its HTTP proxy). Nil means a net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Rand draws the jitter of a session slot's reconnection backoff, in
+	// [0, 1); the slots call it concurrently. Nil means math/rand/v2's
+	// global source. The simulator gives each slot of each agent a seeded
+	// source, so that a seed replays when agents reconnect.
+	Rand func(slot int) float64
 	// StreamWindow is the yamux stream window of the agent's sessions: the
 	// most the relay may send on one stream (a caller's upload) before the
 	// agent read it, so the most the agent holds for a stream whose request
@@ -218,6 +223,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		Agent: tunnel.AgentConfig{Hello: tunnel.Hello{Cluster: cfg.Cluster, Agent: cfg.Name, Software: "tether-agent " + version.String()},
 			Yamux: tunnel.YamuxConfig(cfg.StreamWindow), Logger: a.log},
 		Serve: a.serve,
+		Rand:  cfg.Rand,
 		// The keeper names the cluster and the agent in its lines itself.
 		Logger: cfg.Logger,
 	})

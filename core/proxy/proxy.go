@@ -335,13 +335,21 @@ func (p *Proxy) Serve(ctx context.Context) error {
 			ClientCAs: p.localCAs, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
 		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
+	shutDown := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
+		defer close(shutDown)
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 		_ = srv.Close()
 	})
-	defer stop()
+	// ServeTLS returns as soon as the shutdown begins: Serve returns once
+	// the shutdown is over, so that nothing of the proxy outlives it.
+	defer func() {
+		if !stop() {
+			<-shutDown
+		}
+	}()
 	p.log.Info("proxy: serving", "address", p.Addr())
 	err := srv.ServeTLS(p.listener, "", "")
 	if errors.Is(err, http.ErrServerClosed) {

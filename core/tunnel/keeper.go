@@ -67,8 +67,10 @@ type KeeperConfig struct {
 	// to start from the first backoff step again. Zero means
 	// DefaultStableAfter (10s).
 	StableAfter time.Duration
-	// Rand draws backoff jitter in [0, 1). Nil means math/rand/v2.
-	Rand func() float64
+	// Rand draws a slot's backoff jitter in [0, 1); the slots call it
+	// concurrently. Nil means math/rand/v2. A seeded source per slot makes
+	// the waits independent of how the slots' goroutines are scheduled.
+	Rand func(slot int) float64
 	// Logger receives connection events. Nil discards.
 	Logger *slog.Logger
 }
@@ -82,7 +84,7 @@ func (c KeeperConfig) withDefaults() KeeperConfig {
 		c.StableAfter = DefaultStableAfter
 	}
 	if c.Rand == nil {
-		c.Rand = rand.Float64
+		c.Rand = func(int) float64 { return rand.Float64() }
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -163,7 +165,7 @@ func (k *Keeper) runSlot(ctx context.Context, slot int) error {
 		case time.Since(began) >= k.cfg.StableAfter:
 			attempt = 0
 		}
-		wait := k.cfg.Backoff.Wait(attempt, k.cfg.Rand())
+		wait := k.cfg.Backoff.Wait(attempt, k.cfg.Rand(slot))
 		attempt++
 		log.Warn("tunnel: session ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond), "attempt", attempt)
 		t := time.NewTimer(wait)

@@ -132,7 +132,7 @@ func TestKeeperBackoffIsExponentialCappedAndJittered(t *testing.T) {
 		k := newKeeper(t, r, func(c *tunnel.KeeperConfig) {
 			c.Sessions = 1
 			c.Backoff = tunnel.Backoff{Initial: time.Second, Max: 20 * time.Second}
-			c.Rand = func() float64 { mu.Lock(); defer mu.Unlock(); d := draws[i%len(draws)]; i++; return d }
+			c.Rand = func(int) float64 { mu.Lock(); defer mu.Unlock(); d := draws[i%len(draws)]; i++; return d }
 		})
 		stop := run(k)
 		time.Sleep(2 * time.Minute)

@@ -1,6 +1,7 @@
 package netsim
 
 import (
+	"math/rand/v2"
 	"sync"
 	"time"
 )
@@ -14,18 +15,21 @@ type Link struct {
 	mu        sync.Mutex
 	latency   time.Duration
 	jitter    time.Duration
-	bandwidth int // bytes per second; 0 is unlimited
-	paused    int // stalls, blackholes and partitions in force
-	parted    int // partitions in force: new dials hang too
+	bandwidth int       // bytes per second; 0 is unlimited
+	paused    int       // stalls, blackholes and partitions in force
+	since     time.Time // when the first of the pauses in force began
+	parted    int       // partitions in force: new dials hang too
 	changed   chan struct{}
-	rnd       func() float64
+	seed      [2]uint64 // the network's seed and the link's hash
+	halves    uint64    // connections' directions made on the link so far
 }
 
-func (l *Link) rand() float64 {
-	if l.rnd == nil {
-		return 0.5
-	}
-	return l.rnd()
+// newRand returns the jitter source of the link's next connection.
+func (l *Link) newRand() *rand.Rand {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.halves++
+	return rand.New(rand.NewPCG(l.seed[0], l.seed[1]^l.halves*0x9e3779b97f4a7c15))
 }
 
 // Shape returns the link's latency, jitter and bandwidth.
@@ -44,11 +48,15 @@ func (l *Link) SetShape(latency, jitter time.Duration, bandwidth int) {
 	l.notify()
 }
 
-// Pause stops delivery on the link (a stall or a blackhole: bytes are held,
-// as TCP retransmits them, until Resume); partition also makes new dials
-// hang. Pauses nest.
+// Pause stops delivery on the link (a stall or a blackhole: bytes that
+// arrive from now on are held, as TCP retransmits them, until Resume;
+// bytes that arrived before can still be read); partition also makes new
+// dials hang. Pauses nest.
 func (l *Link) Pause(partition bool) {
 	l.mu.Lock()
+	if l.paused == 0 {
+		l.since = time.Now()
+	}
 	l.paused++
 	if partition {
 		l.parted++
@@ -70,10 +78,12 @@ func (l *Link) Resume(partition bool) {
 	l.notify()
 }
 
-func (l *Link) isPaused() bool {
+// heldSince reports whether the link is paused, and since when: bytes that
+// arrive after then are held.
+func (l *Link) heldSince() (time.Time, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.paused > 0
+	return l.since, l.paused > 0
 }
 
 func (l *Link) down() bool {

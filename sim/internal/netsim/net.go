@@ -3,7 +3,7 @@ package netsim
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
+	"hash/fnv"
 	"net"
 	"os"
 	"sort"
@@ -29,23 +29,21 @@ type Network struct {
 	listeners map[string]*listener
 	links     map[[2]string]*Link
 	conns     map[*pipeEnd]struct{}
-	rnd       *rand.Rand
+	ports     map[string]int // the next local port per host
+	seed      uint64
 	// DialTimeout bounds a dial across a partition. Zero means 3 s.
 	DialTimeout time.Duration
 }
 
-// New returns an empty network; seed drives jitter and faults'
-// probabilities, so a run can be replayed.
+// New returns an empty network; seed drives the links' jitter, so a run
+// can be replayed. Nothing on the network draws from a shared source: each
+// direction of each connection has its own, seeded from seed, the link and
+// the connection's place among the link's connections, and local ports
+// count up per host; so what one connection draws does not depend on how
+// other connections' goroutines were scheduled.
 func New(seed uint64) *Network {
 	return &Network{listeners: map[string]*listener{}, links: map[[2]string]*Link{}, conns: map[*pipeEnd]struct{}{},
-		rnd: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
-}
-
-// Float64 draws from the network's seeded source.
-func (n *Network) Float64() float64 {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.rnd.Float64()
+		ports: map[string]int{}, seed: seed}
 }
 
 // Link returns the link from host a to host b: the faults on what a sends
@@ -60,7 +58,9 @@ func (n *Network) link(a, b string) *Link {
 	k := [2]string{a, b}
 	l := n.links[k]
 	if l == nil {
-		l = &Link{From: a, To: b, changed: make(chan struct{}), rnd: n.Float64}
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(a + "\x00" + b))
+		l = &Link{From: a, To: b, changed: make(chan struct{}), seed: [2]uint64{n.seed, h.Sum64()}}
 		n.links[k] = l
 	}
 	return l
@@ -122,7 +122,11 @@ func (h *Host) DialContext(ctx context.Context, _, addr string) (net.Conn, error
 	if l == nil {
 		return nil, &net.OpError{Op: "dial", Net: "sim", Addr: simAddr(addr), Err: syscall.ECONNREFUSED}
 	}
-	local := simAddr(fmt.Sprintf("%s:%d", h.Name, 40000+int(n.Float64()*20000)))
+	n.mu.Lock()
+	port := 40000 + n.ports[h.Name]%20000
+	n.ports[h.Name]++
+	n.mu.Unlock()
+	local := simAddr(fmt.Sprintf("%s:%d", h.Name, port))
 	a2b, b2a := newHalf(out), newHalf(back)
 	client := &pipeEnd{n: n, rd: b2a, wr: a2b, local: local, remote: simAddr(addr)}
 	server := &pipeEnd{n: n, rd: a2b, wr: b2a, local: simAddr(addr), remote: local}
@@ -175,11 +179,30 @@ func (n *Network) ResetLinks(a, b string) int {
 	return len(ends)
 }
 
-// Conns returns how many connection ends are open.
+// Conns returns how many connection ends are open: neither closed nor
+// reset.
 func (n *Network) Conns() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return len(n.conns)
+}
+
+// Open lists what is still open, sorted: each connection end not closed
+// nor reset ("conn local -> remote") and each listener not closed
+// ("listener addr"). After every party has shut down it must be empty: an
+// entry is a connection or listener that its owner forgot to close.
+func (n *Network) Open() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for c := range n.conns {
+		out = append(out, fmt.Sprintf("conn %s -> %s", c.local, c.remote))
+	}
+	for addr := range n.listeners {
+		out = append(out, "listener "+addr)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Hosts lists the hosts that have a listener or a link, sorted.

@@ -2,6 +2,7 @@ package netsim
 
 import (
 	"io"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"time"
@@ -14,19 +15,32 @@ type chunk struct {
 }
 
 // half is one direction of a connection.
+//
+// What one goroutine writes at one instant is a burst: it arrives at once
+// (every chunk of the burst at the arrival time of its last), and a write
+// that continues a burst never waits for room in the buffer. So a message
+// written as a header and then a body arrives whole, as a segment would:
+// a reader never finds half of it and waits for the rest. That matters on
+// virtual time (sim.Replay): yamux reads a frame's body holding the
+// stream's lock, and a goroutine waiting for a lock is not durably blocked,
+// so if the body took time to arrive, the bubble's clock would stop with
+// the reader waiting for it.
 type half struct {
 	link *Link
+	rnd  *rand.Rand // jitter; drawn under mu
 
 	mu       sync.Mutex
 	chunks   []chunk
 	buffered int
 	last     time.Time // when the last chunk becomes deliverable
+	burst    time.Time // when the last write was made
+	burstN   int       // how many chunks the last burst has
 	eof      bool      // the writer closed: EOF after the chunks
 	broken   error     // reset or reader gone: reads and writes fail
 	changed  chan struct{}
 }
 
-func newHalf(l *Link) *half { return &half{link: l, changed: make(chan struct{})} }
+func newHalf(l *Link) *half { return &half{link: l, rnd: l.newRand(), changed: make(chan struct{})} }
 
 func (h *half) notifyLocked() {
 	close(h.changed)
@@ -49,57 +63,65 @@ func (h *half) closeWrite() {
 	h.mu.Unlock()
 }
 
-// write queues p, blocking while the buffer is full.
+// write queues p whole, first waiting while the buffer is full unless p
+// continues a burst.
 func (h *half) write(p []byte, dl *deadline) (int, error) {
-	n := 0
-	for len(p) > 0 {
-		h.mu.Lock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var now time.Time
+	for {
 		if h.broken != nil {
-			err := h.broken
-			h.mu.Unlock()
-			return n, err
+			return 0, h.broken
 		}
 		if h.eof {
-			h.mu.Unlock()
-			return n, net.ErrClosed
+			return 0, net.ErrClosed
 		}
-		space := bufferSize - h.buffered
-		if space <= 0 {
-			ch := h.changed
-			h.mu.Unlock()
-			select {
-			case <-ch:
-				continue
-			case <-dl.wait():
-				return n, timeoutErr{"write"}
-			}
+		now = time.Now()
+		if h.buffered < bufferSize || now.Equal(h.burst) {
+			break
 		}
-		k := min(space, len(p), 32<<10)
-		b := append([]byte(nil), p[:k]...)
-		latency, jitter, bw := h.link.Shape()
-		now := time.Now()
-		at := now.Add(latency)
-		if jitter > 0 {
-			at = at.Add(time.Duration(float64(jitter) * h.link.rand()))
-		}
-		if at.Before(h.last) {
-			at = h.last // bytes stay in order
-		}
-		if bw > 0 {
-			at = at.Add(time.Duration(float64(k) / float64(bw) * float64(time.Second)))
-		}
-		h.last = at
-		h.chunks = append(h.chunks, chunk{b: b, at: at})
-		h.buffered += k
-		h.notifyLocked()
+		ch := h.changed
 		h.mu.Unlock()
-		n += k
-		p = p[k:]
+		select {
+		case <-ch:
+		case <-dl.wait():
+			h.mu.Lock()
+			return 0, timeoutErr{"write"}
+		}
+		h.mu.Lock()
 	}
-	return n, nil
+	if len(p) == 0 {
+		return 0, nil
+	}
+	latency, jitter, bw := h.link.Shape()
+	at := now.Add(latency)
+	if jitter > 0 {
+		at = at.Add(time.Duration(float64(jitter) * h.rnd.Float64()))
+	}
+	if at.Before(h.last) {
+		at = h.last // bytes stay in order
+	}
+	if bw > 0 {
+		at = at.Add(time.Duration(float64(len(p)) / float64(bw) * float64(time.Second)))
+	}
+	h.last = at
+	h.chunks = append(h.chunks, chunk{b: append([]byte(nil), p...), at: at})
+	h.buffered += len(p)
+	if now.Equal(h.burst) {
+		h.burstN++
+		for i := max(len(h.chunks)-h.burstN, 0); i < len(h.chunks); i++ {
+			h.chunks[i].at = at
+		}
+	} else {
+		h.burst, h.burstN = now, 1
+	}
+	h.notifyLocked()
+	return len(p), nil
 }
 
-// read returns deliverable bytes, waiting for them.
+// read returns deliverable bytes, waiting for them. While the link is
+// paused, what arrived before the pause can be read; what arrives after
+// is held until it resumes.
 func (h *half) read(p []byte, dl *deadline) (int, error) {
 	for {
 		h.mu.Lock()
@@ -109,24 +131,26 @@ func (h *half) read(p []byte, dl *deadline) (int, error) {
 			return 0, err
 		}
 		var wake <-chan time.Time
-		if len(h.chunks) > 0 && !h.link.isPaused() {
+		if len(h.chunks) > 0 {
 			c := &h.chunks[0]
-			if wait := time.Until(c.at); wait <= 0 {
-				n := copy(p, c.b)
-				c.b = c.b[n:]
-				if len(c.b) == 0 {
-					h.chunks = h.chunks[1:]
+			if since, paused := h.link.heldSince(); !paused || !c.at.After(since) {
+				if wait := time.Until(c.at); wait <= 0 {
+					n := copy(p, c.b)
+					c.b = c.b[n:]
+					if len(c.b) == 0 {
+						h.chunks = h.chunks[1:]
+					}
+					h.buffered -= n
+					h.notifyLocked()
+					h.mu.Unlock()
+					return n, nil
+				} else {
+					t := time.NewTimer(wait)
+					defer t.Stop()
+					wake = t.C
 				}
-				h.buffered -= n
-				h.notifyLocked()
-				h.mu.Unlock()
-				return n, nil
-			} else {
-				t := time.NewTimer(wait)
-				defer t.Stop()
-				wake = t.C
 			}
-		} else if len(h.chunks) == 0 && h.eof {
+		} else if h.eof {
 			h.mu.Unlock()
 			return 0, io.EOF
 		}

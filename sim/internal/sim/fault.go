@@ -32,7 +32,8 @@ type FaultEvent struct {
 	Desc  string        `json:"desc,omitempty"`
 	// Skipped is true when the fault did not apply at its time.
 	Skipped bool `json:"skipped,omitempty"`
-	// Injected and Undone are the wall-clock times, for the checks.
+	// Injected and Undone are when it happened (virtual time in sim.Replay),
+	// for the checks.
 	Injected time.Time `json:"injected,omitzero"`
 	Undone   time.Time `json:"undone,omitzero"`
 }

@@ -45,6 +45,7 @@ var Invariants = []Invariant{
 	{"reconnect-bound", checkReconnect},
 	{"recovers", checkRecovers},
 	{"no-leak", checkLeak},
+	{"net-closed", checkNetClosed},
 }
 
 // checkRightCluster: no answer ever came from a cluster other than the
@@ -164,6 +165,18 @@ func checkLeak(r *Result) []string {
 	}
 	if r.HeapAfter > r.HeapBefore+heapSlack {
 		out = append(out, fmt.Sprintf("heap in use %d MiB before the run, %d MiB after the world was closed", r.HeapBefore>>20, r.HeapAfter>>20))
+	}
+	return out
+}
+
+// checkNetClosed: once the world is closed, every connection on the
+// simulated network is closed or reset and every listener closed: a
+// connection left open is one its owner forgot (a file descriptor leaked,
+// on a real host).
+func checkNetClosed(r *Result) []string {
+	var out []string
+	for _, o := range r.Open {
+		out = append(out, o+" still open after the world was closed")
 	}
 	return out
 }

@@ -19,8 +19,8 @@ import (
 // refuses streams for another cluster and the proxy's end-to-end TLS would
 // refuse the wrong agent.
 var _ = Describe("a planted routing bug", func() {
-	It("is caught by the no-misroute invariant, and stopped by the proxy", func(ctx SpecContext) {
-		r := run(ctx, "relay-kill-mid-stream", 1, sim.Options{Duration: 6 * time.Second, RecoverWithin: 2 * time.Second})
+	It("is caught by the no-misroute invariant, and stopped by the proxy", func() {
+		r := run("relay-kill-mid-stream", 1, sim.Options{Duration: 6 * time.Second, RecoverWithin: 2 * time.Second})
 		Expect(r.Violations).To(HaveKey("no-misroute"))
 		Expect(r.Violations).NotTo(HaveKey("right-cluster"), "a wrong cluster's answer got through the proxy")
 		var first time.Time

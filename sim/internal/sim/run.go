@@ -47,6 +47,9 @@ type Options struct {
 	Progress io.Writer
 	// RecoverWithin bounds the recovery check. Zero means ReconnectBound.
 	RecoverWithin time.Duration
+	// Interrupted, if set, is polled by Replay; once it reports true the
+	// run ends early (Ctrl-C in the command).
+	Interrupted func() bool
 }
 
 // Reconnect is one cluster's return after a relay restart.
@@ -73,6 +76,10 @@ type Result struct {
 	Held                              []string
 	GoroutinesBefore, GoroutinesAfter int
 	HeapBefore, HeapAfter             uint64
+
+	// Open lists the network's connections and listeners still open once
+	// the world was closed (netsim.Network.Open): each a leak.
+	Open []string
 
 	clientCluster []string
 	unrecovered   []string
@@ -212,10 +219,12 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 	for _, c := range w.Clusters {
 		r.Seen = append(r.Seen, c.API.History()...)
 	}
+	r.sort()
 	if err := w.Close(); err != nil {
 		fmt.Fprintf(progress, "  closing the world: %v\n", err)
 	}
 	r.GoroutinesAfter, r.leakDump = settle(r.GoroutinesBefore + goroutineSlack)
+	r.Open = w.Net.Open()
 	r.HeapAfter = heapInUse()
 	for _, inv := range Invariants {
 		if v := inv.Check(r); len(v) > 0 {
@@ -225,6 +234,22 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 		}
 	}
 	return r, nil
+}
+
+// sort puts the record in an order that does not depend on which of two
+// goroutines recorded first: observations by client and start, what the
+// API servers saw by cluster, time and client, reconnects by restart and
+// cluster.
+func (r *Result) sort() {
+	slices.SortStableFunc(r.Obs, func(a, b Obs) int {
+		return cmp.Or(cmp.Compare(a.Client, b.Client), a.Start.Compare(b.Start), cmp.Compare(a.Op, b.Op))
+	})
+	slices.SortStableFunc(r.Seen, func(a, b Seen) int {
+		return cmp.Or(cmp.Compare(a.Cluster, b.Cluster), a.At.Compare(b.At), cmp.Compare(a.Client, b.Client), cmp.Compare(a.Path, b.Path))
+	})
+	slices.SortStableFunc(r.Reconnects, func(a, b Reconnect) int {
+		return cmp.Or(a.Restart.Compare(b.Restart), cmp.Compare(a.Cluster, b.Cluster))
+	})
 }
 
 // play injects the timeline's faults at their times and undoes them, and
@@ -431,8 +456,12 @@ func settle(want int) (int, string) {
 	}
 }
 
-// heapInUse returns the heap in use after a collection.
+// heapInUse returns the heap in use after two collections: the second
+// frees what sync.Pools held through the first. (The heap is the real
+// allocator's: it is the one number of a run that virtual time does not
+// fix, hence heapSlack.)
 func heapInUse() uint64 {
+	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)

@@ -183,7 +183,11 @@ func opLogs(ctx context.Context, c *Client, rnd *rand.Rand, o *Obs) {
 // streamLines reads a streaming answer line by line for a drawn time,
 // tracking the longest gap.
 func streamLines(ctx context.Context, c *Client, rnd *rand.Rand, o *Obs, path string, check func(string)) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second+time.Duration(rnd.IntN(5000))*time.Millisecond)
+	// Half a millisecond off the API server's 100 ms ticks: on virtual
+	// time, a deadline at the instant of a tick would race it, and
+	// timers due at one instant fire in a random order, so whether the
+	// last event counted would not replay.
+	ctx, cancel := context.WithTimeout(ctx, time.Second+time.Duration(rnd.IntN(5000))*time.Millisecond+500*time.Microsecond)
 	defer cancel()
 	req, _ := c.request(ctx, http.MethodGet, path, nil)
 	resp, err := c.HTTP.Do(req)

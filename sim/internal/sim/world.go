@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -95,6 +97,7 @@ type Cluster struct {
 
 type agentProc struct {
 	host   string
+	starts uint64 // how many times it was started: seeds its backoff jitter
 	cancel context.CancelFunc
 	done   chan error
 	a      *agent.Agent
@@ -264,7 +267,8 @@ func (w *World) StartAgent(ctx context.Context, c *Cluster, i int) error {
 		return err
 	}
 	upstream, _ := url.Parse("http://" + apiHost(c.ID) + ":6443")
-	a, err := agent.New(ctx, agent.Config{Cluster: c.ID, Name: fmt.Sprintf("agent-%d", i), RelayAPI: fmt.Sprintf("https://%s:%d", RelayHost, relayAPI),
+	ap.starts++
+	a, err := agent.New(ctx, agent.Config{Rand: slotRand(w.cfg.Seed, hash(ap.host)^ap.starts), Cluster: c.ID, Name: fmt.Sprintf("agent-%d", i), RelayAPI: fmt.Sprintf("https://%s:%d", RelayHost, relayAPI),
 		RelayAgentAddr: fmt.Sprintf("%s:%d", RelayHost, relayAgent), RelayCA: w.relayCA, Store: c.store, JoinToken: c.token,
 		Sessions: w.cfg.SessionsPerAgent, DialContext: dial, Logger: w.log,
 		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil },
@@ -440,6 +444,31 @@ func (w *World) Close() error {
 		errs = append(errs, w.issuer.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// slotRand returns an agent's backoff jitter: a seeded source per session
+// slot, so that what one slot draws does not depend on when the other
+// slots drew.
+func slotRand(seed, stream uint64) func(slot int) float64 {
+	var mu sync.Mutex
+	rnds := map[int]*rand.Rand{}
+	return func(slot int) float64 {
+		mu.Lock()
+		defer mu.Unlock()
+		r := rnds[slot]
+		if r == nil {
+			r = rand.New(rand.NewPCG(seed, stream^uint64(slot+1)*0x9e3779b97f4a7c15))
+			rnds[slot] = r
+		}
+		return r.Float64()
+	}
+}
+
+// hash is a stable hash of s, for seeding a stream per name.
+func hash(s string) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(s))
+	return h.Sum64()
 }
 
 // memStore keeps an agent's credential in memory (a Secret's stand-in).
