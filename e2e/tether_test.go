@@ -185,6 +185,32 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		Eventually(r.text).WithTimeout(20 * time.Second).Should(ContainSubstring("configmap/" + name))
 	}, SpecTimeout(4*time.Minute))
 
+	It("lists the clusters the caller may reach (tether-proxy clusters) and says who it is (tether-proxy whoami)", func(ctx SpecContext) {
+		lap := lc.Host(cluster.HostLaptop)
+		run := func(args ...string) string {
+			GinkgoHelper()
+			cmd := lap.Command(ctx, filepath.Join(ts.BinDir(), "tether-proxy"),
+				append(args, "--relay", ts.RelayURL(lap), "--relay-ca", ts.RelayCAFile(), "--token-file", ts.UserTokenFile())...)
+			cmd.Env = append(os.Environ(), "TETHER_TOKEN=")
+			out, err := cmd.CombinedOutput()
+			Expect(err).NotTo(HaveOccurred(), "tether-proxy %s:\n%s", strings.Join(args, " "), out)
+			return string(out)
+		}
+		out := run("clusters")
+		GinkgoWriter.Print(out)
+		Expect(out).To(MatchRegexp(`(?m)^`+regexp.QuoteMeta(lc.Name())+`\s+yes\s+2\s+tether-agent \S+`))
+		var listed []struct {
+			Cluster  string `json:"cluster"`
+			Sessions int    `json:"sessions"`
+		}
+		Expect(json.Unmarshal([]byte(run("clusters", "-o", "json")), &listed)).To(Succeed())
+		Expect(listed).To(ContainElement(HaveField("Cluster", lc.Name())))
+		Expect(run("whoami")).To(And(ContainSubstring("user:      oidc:demo-user"), ContainSubstring("groups:    oidc:"+stack.DemoGroup)))
+		// A user no cluster grants sees none, and is told who grants access.
+		asUser("nobody-"+randomName("u"), "no-such-group")
+		Expect(run("clusters")).To(ContainSubstring("no cluster admits oidc:nobody-"))
+	})
+
 	It("exposes Prometheus metrics on the relay and the agent", func(ctx SpecContext) {
 		relayMetrics, err := ts.Metrics(ctx, "relay")
 		Expect(err).NotTo(HaveOccurred())

@@ -71,7 +71,7 @@ the relay signs its own certificate unless given one from a public CA.`,
 	o.addTunnelFlags(fs)
 	o.token.Add(fs)
 	o.logs.Add(fs)
-	c.AddCommand(newExecCommand(), newLoginCommand(), newLogoutCommand(), newTokenCommand(), newKubeconfigCommand())
+	c.AddCommand(newExecCommand(), newLoginCommand(), newLogoutCommand(), newTokenCommand(), newKubeconfigCommand(), newWhoamiCommand(), newClustersCommand())
 	return c
 }
 

@@ -35,26 +35,8 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 		kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, "tether relay: "+err.Error())
 		return "", who, "", false
 	}
-	token, found := bearer(r)
-	if !found {
-		count(ResultUnauthorized)
-		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: a bearer token is required to reach a cluster")
-		return "", who, "", false
-	}
-	res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
-	if err != nil {
-		count(ResultUnauthorized)
-		why := strings.ReplaceAll(err.Error(), token, "<token>")
-		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "why", why)
-		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: the bearer token was refused: "+why+tokensource.ExpiredHint(token, time.Now()))
-		return "", who, "", false
-	}
-	if slices.Contains(res.Audiences, s.cfg.AdminAudience) {
-		count(ResultForbidden)
-		s.log.Warn("relay: caller refused: a token for the admin audience", "cluster", id, "user", res.Identity.User, "client", r.RemoteAddr)
-		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf(
-			"tether relay: this token is for the admin audience %s, and the cluster's agent would see it: reach clusters with a token for the callers' audience, and keep admin tokens for the admin API",
-			s.cfg.AdminAudience))
+	who, token, ok = s.authenticate(w, r, id, count)
+	if !ok {
 		return "", who, "", false
 	}
 	c, err := s.cfg.Registry.Cluster(id)
@@ -63,22 +45,81 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: "+err.Error())
 		return "", who, "", false
 	}
-	if err := policy.CheckAudience(c.Policy, res.Audiences); err != nil {
+	if err := policy.CheckAudience(c.Policy, who.Audiences); err != nil {
 		count(ResultForbidden)
-		s.log.Warn("relay: caller refused: token for another audience", "cluster", id, "user", res.Identity.User, "client", r.RemoteAddr, "why", err)
+		s.log.Warn("relay: caller refused: token for another audience", "cluster", id, "user", who.Identity.User, "client", r.RemoteAddr, "why", err)
 		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether relay: cluster %s refuses this token: %v", id, err))
 		return "", who, "", false
 	}
-	d, perr := policy.Check(c.Policy, res.Identity)
+	d, perr := policy.Check(c.Policy, who.Identity)
 	if !d.Allowed {
 		count(ResultForbidden)
-		s.log.Warn("relay: caller refused by the cluster's policy", "cluster", id, "user", res.Identity.User, "groups", len(res.Identity.Groups),
+		s.log.Warn("relay: caller refused by the cluster's policy", "cluster", id, "user", who.Identity.User, "groups", len(who.Identity.Groups),
 			"client", r.RemoteAddr, "why", d.Why, "ruleErrors", perr)
 		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf("tether relay: %s may not reach cluster %s: %s (an administrator grants access with: tether-relay cluster grant %s --user|--group|--rule)",
-			res.Identity.User, id, d.Why, id))
+			who.Identity.User, id, d.Why, id))
 		return "", who, "", false
 	}
-	return id, res, token, true
+	return id, who, token, true
+}
+
+// authenticate checks the request's bearer token: one, verified by the
+// relay's authenticator, and not for the admin audience (an agent would see
+// it). id names the cluster for logs ("" when the request is for none).
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, id string, count func(result string)) (who identity.Result, token string, ok bool) {
+	token, found := bearer(r)
+	if !found {
+		count(ResultUnauthorized)
+		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: a bearer token is required to reach a cluster")
+		return who, "", false
+	}
+	res, err := s.cfg.Authenticator.AuthenticateToken(r.Context(), token)
+	if err != nil {
+		count(ResultUnauthorized)
+		why := strings.ReplaceAll(err.Error(), token, "<token>")
+		s.log.Warn("relay: caller refused", "cluster", id, "client", r.RemoteAddr, "why", why)
+		kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "tether relay: the bearer token was refused: "+why+tokensource.ExpiredHint(token, time.Now()))
+		return who, "", false
+	}
+	if slices.Contains(res.Audiences, s.cfg.AdminAudience) {
+		count(ResultForbidden)
+		s.log.Warn("relay: caller refused: a token for the admin audience", "cluster", id, "user", res.Identity.User, "client", r.RemoteAddr)
+		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf(
+			"tether relay: this token is for the admin audience %s, and the cluster's agent would see it: reach clusters with a token for the callers' audience, and keep admin tokens for the admin API",
+			s.cfg.AdminAudience))
+		return who, "", false
+	}
+	return res, token, true
+}
+
+// whoami answers a caller who its token maps to and which clusters admit
+// it (the audience and policy checks of a tunnel, without opening one).
+// Clusters that would refuse the caller are not listed: a caller learns
+// nothing of clusters it may not reach.
+func (s *Server) whoami(w http.ResponseWriter, r *http.Request) {
+	who, _, ok := s.authenticate(w, r, "", func(string) {})
+	if !ok {
+		return
+	}
+	all, err := s.cfg.Registry.Clusters()
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	out := relayapi.Whoami{User: who.Identity.User, Groups: who.Identity.Groups, Audiences: who.Audiences, Expires: who.Expires,
+		Clusters: []relayapi.ReachableCluster{}}
+	for _, c := range all {
+		if policy.CheckAudience(c.Policy, who.Audiences) != nil {
+			continue
+		}
+		if d, _ := policy.Check(c.Policy, who.Identity); !d.Allowed {
+			continue
+		}
+		out.Clusters = append(out.Clusters, relayapi.ReachableCluster{Cluster: c.ID, Sessions: s.cfg.Router.Sessions(c.ID), Agents: s.cfg.Router.Agents(c.ID)})
+	}
+	slices.SortFunc(out.Clusters, func(a, b relayapi.ReachableCluster) int { return strings.Compare(a.Cluster, b.Cluster) })
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
 }
 
 // bearer returns the request's one bearer token.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -546,6 +547,25 @@ func (r *Router) Sessions(clusterID string) int {
 		return len(c.sessions)
 	}
 	return 0
+}
+
+// Agents returns the software versions the agents of clusterID reported
+// in their Hellos, each once, sorted, for the sessions the router holds.
+func (r *Router) Agents(clusterID string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.clusters[clusterID]
+	if c == nil {
+		return nil
+	}
+	var out []string
+	for _, s := range c.sessions {
+		if v := s.Hello.Software; v != "" && !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Open opens a stream for o to one of o.Cluster's sessions, taking them in

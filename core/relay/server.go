@@ -198,6 +198,7 @@ func slogLogger(log *slog.Logger) *stdlog.Logger {
 //
 //	POST /v1/join                      an agent trades a join token for its credential
 //	GET  /v1/clusters/{id}             a caller reads a cluster's connection details
+//	GET  /v1/whoami                    a caller reads its mapped identity and the clusters it may reach
 //	GET  /v1/clusters/{id}/tunnel      a caller's proxy opens a tunnel (Upgrade: tether-tunnel/1)
 //	*    /v1/clusters/{id}/k8s/...     kubectl's requests to the cluster, forwarded to its agent (with ClusterEndpoint)
 //	GET  /v1/agents/connect            an agent's session over WebSocket (with AgentCertificate)
@@ -207,6 +208,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+relayapi.AgentWebSocketPath, s.agentWebSocket)
 	mux.HandleFunc("POST /v1/join", s.join)
 	mux.HandleFunc("GET /v1/clusters/{id}", s.clusterInfo)
+	mux.HandleFunc("GET "+relayapi.WhoamiPath, s.whoami)
 	mux.HandleFunc("GET /v1/clusters/{id}/tunnel", s.tunnel)
 	mux.Handle("/v1/admin/", s.remoteAdmin())
 	if s.endpoint != nil {

@@ -2,12 +2,15 @@ package relayapi
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/tether-k8s/tether/core/kstatus"
@@ -27,6 +30,9 @@ const (
 	// ClusterEndpointPath is the path of a cluster's endpoint on the
 	// relay's API (no local process), with the cluster ID for %s.
 	ClusterEndpointPath = "/v1/clusters/%s/k8s"
+	// WhoamiPath is where a caller reads who the relay takes it for and
+	// which clusters it may reach (Whoami).
+	WhoamiPath = "/v1/whoami"
 )
 
 // JoinRequest is the body of POST /v1/join.
@@ -118,3 +124,56 @@ func DialTunnel(conn net.Conn, host, cluster, token string) (net.Conn, error) {
 type TunnelError struct{ Status kstatus.Status }
 
 func (e *TunnelError) Error() string { return e.Status.Message }
+
+// Whoami is the answer to GET /v1/whoami: the caller as the relay's
+// authentication maps its token, and the clusters whose policy admits it.
+type Whoami struct {
+	// User and Groups are the mapped identity (with prefixes: oidc:alice).
+	User   string   `json:"user"`
+	Groups []string `json:"groups,omitempty"`
+	// Audiences are the token's audiences.
+	Audiences []string `json:"audiences,omitempty"`
+	// Expires is when the token expires (zero: unknown).
+	Expires time.Time `json:"expires,omitzero"`
+	// Clusters are the clusters the caller may reach, sorted by ID.
+	Clusters []ReachableCluster `json:"clusters"`
+}
+
+// ReachableCluster is one cluster a caller may reach, and its state.
+type ReachableCluster struct {
+	// Cluster is the cluster's ID.
+	Cluster string `json:"cluster"`
+	// Sessions is how many agent sessions the relay holds for it; 0 means
+	// not connected.
+	Sessions int `json:"sessions"`
+	// Agents are the connected agents' versions (their Hello's software),
+	// each once.
+	Agents []string `json:"agents,omitempty"`
+}
+
+// GetWhoami asks the relay at relayURL who token is and where it may go.
+// A refusal is returned as the relay's message.
+func GetWhoami(ctx context.Context, client *http.Client, relayURL, token string) (*Whoami, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(relayURL, "/")+WhoamiPath, nil)
+	if err != nil {
+		return nil, fmt.Errorf("relay URL %q: %w", relayURL, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reach the relay at %s: %w", relayURL, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if resp.StatusCode != http.StatusOK {
+		if st, ok := kstatus.Decode(body); ok {
+			return nil, errors.New(st.Message)
+		}
+		return nil, fmt.Errorf("the relay at %s answered %s (is it a tether relay of this version or newer?)", relayURL, resp.Status)
+	}
+	var w Whoami
+	if err := json.Unmarshal(body, &w); err != nil {
+		return nil, fmt.Errorf("the relay's answer to %s: %w", WhoamiPath, err)
+	}
+	return &w, nil
+}
