@@ -173,6 +173,9 @@ type Agent struct {
 	handler http.Handler // the request path, with the agent's checks
 	// cert is the credential in use; renewal replaces it.
 	cert atomic.Pointer[tls.Certificate]
+	// tokenUsed records that this process traded Config.JoinToken (at
+	// start or in rejoin): the relay consumed it, so it is not tried again.
+	tokenUsed bool
 }
 
 // New validates cfg and loads or obtains the credential: from
@@ -263,6 +266,7 @@ func (a *Agent) credential(ctx context.Context) (tls.Certificate, error) {
 		return tls.Certificate{}, fmt.Errorf("%w; the join token was not used", err)
 	}
 	_ = probe.Close()
+	a.tokenUsed = true
 	cert, err := a.join(ctx, store)
 	if err == nil {
 		return cert, nil
@@ -592,9 +596,40 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); a.renewLoop(ctx) }()
-	err := a.keeper.Run(ctx)
-	cancel()
-	return err
+	for {
+		err := a.keeper.Run(ctx)
+		if !errors.Is(err, tunnel.ErrRevoked) || ctx.Err() != nil {
+			cancel()
+			return err
+		}
+		// The cluster was rotated (or the credential revoked): a join
+		// token given with it is the rotate's new one, or spent.
+		if rerr := a.rejoin(ctx); rerr != nil {
+			cancel()
+			return fmt.Errorf("%w; %w", err, rerr)
+		}
+	}
+}
+
+// rejoin trades Config.JoinToken for a new credential once the relay has
+// refused the stored one, and starts using it. A token is tried once: the
+// relay consumes it, so a second refusal of the same token is final.
+func (a *Agent) rejoin(ctx context.Context) error {
+	if a.cfg.JoinToken == "" || a.cfg.RelayAPI == "" {
+		return errors.New("agent: no join token to join again with: give the agent the token the latest `tether-relay cluster rotate` printed")
+	}
+	if a.tokenUsed {
+		return errors.New("agent: this agent already traded its join token, which works once: give the agent the token the latest `tether-relay cluster rotate` printed")
+	}
+	a.tokenUsed = true
+	a.log.Warn("agent: the relay refused the stored credential; joining again with the join token")
+	cert, err := a.join(ctx, a.cfg.Store)
+	if err != nil {
+		return fmt.Errorf("%w (the join token is spent or from before the last rotate: give the agent the token the latest `tether-relay cluster rotate` printed)", err)
+	}
+	a.cert.Store(&cert)
+	a.log.Info("agent: joined again; reconnecting with the new credential")
+	return nil
 }
 
 // Limits of the health endpoint: probes and scrapes are small and quick.

@@ -40,18 +40,25 @@ type impostor struct {
 	upgrades    int
 }
 
-func newImpostor(t *testing.T) *impostor {
-	t.Helper()
+// impostorCA is made once per test process: Go loads the system roots
+// once, so a second run of the test (-count=2) must trust the same CA.
+var impostorCA = sync.OnceValues(func() (*ecdsa.PrivateKey, []byte) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		panic(err)
 	}
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "a public-looking CA"}, NotBefore: time.Now().Add(-time.Hour),
 		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
 	if err != nil {
-		t.Fatal(err)
+		panic(err)
 	}
+	return caKey, caDER
+})
+
+func newImpostor(t *testing.T) *impostor {
+	t.Helper()
+	caKey, caDER := impostorCA()
 	ca, _ := x509.ParseCertificate(caDER)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

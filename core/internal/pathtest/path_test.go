@@ -31,6 +31,7 @@ import (
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
 	"github.com/tether-k8s/tether/core/relayapi"
+	"github.com/tether-k8s/tether/core/tunnel"
 )
 
 const callerToken = "caller-token-0123456789abcdef"
@@ -608,5 +609,63 @@ func TestReplicasSharingACredentialRenewItOnce(t *testing.T) {
 	}
 	if code, body := p.get(t, "/api/v1/pods"); code != 200 {
 		t.Fatalf("after the renewal: %d %v", code, body)
+	}
+}
+
+// TestRotatedAgentRejoinsWithTheNewToken: after `tether-relay cluster
+// rotate`, the agent's stored credential is revoked; an agent given the
+// rotate's new join token (a restarted pod with the new Secret) joins
+// again with it and serves, instead of failing on the stored credential.
+// An agent given only a spent token says what to do.
+func TestRotatedAgentRejoinsWithTheNewToken(t *testing.T) {
+	p := startPath(t, "prod")
+	newToken, err := p.reg.Rotate("prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.agentRan:
+		if !errors.Is(err, tunnel.ErrRevoked) {
+			t.Fatalf("the agent's Run after the rotate: %v, want ErrRevoked", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent kept running on a revoked credential")
+	}
+
+	// Restarted with the spent token: refused, saying which token to give.
+	spent := p.agentCfg
+	b, err := agent.New(t.Context(), spent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Run(t.Context()); err == nil || !strings.Contains(err.Error(), "latest `tether-relay cluster rotate`") {
+		t.Fatalf("Run with a revoked credential and a spent token: %v", err)
+	}
+
+	// Restarted with the new token: joins again, serves.
+	cfg := p.agentCfg
+	cfg.JoinToken = newToken
+	c, err := agent.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ran := make(chan error, 1)
+	go func() { ran <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-ran })
+	deadline := time.Now().Add(15 * time.Second)
+	for !c.Ready() {
+		select {
+		case err := <-ran:
+			t.Fatalf("the agent given the new token stopped: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent given the new token did not connect")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, body := p.get(t, "/api/v1/pods"); code != http.StatusOK {
+		t.Fatalf("a request after the rejoin: %d %v", code, body)
 	}
 }
