@@ -158,7 +158,15 @@ var _ = Describe("tether-proxy login at the OpenID provider the relay names", Or
 		Expect(err).NotTo(HaveOccurred(), "tether-proxy login:\n%s", out)
 		Expect(out).To(ContainSubstring("waiting…"))
 		Expect(out).To(MatchRegexp(`Logged in as alice \(expires \d\d:\d\d`))
+		Expect(out).To(ContainSubstring("remembered as"))
 		cachedLogin(home)
+
+		// The relay and its CA are remembered: whoami needs no flag at all.
+		cmd := lc.Host(cluster.HostLaptop).Command(ctx, filepath.Join(ts.BinDir(), "tether-proxy"), "whoami")
+		cmd.Env = env
+		b, err := cmd.CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "tether-proxy whoami after the login:\n%s", b)
+		Expect(string(b)).To(And(ContainSubstring("user:      op:alice"), ContainSubstring("relay:     "+ts.RelayURL(lc.Host(cluster.HostLaptop)))))
 
 		p, err = ts.StartLoginProxy(ctx, "login-proxy", stack.ProxyPort+40, env)
 		Expect(err).NotTo(HaveOccurred())
@@ -166,7 +174,7 @@ var _ = Describe("tether-proxy login at the OpenID provider the relay names", Or
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(out).To(And(HavePrefix("op:alice "), ContainSubstring(`"op:team-a"`)))
 		// RBAC decides by the provider's group.
-		b, err := p.Kubectl(ctx, "create", "configmap", "from-login", "-n", ns, "--from-literal=k=v").CombinedOutput()
+		b, err = p.Kubectl(ctx, "create", "configmap", "from-login", "-n", ns, "--from-literal=k=v").CombinedOutput()
 		Expect(err).NotTo(HaveOccurred(), string(b))
 		b, err = p.Kubectl(ctx, "get", "configmaps", "-n", "default").CombinedOutput()
 		Expect(err).To(HaveOccurred())

@@ -43,8 +43,11 @@ func (q *relayQuery) addFlags(fs *pflag.FlagSet) {
 
 // ask validates the flags and asks the relay who the caller's token is.
 func (q *relayQuery) ask(ctx context.Context) (*relayapi.Whoami, error) {
+	if err := recallRelay(&q.relayURL, &q.relayCA); err != nil {
+		return nil, err
+	}
 	if q.relayURL == "" {
-		return nil, errors.New("--relay is required: the relay's API, https://host:port")
+		return nil, errors.New("--relay is required: the relay's API, https://host:port (tether-proxy login --relay URL remembers it for later commands)")
 	}
 	if u, err := url.Parse(q.relayURL); err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("--relay %q: want https://host[:port]", q.relayURL)

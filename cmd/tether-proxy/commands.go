@@ -144,8 +144,11 @@ func (o *options) exec(parent context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := recallRelay(&o.relayURL, &o.relayCA); err != nil {
+		return err
+	}
 	if o.relayURL == "" || o.cluster == "" {
-		return errors.New("--relay and --cluster are required")
+		return errors.New(relayRequired)
 	}
 	var relayCA *x509.CertPool
 	if o.relayCA != "" {
@@ -199,8 +202,11 @@ func (o *options) run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := recallRelay(&o.relayURL, &o.relayCA); err != nil {
+		return err
+	}
 	if o.relayURL == "" || o.cluster == "" {
-		return errors.New("--relay and --cluster are required")
+		return errors.New(relayRequired)
 	}
 	if o.port < 0 || o.port > 65535 {
 		return fmt.Errorf("--port %d: want 1 to 65535 (0 picks a free one)", o.port)

@@ -61,8 +61,11 @@ func (o *endpointOptions) addCommon(fs *pflag.FlagSet) {
 }
 
 func (o *endpointOptions) validate() error {
+	if err := recallRelay(&o.relayURL, &o.relayCA); err != nil {
+		return err
+	}
 	if o.relayURL == "" || o.cluster == "" {
-		return errors.New("--relay and --cluster are required")
+		return errors.New(relayRequired)
 	}
 	u, err := url.Parse(o.relayURL)
 	if err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {

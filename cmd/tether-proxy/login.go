@@ -48,6 +48,9 @@ func (o *loginOptions) settings(ctx context.Context) (relayapi.LoginSettings, er
 	if s.Issuer != "" && s.ClientID != "" {
 		return s, nil
 	}
+	if err := recallRelay(&o.relayURL, &o.relayCA); err != nil {
+		return s, err
+	}
 	if o.relayURL == "" {
 		return s, errors.New("where to log in: give --relay URL (the relay publishes its login settings), or --issuer and --client-id")
 	}
@@ -170,6 +173,13 @@ a loopback port; --open opens the URL in this machine's browser.
 			}
 			fmt.Fprintf(os.Stderr, "Logged in as %s (expires %s; renewed as needed). Login cached in %s\n",
 				e.Subject, e.Expiry.Local().Format("15:04"), lc.CachePath())
+			if o.relayURL != "" {
+				name, err := rememberRelay(o.relayURL, o.relayCA)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "Relay %s remembered as %s, the default: later commands need only --cluster (--relay %s picks it among others)\n", o.relayURL, name, name)
+			}
 			return nil
 		},
 	}
