@@ -198,7 +198,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		}
 		out := run("clusters")
 		GinkgoWriter.Print(out)
-		Expect(out).To(MatchRegexp(`(?m)^`+regexp.QuoteMeta(lc.Name())+`\s+yes\s+2\s+tether-agent \S+`))
+		Expect(out).To(MatchRegexp(`(?m)^` + regexp.QuoteMeta(lc.Name()) + `\s+yes\s+2\s+tether-agent \S+`))
 		var listed []struct {
 			Cluster  string `json:"cluster"`
 			Sessions int    `json:"sessions"`
