@@ -163,3 +163,31 @@ func writeJSON(w io.Writer, v any) error {
 	_, err = fmt.Fprintf(w, "%s\n", b)
 	return err
 }
+
+// completeClusters completes --cluster with the clusters the relay says
+// the caller may reach (the relay and token flags given so far, or the
+// remembered relay and the cached login): shell completion of cluster
+// names, for `tether-proxy completion bash|zsh|fish`.
+func completeClusters(relayURL, relayCA *string, token *tokenFlags) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, _ []string, prefix string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		q := relayQuery{relayURL: *relayURL, relayCA: *relayCA, output: "text", token: *token}
+		ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
+		defer cancel()
+		w, err := q.ask(ctx)
+		if err != nil {
+			cobra.CompDebugln("tether-proxy: complete --cluster: "+err.Error(), true)
+			return nil, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveError
+		}
+		var out []cobra.Completion
+		for _, c := range w.Clusters {
+			if strings.HasPrefix(c.Cluster, prefix) {
+				state := "not connected"
+				if c.Sessions > 0 {
+					state = "connected"
+				}
+				out = append(out, cobra.CompletionWithDesc(c.Cluster, state))
+			}
+		}
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
+}

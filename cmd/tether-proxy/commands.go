@@ -71,6 +71,7 @@ the relay signs its own certificate unless given one from a public CA.`,
 	o.addTunnelFlags(fs)
 	o.token.Add(fs)
 	o.logs.Add(fs)
+	_ = c.RegisterFlagCompletionFunc("cluster", completeClusters(&o.relayURL, &o.relayCA, &o.token))
 	c.AddCommand(newExecCommand(), newLoginCommand(), newLogoutCommand(), newTokenCommand(), newKubeconfigCommand(), newWhoamiCommand(), newClustersCommand())
 	return c
 }
@@ -102,6 +103,7 @@ In a GitHub Actions job with "permissions: id-token: write", the job's own OIDC 
 	o.addTunnelFlags(fs)
 	o.token.Add(fs)
 	o.logs.Add(fs)
+	_ = c.RegisterFlagCompletionFunc("cluster", completeClusters(&o.relayURL, &o.relayCA, &o.token))
 	return c
 }
 

@@ -185,6 +185,7 @@ end to end from your machine to the agent. See docs/security.md.
 	}
 	fs := c.Flags()
 	o.addCommon(fs)
+	_ = c.RegisterFlagCompletionFunc("cluster", completeClusters(&o.relayURL, &o.relayCA, &o.token))
 	fs.StringVar(&o.relayCA, "relay-ca", "", "PEM file of the CA that signed the relay's certificate, embedded in the kubeconfig (default: the system's roots)")
 	fs.StringVar(&o.file, "kubeconfig", "", "kubeconfig file to merge into (default: as kubectl, the files of $KUBECONFIG, else ~/.kube/config)")
 	fs.StringVar(&o.context, "context", "", "name of the context to write, and of its cluster and user when those names are free or tether's own (default: tether-CLUSTER)")
