@@ -83,6 +83,7 @@ func Execute(root *cobra.Command) {
 			return err
 		},
 	})
+	root.InitDefaultCompletionCmd() // now, so that it too refuses an unknown shell
 	RefuseUnknownSubcommands(root)
 	root.SilenceUsage = true
 	root.SilenceErrors = true
