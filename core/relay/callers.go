@@ -42,7 +42,7 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 	c, err := s.cfg.Registry.Cluster(id)
 	if err != nil {
 		count(ResultUnknown)
-		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: "+err.Error())
+		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: "+err.Error()+" (tether-proxy clusters lists the clusters you may reach)")
 		return "", who, "", false
 	}
 	if err := policy.CheckAudience(c.Policy, who.Audiences); err != nil {

@@ -241,7 +241,7 @@ func TestTunnelRefusals(t *testing.T) {
 		{"no token", "prod", "", 401, "bearer token is required"},
 		{"bad token", "prod", "stale", 401, "token is expired"},
 		{"an expired JWT: the caller is told to log in again", "prod", expiredJWT, 401, "it expired at 2026-01-01T00:00:00Z: log in again (tether-proxy login), or fetch a fresh token"},
-		{"unknown cluster", "staging", goodToken, 404, "unknown cluster"},
+		{"unknown cluster", "staging", goodToken, 404, "cluster staging: unknown cluster (tether-proxy clusters lists the clusters you may reach)"},
 		{"cluster ID %2e%2e", "%2e%2e", goodToken, 400, "invalid cluster ID"},
 		{"cluster ID in upper case", "PROD", goodToken, 400, "invalid cluster ID"},
 		{"a caller the cluster does not grant", "prod", outsiderToken, 403, "mallory may not reach cluster prod"},
