@@ -216,6 +216,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(relayMetrics).To(MatchRegexp(`tether_relay_tunnels_total\{result="opened"\} [1-9]`))
 		Expect(relayMetrics).To(MatchRegexp(`tether_relay_agent_sessions 2`))
+		Expect(relayMetrics).To(ContainSubstring(`tether_relay_cluster_agent_sessions{cluster="` + lc.Name() + `"} 2`))
 		agentMetrics, err := ts.Metrics(ctx, "agent")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(agentMetrics).To(MatchRegexp(`tether_agent_requests_total\{code="200",refused="false"\} [1-9]`))

@@ -26,7 +26,9 @@ const (
 )
 
 // Metrics are the relay's Prometheus metrics. Labels are bounded: no
-// cluster, caller or address labels.
+// caller or address labels, and a cluster label only on the per-cluster
+// session gauge, for the clusters an administrator created whose agents
+// hold sessions.
 type Metrics struct {
 	tunnels  *prometheus.CounterVec
 	requests *prometheus.CounterVec
@@ -56,7 +58,9 @@ func NewMetrics(reg prometheus.Registerer, router *Router) (*Metrics, error) {
 		clusters: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "connected_clusters", Help: "Clusters with at least one agent session now."}, func() float64 { _, c := router.counts(); return float64(c) }),
 	}
-	for _, c := range []prometheus.Collector{m.tunnels, m.requests, m.bytes, m.joins, m.renewals, m.sessions, m.clusters} {
+	perCluster := clusterSessions{router: router, desc: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "cluster_agent_sessions"),
+		"Agent sessions held now, per cluster with at least one (a cluster missing here is not connected to this relay).", []string{"cluster"}, nil)}
+	for _, c := range []prometheus.Collector{m.tunnels, m.requests, m.bytes, m.joins, m.renewals, m.sessions, m.clusters, perCluster} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -100,4 +104,20 @@ func okOrRefused(ok bool) string {
 		return "ok"
 	}
 	return "refused"
+}
+
+// clusterSessions reports the router's sessions per cluster at each scrape.
+type clusterSessions struct {
+	router *Router
+	desc   *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c clusterSessions) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c clusterSessions) Collect(ch chan<- prometheus.Metric) {
+	for id, n := range c.router.perCluster() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), id)
+	}
 }

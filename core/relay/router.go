@@ -539,6 +539,19 @@ func (r *Router) counts() (sessions, clusters int) {
 	return sessions, clusters
 }
 
+// perCluster returns the number of sessions of each cluster that has any.
+func (r *Router) perCluster() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]int, len(r.clusters))
+	for id, c := range r.clusters {
+		if len(c.sessions) > 0 {
+			out[id] = len(c.sessions)
+		}
+	}
+	return out
+}
+
 // Sessions returns how many live sessions serve the cluster.
 func (r *Router) Sessions(clusterID string) int {
 	r.mu.Lock()
