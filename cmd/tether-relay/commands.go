@@ -327,6 +327,8 @@ type serveOptions struct {
 	maxStreamsPerCluster              int
 	maxStreamsPerCaller               int
 	maxSessionsPerCluster             int
+	joinRate                          float64
+	joinBurst                         int
 	maxSessionsPerCredential          int
 	logs                              cli.LogFlags
 }
@@ -359,6 +361,8 @@ func newServeCommand(data *string, socketPath func() string, store *storeOptions
 	fs.Var(&o.streamMemory, "stream-memory", "the most all streams may make the relay buffer: it opens at most --stream-memory / --stream-window streams in all")
 	fs.IntVar(&o.maxStreamsPerCluster, "max-streams-per-cluster", relay.DefaultMaxStreamsPerCluster, "the most streams (requests, watches, exec sessions) open to one cluster at once")
 	fs.IntVar(&o.maxStreamsPerCaller, "max-streams-per-caller", relay.DefaultMaxStreamsPerCaller, "the most streams one caller (one authenticated user name, whatever its tokens) holds open at once, to all clusters together; each idle tunnel tether-proxy keeps holds one")
+	fs.Float64Var(&o.joinRate, "join-rate", registry.DefaultJoinsPerClient, "joins per second one address may make at /v1/join (unauthenticated); more are answered 429 with Retry-After, which agents wait out")
+	fs.IntVar(&o.joinBurst, "join-burst", registry.DefaultJoinBurstPerClient, "joins one address may make at once before --join-rate applies (raise both when many agents join from behind one NAT address)")
 	fs.IntVar(&o.maxSessionsPerCluster, "max-sessions-per-cluster", relay.DefaultMaxSessionsPerCluster, "the most agent sessions one cluster holds at once; an agent over it is refused (TooManySessions) and told why")
 	fs.IntVar(&o.maxSessionsPerCredential, "max-sessions-per-credential", relay.DefaultMaxSessionsPerCredential, "the most agent sessions one agent credential holds at once (an agent keeps 2; agent replicas sharing one credential Secret share the cap)")
 	o.logs.Add(fs)
@@ -377,6 +381,9 @@ func (o *serveOptions) routerConfig() (relay.RouterConfig, error) {
 	}
 	if err := tunnel.ValidateStreamWindow(uint64(o.streamWindow)); err != nil {
 		return relay.RouterConfig{}, fmt.Errorf("--stream-window %s: %w", o.streamWindow.String(), err)
+	}
+	if o.joinRate < 0 || o.joinBurst < 0 {
+		return relay.RouterConfig{}, fmt.Errorf("--join-rate %g, --join-burst %d: must not be negative", o.joinRate, o.joinBurst)
 	}
 	if o.maxSessionsPerCluster < 1 || o.maxSessionsPerCredential < 1 {
 		return relay.RouterConfig{}, fmt.Errorf("--max-sessions-per-cluster %d, --max-sessions-per-credential %d: want 1 or more", o.maxSessionsPerCluster, o.maxSessionsPerCredential)
@@ -437,6 +444,7 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 		APIAddr: o.listen, AgentAddr: o.agentListen, HealthAddr: o.healthListen, AdminSocket: adminSocket,
 		RelayID: o.relayID, AdminGroups: o.adminGroups, AdminAudience: o.adminAudience, Router: rcfg,
 		Login:      relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID},
+		JoinLimit:  registry.JoinLimitConfig{PerClient: o.joinRate, PerClientBurst: o.joinBurst},
 		Prometheus: cli.NewMetricsRegistry("tether-relay"),
 	}
 	if o.clusterEndpoint {

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -300,17 +301,33 @@ func (a *Agent) join(ctx context.Context, store CredentialStore) (tls.Certificat
 	// or the relay keeps it (and its goroutines and TLS buffers) until its
 	// idle timeout.
 	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.cfg.RelayAPI+"/v1/join", bytes.NewReader(body))
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("agent: join request: %w", err)
+	// A relay that is busy (its join rate limit: many agents behind one
+	// address) or whose store is down answers 429 or 503 with Retry-After
+	// before the token is looked at: wait as told, within joinPatience.
+	var resp *http.Response
+	var raw []byte
+	for deadline := time.Now().Add(joinPatience); ; {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.cfg.RelayAPI+"/v1/join", bytes.NewReader(body))
+		if err != nil {
+			return tls.Certificate{}, fmt.Errorf("agent: join request: %w", err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if resp, err = client.Do(req); err != nil {
+			return tls.Certificate{}, fmt.Errorf("agent: join the relay at %s: %w", a.cfg.RelayAPI, err)
+		}
+		raw, _ = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		_ = resp.Body.Close()
+		wait, busy := retryAfter(resp)
+		if !busy || time.Now().Add(wait).After(deadline) {
+			break
+		}
+		a.log.Info("agent: the relay asked to join again later", "status", resp.StatusCode, "in", wait)
+		select {
+		case <-ctx.Done():
+			return tls.Certificate{}, fmt.Errorf("agent: join: %w", ctx.Err())
+		case <-time.After(wait):
+		}
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("agent: join the relay at %s: %w", a.cfg.RelayAPI, err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusOK {
 		if st, ok := kstatus.Decode(raw); ok {
 			return tls.Certificate{}, fmt.Errorf("agent: join refused: %s", st.Message)
@@ -338,6 +355,23 @@ func (a *Agent) join(ctx context.Context, store CredentialStore) (tls.Certificat
 	}
 	a.log.Info("agent: joined the relay", "notAfter", jr.NotAfter, "store", store.String())
 	return cert, nil
+}
+
+// joinPatience bounds how long a join waits on a relay that answers 429 or
+// 503 with Retry-After.
+const joinPatience = 3 * time.Minute
+
+// retryAfter reports whether resp asks the client to come back (429 or 503
+// with a Retry-After of 1 to 60 seconds), and when.
+func retryAfter(resp *http.Response) (time.Duration, bool) {
+	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return 0, false
+	}
+	n, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if err != nil || n < 1 || n > 60 {
+		return 0, false
+	}
+	return time.Duration(n) * time.Second, true
 }
 
 // dial connects to the relay's agent endpoint for a session.

@@ -55,6 +55,8 @@ type joinRelay struct {
 	pool    *x509.CertPool
 	cluster string
 	refuse  string
+	// busy is how many joins to answer 429 with Retry-After first.
+	busy int
 	// agentAddr is a listener standing for the relay's agent endpoint.
 	agentAddr string
 	mu        sync.Mutex
@@ -78,6 +80,17 @@ func newJoinRelay(t *testing.T, cluster string) *joinRelay {
 		j.mu.Unlock()
 		if r.URL.Path != relayapi.JoinPath || r.Method != http.MethodPost {
 			kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "no such endpoint")
+			return
+		}
+		j.mu.Lock()
+		busy := j.busy > 0
+		if busy {
+			j.busy--
+		}
+		j.mu.Unlock()
+		if busy {
+			w.Header().Set("Retry-After", "1")
+			kstatus.Write(w, http.StatusTooManyRequests, kstatus.ReasonTooManyRequests, "too many join attempts from this address: retry in 1 s")
 			return
 		}
 		if j.refuse != "" {
@@ -215,6 +228,20 @@ func TestJoinWaitsForTheAgentEndpoint(t *testing.T) {
 	}
 	if j.joins != 0 {
 		t.Fatalf("%d joins: the token was spent on a relay the agent cannot hold sessions with", j.joins)
+	}
+}
+
+// A relay rate-limiting joins (many agents behind one address) answers 429
+// with Retry-After: the agent waits as told and joins, instead of failing.
+func TestJoinWaitsOutTheRateLimit(t *testing.T) {
+	j := newJoinRelay(t, "prod")
+	j.busy = 2
+	start := time.Now()
+	if _, err := agent.New(t.Context(), j.config(t.TempDir())); err != nil {
+		t.Fatalf("New behind a rate limit: %v", err)
+	}
+	if j.joins != 3 || time.Since(start) < 2*time.Second {
+		t.Fatalf("%d join requests in %s, want 3 after waiting 1 s twice", j.joins, time.Since(start))
 	}
 }
 

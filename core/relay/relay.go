@@ -77,6 +77,10 @@ type Options struct {
 	// Login is published at GET /v1/login. Its issuer must be one of
 	// Authentication's, with the client ID among its audiences.
 	Login relayapi.LoginSettings
+	// JoinLimit rate-limits the unauthenticated join endpoint; zero values
+	// are registry.JoinLimitConfig's defaults (1 join per second and 5 at
+	// once per address).
+	JoinLimit registry.JoinLimitConfig
 	// Timeouts bound how long a client may take over its requests, on the
 	// API, the health endpoint and the admin socket.
 	Timeouts Timeouts
@@ -117,6 +121,9 @@ func (o *Options) Validate() error {
 	}
 	if err := o.Timeouts.Validate(); err != nil {
 		return err
+	}
+	if err := o.JoinLimit.Validate(); err != nil {
+		return fmt.Errorf("relay: Options.JoinLimit: %w", err)
 	}
 	if err := o.Registry.Validate(); err != nil {
 		return err
@@ -354,7 +361,8 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 	}
 	r.srv, err = NewServer(ServerConfig{Registry: r.reg, Router: r.router, Authenticator: authenticator, RelayID: opts.RelayID,
 		Logger: opts.Logger, Audit: opts.Audit, Metrics: metrics, Login: opts.Login, AgentCertificate: &serving,
-		AdminGroups: opts.AdminGroups, AdminAudience: opts.AdminAudience, ClusterEndpoint: opts.ClusterEndpoint, WrapAgentConn: opts.WrapAgentConn, OnAgentSession: opts.OnAgentSession})
+		AdminGroups: opts.AdminGroups, AdminAudience: opts.AdminAudience, ClusterEndpoint: opts.ClusterEndpoint, WrapAgentConn: opts.WrapAgentConn, OnAgentSession: opts.OnAgentSession,
+		JoinLimit: opts.JoinLimit})
 	if err != nil {
 		closeListeners()
 		return nil, err
