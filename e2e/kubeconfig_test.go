@@ -127,13 +127,7 @@ var _ = Describe("kubectl through the relay's cluster endpoint, with no local pr
 				Expect(ts.StartAgent(ctx)).To(Succeed())
 			}
 		})
-		Eventually(func() string {
-			out, err := viaRelay(ctx, nil, "get", "pods", "-n", ns)
-			if err == nil {
-				return "kubectl succeeded with no agent: " + out
-			}
-			return out
-		}).WithTimeout(30 * time.Second).Should(ContainSubstring("cluster " + lc.Name() + " is not connected"))
+		eventuallyNotConnected(func() (string, error) { return viaRelay(ctx, nil, "get", "pods", "-n", ns) })
 		Expect(ts.StartAgent(ctx)).To(Succeed())
 		restarted = true
 		Expect(mustViaRelay(ctx, nil, "get", "pods", "-n", ns, "-o", "name")).To(ContainSubstring("pod/" + pod))

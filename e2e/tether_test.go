@@ -72,6 +72,20 @@ func mustViaTether(ctx context.Context, stdin io.Reader, args ...string) string 
 	return out
 }
 
+// eventuallyNotConnected waits until kubectl (run) fails saying the
+// cluster is not connected: the relay's reason, not only "the server is
+// currently unable to handle the request".
+func eventuallyNotConnected(run func() (string, error)) {
+	GinkgoHelper()
+	Eventually(func() string {
+		out, err := run()
+		if err == nil {
+			return "kubectl succeeded with no agent: " + out
+		}
+		return out
+	}).WithTimeout(30 * time.Second).Should(ContainSubstring("cluster " + lc.Name() + " is not connected"))
+}
+
 // namespaceFor creates a namespace (as admin, inside the cluster) where the
 // given OpenID group (without the oidc: prefix) is granted role.
 func namespaceFor(ctx context.Context, group, role string) string {
@@ -237,13 +251,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 		Expect(ts.StopAgent()).To(Succeed())
 		// While no agent is connected, kubectl says so: the relay's reason,
 		// not only "the server is currently unable to handle the request".
-		Eventually(func() string {
-			out, err := viaTether(ctx, nil, "get", "pods", "-n", ns)
-			if err == nil {
-				return "kubectl succeeded with no agent: " + out
-			}
-			return out
-		}).WithTimeout(30 * time.Second).Should(ContainSubstring("cluster " + lc.Name() + " is not connected"))
+		eventuallyNotConnected(func() (string, error) { return viaTether(ctx, nil, "get", "pods", "-n", ns) })
 		Expect(ts.StartAgent(ctx)).To(Succeed(), "restart the agent (its join token is spent)")
 		Eventually(func() error {
 			_, err := viaTether(ctx, nil, "get", "pods", "-n", ns)

@@ -101,6 +101,22 @@ func (h *relayHarness) create(t *testing.T, id string) string {
 	return tok
 }
 
+// createClosedAndStrict creates "closed", which grants no one, and
+// "strict", which grants group dev only with a token for its own audience
+// (tether:strict).
+func (h *relayHarness) createClosedAndStrict(t *testing.T) {
+	t.Helper()
+	if _, err := h.reg.CreateCluster("closed"); err != nil {
+		t.Fatal(err)
+	}
+	h.create(t, "strict")
+	if _, err := h.reg.UpdatePolicy("strict", func(p policy.Policy) (policy.Policy, error) {
+		return p.Add(policy.Policy{Audiences: []string{"tether:strict"}}), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
@@ -223,16 +239,7 @@ tether_relay_tunnels_total{result="opened"} 1
 func TestTunnelRefusals(t *testing.T) {
 	h := newRelay(t)
 	h.create(t, "prod")
-	if _, err := h.reg.CreateCluster("closed"); err != nil { // grants no one
-		t.Fatal(err)
-	}
-	// strict grants group dev, but only with a token for its own audience.
-	h.create(t, "strict")
-	if _, err := h.reg.UpdatePolicy("strict", func(p policy.Policy) (policy.Policy, error) {
-		return p.Add(policy.Policy{Audiences: []string{"tether:strict"}}), nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	h.createClosedAndStrict(t)
 	tests := []struct {
 		name, cluster, token string
 		code                 int

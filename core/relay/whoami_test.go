@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tether-k8s/tether/core/policy"
 	"github.com/tether-k8s/tether/core/relayapi"
 )
 
@@ -16,15 +15,7 @@ func TestWhoamiListsOnlyReachableClusters(t *testing.T) {
 	h := newRelay(t)
 	h.create(t, "prod")
 	h.create(t, "dev")
-	if _, err := h.reg.CreateCluster("closed"); err != nil { // grants no one
-		t.Fatal(err)
-	}
-	h.create(t, "strict")
-	if _, err := h.reg.UpdatePolicy("strict", func(p policy.Policy) (policy.Policy, error) {
-		return p.Add(policy.Policy{Audiences: []string{"tether:strict"}}), nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	h.createClosedAndStrict(t)
 	w, err := relayapi.GetWhoami(t.Context(), http.DefaultClient, h.api.URL, goodToken)
 	if err != nil {
 		t.Fatal(err)
