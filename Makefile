@@ -53,13 +53,16 @@ $(STATICCHECK):
 	mv $(TOOLS_BIN)/tmp/staticcheck $@
 
 .PHONY: lint
-lint: $(STATICCHECK) ## gofmt, go vet and staticcheck, on every module
+lint: $(STATICCHECK) ## gofmt, go vet and staticcheck, on every module; tether-proxy vetted for Windows and macOS too
 	@unformatted=$$(gofmt -l $$(find . -name '*.go' -not -path './.cache/*')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	go vet ./...
 	$(STATICCHECK) ./...
 	cd fixtures/tools/kubernetes && go vet ./etcd && $(STATICCHECK) ./etcd
 	cd fixtures/op && go vet ./... && $(STATICCHECK) ./...
+	@# tether-proxy runs on laptops: it, and its tests, compile for Windows and macOS
+	GOOS=windows GOARCH=amd64 go vet ./cmd/tether-proxy/...
+	GOOS=darwin GOARCH=arm64 go vet ./cmd/tether-proxy/...
 
 .PHONY: unit
 unit: deps fixtures ## unit tests: everything but the packages that start clusters (the network fixture's need root; the registry's etcd tests, the fixture etcd)

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/tether-k8s/tether/core/clusterid"
@@ -122,9 +121,7 @@ func ListenAdmin(path string) (net.Listener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("relay: admin socket %s: remove the stale socket: %w", path, err)
 	}
-	old := syscall.Umask(0o177)
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	l, err := listenPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("relay: admin socket: %w", err)
 	}
