@@ -55,14 +55,11 @@ func (q *relayQuery) ask(ctx context.Context) (*relayapi.Whoami, error) {
 	if q.output != "text" && q.output != "json" {
 		return nil, fmt.Errorf("--output %q: want text or json", q.output)
 	}
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if q.relayCA != "" {
-		pool, err := cli.ReadCAFile("--relay-ca", q.relayCA)
-		if err != nil {
-			return nil, err
-		}
-		tlsCfg.RootCAs = pool
+	client, err := relayHTTPClient(q.relayCA)
+	if err != nil {
+		return nil, err
 	}
+	defer client.CloseIdleConnections()
 	source, err := q.token.Source()
 	if err != nil {
 		return nil, err
@@ -71,13 +68,26 @@ func (q *relayQuery) ask(ctx context.Context) (*relayapi.Whoami, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot read your token: %w", err)
 	}
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}}
-	defer client.CloseIdleConnections()
 	w, err := relayapi.GetWhoami(ctx, client, q.relayURL, tok)
 	if err != nil && strings.Contains(err.Error(), "x509: certificate signed by unknown authority") {
 		return nil, fmt.Errorf("%w (pass the relay's CA with --relay-ca FILE: tether-relay ca prints it)", err)
 	}
 	return w, err
+}
+
+// relayHTTPClient is the client of the commands that ask the relay's API
+// one question (login settings, whoami): TLS pinned to the --relay-ca file
+// when given (else the system's roots), the environment's HTTPS proxy, 30 s.
+func relayHTTPClient(caFile string) (*http.Client, error) {
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pool, err := cli.ReadCAFile("--relay-ca", caFile)
+		if err != nil {
+			return nil, err
+		}
+		tlsCfg.RootCAs = pool
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}}, nil
 }
 
 // newWhoamiCommand is `tether-proxy whoami`.

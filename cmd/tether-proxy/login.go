@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,16 +53,10 @@ func (o *loginOptions) settings(ctx context.Context) (relayapi.LoginSettings, er
 	if o.relayURL == "" {
 		return s, errors.New("where to log in: give --relay URL (the relay publishes its login settings), or --issuer and --client-id")
 	}
-	var tc tls.Config
-	if o.relayCA != "" {
-		pool, err := cli.ReadCAFile("--relay-ca", o.relayCA)
-		if err != nil {
-			return s, err
-		}
-		tc.RootCAs = pool
+	hc, err := relayHTTPClient(o.relayCA)
+	if err != nil {
+		return s, err
 	}
-	tc.MinVersion = tls.VersionTLS12
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tc}}
 	defer hc.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(o.relayURL, "/")+relayapi.LoginPath, nil)
 	if err != nil {

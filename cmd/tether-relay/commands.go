@@ -382,9 +382,6 @@ func (o *serveOptions) routerConfig() (relay.RouterConfig, error) {
 	if err := tunnel.ValidateStreamWindow(uint64(o.streamWindow)); err != nil {
 		return relay.RouterConfig{}, fmt.Errorf("--stream-window %s: %w", o.streamWindow.String(), err)
 	}
-	if o.joinRate < 0 || o.joinBurst < 0 {
-		return relay.RouterConfig{}, fmt.Errorf("--join-rate %g, --join-burst %d: must not be negative", o.joinRate, o.joinBurst)
-	}
 	if o.maxSessionsPerCluster < 1 || o.maxSessionsPerCredential < 1 {
 		return relay.RouterConfig{}, fmt.Errorf("--max-sessions-per-cluster %d, --max-sessions-per-credential %d: want 1 or more", o.maxSessionsPerCluster, o.maxSessionsPerCredential)
 	}
@@ -425,6 +422,9 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 	}
 	if err := (&authn.Config{Authentication: ac}).Validate(); err != nil {
 		return relay.Options{}, fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
+	}
+	if o.joinRate < 0 || o.joinBurst < 0 {
+		return relay.Options{}, fmt.Errorf("--join-rate %g, --join-burst %d: must not be negative", o.joinRate, o.joinBurst)
 	}
 	rcfg, err := o.routerConfig()
 	if err != nil {
