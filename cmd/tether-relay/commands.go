@@ -330,6 +330,7 @@ type serveOptions struct {
 	joinRate                          float64
 	joinBurst                         int
 	maxSessionsPerCredential          int
+	peerListen, peerAdvertise         string
 	logs                              cli.LogFlags
 }
 
@@ -365,8 +366,32 @@ func newServeCommand(data *string, socketPath func() string, store *storeOptions
 	fs.IntVar(&o.joinBurst, "join-burst", registry.DefaultJoinBurstPerClient, "joins one address may make at once before --join-rate applies (raise both when many agents join from behind one NAT address)")
 	fs.IntVar(&o.maxSessionsPerCluster, "max-sessions-per-cluster", relay.DefaultMaxSessionsPerCluster, "the most agent sessions one cluster holds at once; an agent over it is refused (TooManySessions) and told why")
 	fs.IntVar(&o.maxSessionsPerCredential, "max-sessions-per-credential", relay.DefaultMaxSessionsPerCredential, "the most agent sessions one agent credential holds at once (an agent keeps 2; agent replicas sharing one credential Secret share the cap)")
+	fs.StringVar(&o.peerListen, "peer-listen", fmt.Sprintf("0.0.0.0:%d", relay.DefaultPeerPort), "with --store etcd: address of the replica-to-replica endpoint (mutual TLS with peer certificates from the relay's CA), where the other replicas forward the streams of callers who landed on them to the agents whose sessions this one holds; empty: a single relay on etcd that forwards nothing")
+	fs.StringVar(&o.peerAdvertise, "peer-advertise", "", "with --store etcd: the host:port the other replicas dial to reach --peer-listen (a pod's IP: --peer-advertise $(POD_IP):8445); port 0 means --peer-listen's. Required with --peer-listen")
 	o.logs.Add(fs)
 	return c
+}
+
+// peerOptions returns the replica options from the flags: on etcd with a
+// --peer-listen, the relay is one replica of several.
+func (o *serveOptions) peerOptions(store registry.Store) (*relay.PeerOptions, error) {
+	if store != registry.StoreEtcd {
+		if o.peerAdvertise != "" {
+			return nil, errors.New("--peer-advertise needs --store etcd: the replicas share their routes there (one relay on bbolt has no peers)")
+		}
+		return nil, nil
+	}
+	if o.peerListen == "" {
+		return nil, nil
+	}
+	if o.peerAdvertise == "" {
+		return nil, fmt.Errorf("--store etcd with --peer-listen %s needs --peer-advertise host:port: where the other replicas reach this one (a pod's IP and the port; or --peer-listen \"\" for a single relay on etcd)", o.peerListen)
+	}
+	p := &relay.PeerOptions{Addr: o.peerListen, Advertise: o.peerAdvertise}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // routerConfig checks the stream flags and returns the router's
@@ -434,6 +459,10 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 	if err != nil {
 		return relay.Options{}, err
 	}
+	peer, err := o.peerOptions(reg.Store)
+	if err != nil {
+		return relay.Options{}, err
+	}
 	if reg.Store == registry.StoreBbolt {
 		if err := os.MkdirAll(filepath.Dir(data), 0o700); err != nil {
 			return relay.Options{}, fmt.Errorf("--data %s: create its directory: %w", data, err)
@@ -446,6 +475,7 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 		Login:      relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID},
 		JoinLimit:  registry.JoinLimitConfig{PerClient: o.joinRate, PerClientBurst: o.joinBurst},
 		Prometheus: cli.NewMetricsRegistry("tether-relay"),
+		Peer:       peer,
 	}
 	if o.clusterEndpoint {
 		opts.ClusterEndpoint = &relay.ClusterEndpointConfig{}

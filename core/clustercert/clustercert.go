@@ -101,3 +101,87 @@ func ClusterID(cert *x509.Certificate) (string, error) {
 	}
 	return id, nil
 }
+
+// ErrNotRelayPeer is wrapped by RelayID when a certificate is not a relay
+// replica's peer certificate.
+var ErrNotRelayPeer = errors.New("not a tether relay peer certificate")
+
+// RelayURIPrefix starts the one URI SAN of a relay replica's peer
+// certificate (replica-to-replica mutual TLS); the replica's ID follows.
+// No cluster credential carries it, and the relay's serving certificate
+// carries no URI, so neither an agent nor anything serving callers can
+// present itself as a replica.
+const RelayURIPrefix = "tether://relay/"
+
+// ValidateRelayID accepts a replica ID of 1 to 63 letters, digits, '.', '_'
+// and '-', starting with a letter or digit (a host name or a pod's name).
+func ValidateRelayID(id string) error {
+	if id == "" || len(id) > 63 {
+		return fmt.Errorf("relay replica ID %q: want 1 to 63 characters", id)
+	}
+	for i, r := range id {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || i > 0 && (r == '.' || r == '_' || r == '-')
+		if !ok {
+			return fmt.Errorf("relay replica ID %q: want letters, digits, '.', '_' and '-', starting with a letter or digit", id)
+		}
+	}
+	return nil
+}
+
+// RelayURI returns the URI SAN of replica id's peer certificate.
+func RelayURI(id string) (*url.URL, error) {
+	if err := ValidateRelayID(id); err != nil {
+		return nil, fmt.Errorf("clustercert: %w", err)
+	}
+	return url.Parse(RelayURIPrefix + id)
+}
+
+// RelayID returns the replica a peer certificate names: its one URI SAN
+// tether://relay/ID, equal to the subject's common name. Like ClusterID it
+// checks no signature: the peer's TLS handshake does, against the relay's
+// CA.
+func RelayID(cert *x509.Certificate) (string, error) {
+	if cert == nil {
+		return "", fmt.Errorf("%w: no certificate", ErrNotRelayPeer)
+	}
+	if len(cert.URIs) != 1 {
+		return "", fmt.Errorf("%w: %d URI SANs, want exactly 1", ErrNotRelayPeer, len(cert.URIs))
+	}
+	raw := cert.URIs[0].String()
+	id, ok := strings.CutPrefix(raw, RelayURIPrefix)
+	if !ok {
+		return "", fmt.Errorf("%w: URI SAN %q does not start with %s", ErrNotRelayPeer, raw, RelayURIPrefix)
+	}
+	if err := ValidateRelayID(id); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrNotRelayPeer, err)
+	}
+	if cert.Subject.CommonName != id {
+		return "", fmt.Errorf("%w: common name %q differs from URI SAN replica %q", ErrNotRelayPeer, cert.Subject.CommonName, id)
+	}
+	return id, nil
+}
+
+// VerifyRelayPeer accepts only a chain whose leaf chains to roots (the
+// relay's CA) for usage (client or server authentication) and is a peer
+// certificate; it returns the replica's ID. want, when not empty, is the
+// replica the caller meant to reach.
+func VerifyRelayPeer(roots *x509.CertPool, chain []*x509.Certificate, usage x509.ExtKeyUsage, want string) (string, error) {
+	if len(chain) == 0 {
+		return "", errors.New("the replica presented no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+		return "", fmt.Errorf("the replica's certificate is not from the relay's CA: %w", err)
+	}
+	id, err := RelayID(chain[0])
+	if err != nil {
+		return "", err
+	}
+	if want != "" && id != want {
+		return "", fmt.Errorf("reached replica %s, not %s: refusing", id, want)
+	}
+	return id, nil
+}

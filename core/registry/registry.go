@@ -17,10 +17,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tether-k8s/tether/core/clustercert"
 	"github.com/tether-k8s/tether/core/clusterid"
@@ -341,22 +344,9 @@ func (r *Registry) ServingCertificate(hosts []string) (tls.Certificate, error) {
 	if len(hosts) == 0 {
 		return tls.Certificate{}, errors.New("registry: a serving certificate needs at least one host name or address")
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("registry: serving key: %w", err)
-	}
-	serial, err := randomSerial()
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	now := r.cfg.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: hosts[0], Organization: []string{"tether relay"}},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(90 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{CommonName: hosts[0], Organization: []string{"tether relay"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
@@ -365,9 +355,54 @@ func (r *Registry) ServingCertificate(hosts []string) (tls.Certificate, error) {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
+	return r.issue("serving certificate", tmpl, 90*24*time.Hour)
+}
+
+// Etcd returns the etcd client the registry uses and the key prefix of its
+// state, for what else the replicas keep in that etcd under the prefix
+// (their presence and routes: core/relay/mesh). ok is false on bbolt. The
+// client is the registry's: Close closes it.
+func (r *Registry) Etcd() (cli *clientv3.Client, prefix string, ok bool) {
+	es, ok := r.store.(*etcdStore)
+	if !ok {
+		return nil, "", false
+	}
+	return es.cli, es.cfg.Prefix, true
+}
+
+// PeerCertificate returns a new key and a certificate for it, signed by the
+// relay's CA for validity, that replica relayID presents to the other
+// replicas and serves them (clustercert.RelayURI): client and server
+// authentication, no host name. It is kept in memory only; a replica
+// issues itself a new one before it expires.
+func (r *Registry) PeerCertificate(relayID string, validity time.Duration) (tls.Certificate, error) {
+	u, err := clustercert.RelayURI(relayID)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("registry: peer certificate: %w", err)
+	}
+	return r.issue("peer certificate", &x509.Certificate{
+		Subject:     pkix.Name{CommonName: relayID, Organization: []string{"tether relay replica"}},
+		URIs:        []*url.URL{u},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}, validity)
+}
+
+// issue signs tmpl (its subject, names and extended usages) for a new P-256
+// key, valid from a minute ago for validity.
+func (r *Registry) issue(what string, tmpl *x509.Certificate, validity time.Duration) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("registry: %s key: %w", what, err)
+	}
+	if tmpl.SerialNumber, err = randomSerial(); err != nil {
+		return tls.Certificate{}, err
+	}
+	now := r.cfg.Now()
+	tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Minute), now.Add(validity)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, r.ca.cert, key.Public(), r.ca.key)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("registry: sign serving certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("registry: sign %s: %w", what, err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der, r.ca.certDER}, PrivateKey: key}, nil
 }

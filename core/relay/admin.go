@@ -117,7 +117,7 @@ func (a *AdminService) Clusters(context.Context) ([]ClusterStatus, error) {
 		st := ClusterStatus{ID: c.ID, CreatedAt: c.CreatedAt, Credentials: len(c.CurrentCredentials()),
 			Grants: len(c.Policy.Users) + len(c.Policy.Groups) + len(c.Policy.Rules)}
 		if a.Router != nil {
-			st.Sessions = a.Router.Sessions(c.ID)
+			st.Sessions = a.Router.AllSessions(c.ID)
 		}
 		out = append(out, st)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/tether-k8s/tether/core/kstatus"
@@ -194,6 +195,12 @@ func (s *Server) authorizeAgent(_ context.Context, h *tunnel.Hello, st tls.Conne
 	}
 	if id != h.Cluster {
 		return tunnel.Refuse(tunnel.ReasonClusterMismatch, fmt.Sprintf("the certificate is for cluster %s, not %s", id, h.Cluster))
+	}
+	// An agent's sessions go to different replicas, so that one
+	// replica's restart leaves it connected.
+	if s.cfg.OtherReplicas != nil && (slices.Contains(h.Avoid, s.cfg.RelayID) || h.Spread && s.cfg.Router.HoldsAgent(h.Cluster, h.Agent, h.Slot)) &&
+		s.cfg.OtherReplicas() > 0 {
+		return tunnel.Refuse(tunnel.ReasonElsewhere, s.cfg.RelayID)
 	}
 	return nil
 }

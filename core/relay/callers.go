@@ -115,7 +115,7 @@ func (s *Server) whoami(w http.ResponseWriter, r *http.Request) {
 		if d, _ := policy.Check(c.Policy, who.Identity); !d.Allowed {
 			continue
 		}
-		out.Clusters = append(out.Clusters, relayapi.ReachableCluster{Cluster: c.ID, Sessions: s.cfg.Router.Sessions(c.ID), Agents: s.cfg.Router.Agents(c.ID)})
+		out.Clusters = append(out.Clusters, relayapi.ReachableCluster{Cluster: c.ID, Sessions: s.cfg.Router.AllSessions(c.ID), Agents: s.cfg.Router.Agents(c.ID)})
 	}
 	slices.SortFunc(out.Clusters, func(a, b relayapi.ReachableCluster) int { return strings.Compare(a.Cluster, b.Cluster) })
 	w.Header().Set("Content-Type", "application/json")
@@ -141,7 +141,7 @@ func (s *Server) clusterInfo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(relayapi.ClusterInfo{Cluster: id, Connected: s.cfg.Router.Sessions(id) > 0, CA: string(s.cfg.Registry.CAPEM())})
+	_ = json.NewEncoder(w).Encode(relayapi.ClusterInfo{Cluster: id, Connected: s.cfg.Router.AllSessions(id) > 0, CA: string(s.cfg.Registry.CAPEM())})
 }
 
 // tunnel authenticates the caller, opens a stream to one of the cluster's

@@ -22,6 +22,7 @@ import (
 	"github.com/tether-k8s/tether/core/authn"
 	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/relay/mesh"
 	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
@@ -77,6 +78,9 @@ type Options struct {
 	// Login is published at GET /v1/login. Its issuer must be one of
 	// Authentication's, with the client ID among its audiences.
 	Login relayapi.LoginSettings
+	// Peer, when set, makes this relay one replica of several on the
+	// registry's etcd (see PeerOptions). Nil: a relay alone, even on etcd.
+	Peer *PeerOptions
 	// JoinLimit rate-limits the unauthenticated join endpoint; zero values
 	// are registry.JoinLimitConfig's defaults (1 join per second and 5 at
 	// once per address).
@@ -127,6 +131,14 @@ func (o *Options) Validate() error {
 	}
 	if err := o.Registry.Validate(); err != nil {
 		return err
+	}
+	if o.Peer != nil {
+		if err := o.Peer.Validate(); err != nil {
+			return err
+		}
+		if o.Registry.Store != registry.StoreEtcd {
+			return errors.New("relay: Options.Peer needs the registry on etcd (--store etcd): replicas find each other and their routes there")
+		}
 	}
 	if err := o.Router.Validate(); err != nil {
 		return err
@@ -223,6 +235,7 @@ type Relay struct {
 	agentL        net.Listener
 	apiAddr       net.Addr
 	healthL       net.Listener
+	mesh          *meshRemote // nil without Options.Peer
 	cancel        context.CancelFunc
 	wg            sync.WaitGroup
 	errc          chan error
@@ -316,8 +329,20 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 			return nil, err
 		}
 	}
+	var peerL net.Listener
+	if opts.Peer != nil {
+		if peerL, err = opts.Listen("tcp", opts.Peer.Addr); err != nil {
+			_ = apiL.Close()
+			for _, l := range []net.Listener{healthL, adminL} {
+				if l != nil {
+					_ = l.Close()
+				}
+			}
+			return nil, fmt.Errorf("relay: listen for the other replicas on %s: %w", opts.Peer.Addr, err)
+		}
+	}
 	closeListeners := func() {
-		for _, l := range []net.Listener{apiL, healthL, adminL} {
+		for _, l := range []net.Listener{apiL, healthL, adminL, peerL} {
 			if l != nil {
 				_ = l.Close()
 			}
@@ -345,9 +370,19 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 		_, until, err := reg.VerifyPeerUntil(c)
 		return until, err
 	}
+	if peerL != nil {
+		if r.mesh, err = r.startMesh(ctx, peerL); err != nil {
+			closeListeners()
+			return nil, err
+		}
+		opts.Router.Remote = r.mesh
+	}
 	if r.router, err = NewRouter(opts.Router); err != nil {
 		closeListeners()
 		return nil, err
+	}
+	if r.mesh != nil {
+		r.mesh.router.Store(r.router)
 	}
 	metrics, err := NewMetrics(opts.Prometheus, r.router)
 	if err != nil {
@@ -362,7 +397,7 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 	r.srv, err = NewServer(ServerConfig{Registry: r.reg, Router: r.router, Authenticator: authenticator, RelayID: opts.RelayID,
 		Logger: opts.Logger, Audit: opts.Audit, Metrics: metrics, Login: opts.Login, AgentCertificate: &serving,
 		AdminGroups: opts.AdminGroups, AdminAudience: opts.AdminAudience, ClusterEndpoint: opts.ClusterEndpoint, WrapAgentConn: opts.WrapAgentConn, OnAgentSession: opts.OnAgentSession,
-		JoinLimit: opts.JoinLimit})
+		JoinLimit: opts.JoinLimit, OtherReplicas: r.otherReplicas()})
 	if err != nil {
 		closeListeners()
 		return nil, err
@@ -491,7 +526,13 @@ func (r *Relay) Done() <-chan error { return r.errc }
 
 // Drain refuses new agent sessions, tells the agents to move and serves
 // the open tunnels until none is left or ctx ends (see Server.Drain).
-func (r *Relay) Drain(ctx context.Context) { r.srv.Drain(ctx) }
+func (r *Relay) Drain(ctx context.Context) {
+	if r.mesh != nil {
+		// The other replicas stop choosing this one for new streams.
+		r.mesh.mesh.SetDraining(true)
+	}
+	r.srv.Drain(ctx)
+}
 
 // APIAddr returns the address the API listens on (a port chosen by the
 // system when Options.APIAddr named port 0).
@@ -511,6 +552,22 @@ func (r *Relay) AgentAddr() net.Addr { return r.agentL.Addr() }
 
 // Router returns the relay's router (session and stream counts).
 func (r *Relay) Router() *Router { return r.router }
+
+func (r *Relay) otherReplicas() func() int {
+	if r.mesh == nil {
+		return nil
+	}
+	return r.mesh.mesh.Others
+}
+
+// Mesh returns this replica's view of the others, or nil without
+// Options.Peer.
+func (r *Relay) Mesh() *mesh.Mesh {
+	if r.mesh == nil {
+		return nil
+	}
+	return r.mesh.mesh
+}
 
 // Registry returns the relay's registry.
 func (r *Relay) Registry() *registry.Registry { return r.reg }
@@ -539,6 +596,11 @@ func (r *Relay) Close() error {
 		if r.srv != nil {
 			_ = r.srv.Close()
 			r.srv.CloseTunnels()
+		}
+		if r.mesh != nil {
+			// Its routes go from every table at once (the lease is
+			// revoked), and the peer endpoint stops.
+			errs = append(errs, r.mesh.mesh.Close())
 		}
 		r.wg.Wait()
 		if r.authenticator != nil {

@@ -63,14 +63,32 @@ type NotConnectedError struct {
 	// LastSeen is when the cluster's last session ended; zero if no agent of
 	// it ever connected to this relay.
 	LastSeen time.Time
+	// Why, when set, says why the other replicas could not serve it
+	// either (their routes were stale).
+	Why error
+	// Replicas is set when the relay is one replica of several: then no
+	// replica holds a session of the cluster.
+	Replicas bool
 }
 
 func (e *NotConnectedError) Error() string {
-	if e.LastSeen.IsZero() {
-		return fmt.Sprintf("relay: cluster %s is not connected: no agent of it has connected to this relay", e.Cluster)
+	var msg string
+	switch {
+	case e.Replicas && e.LastSeen.IsZero():
+		msg = fmt.Sprintf("relay: cluster %s is not connected: no relay replica holds a session of its agent", e.Cluster)
+	case e.LastSeen.IsZero():
+		msg = fmt.Sprintf("relay: cluster %s is not connected: no agent of it has connected to this relay", e.Cluster)
+	case e.Replicas:
+		msg = fmt.Sprintf("relay: cluster %s is not connected: no relay replica holds a session of its agent, last seen on this one %s (%s ago)", e.Cluster,
+			e.LastSeen.UTC().Format(time.RFC3339), time.Since(e.LastSeen).Round(time.Second))
+	default:
+		msg = fmt.Sprintf("relay: cluster %s is not connected: its agent was last seen %s (%s ago)", e.Cluster,
+			e.LastSeen.UTC().Format(time.RFC3339), time.Since(e.LastSeen).Round(time.Second))
 	}
-	return fmt.Sprintf("relay: cluster %s is not connected: its agent was last seen %s (%s ago)", e.Cluster,
-		e.LastSeen.UTC().Format(time.RFC3339), time.Since(e.LastSeen).Round(time.Second))
+	if e.Why != nil {
+		msg += fmt.Sprintf(" (%v)", e.Why)
+	}
+	return msg
 }
 
 // RouterConfig configures a Router.
@@ -112,6 +130,9 @@ type RouterConfig struct {
 	// (registry.VerifyPeerUntil). Nil: a credential holds until its
 	// NotAfter (routers without a registry, in tests).
 	Verify func(*x509.Certificate) (until time.Time, err error)
+	// Remote reaches the agents whose sessions other replicas hold (the
+	// replicas' mesh). Nil: this relay alone.
+	Remote Remote
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 	// Logger receives session arrivals and departures, and the streams
@@ -175,6 +196,38 @@ func (c RouterConfig) withDefaults() RouterConfig {
 	}
 	return c
 }
+
+// Remote is what a Router needs of the other replicas: to forward a stream
+// to one that holds a session of a cluster, how many sessions they hold,
+// and to hear when this replica's sessions of a cluster changed (so that it
+// publishes its route).
+type Remote interface {
+	// Forward opens a stream for o on another replica's session of
+	// o.Cluster. With none it returns an error wrapping
+	// ErrNoRemoteSession; a refusal there comes back as a
+	// *ForwardRefusedError.
+	Forward(ctx context.Context, o *tunnel.Open, owner StreamOwner) (net.Conn, error)
+	// Sessions returns how many sessions of cluster the other replicas
+	// hold.
+	Sessions(cluster string) int
+	// Changed says this replica's sessions of cluster changed.
+	Changed(cluster string)
+}
+
+// ErrNoRemoteSession is wrapped by Remote.Forward when no other replica
+// holds a session of the cluster.
+var ErrNoRemoteSession = errors.New("relay: no other replica holds a session of the cluster")
+
+// ForwardRefusedError is another replica's refusal of a forwarded stream,
+// as that replica would have answered the caller.
+type ForwardRefusedError struct {
+	Replica string
+	Code    int
+	Reason  string
+	Message string
+}
+
+func (e *ForwardRefusedError) Error() string { return e.Message }
 
 // Router maps clusters to their agents' live sessions.
 type Router struct {
@@ -382,6 +435,7 @@ func (r *Router) add(s *tunnel.RelaySession, cred *x509.Certificate, check bool)
 		r.creds[s] = sc
 	}
 	r.mu.Unlock()
+	r.changed(id)
 	r.log.Info("relay: agent session added", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "software", s.Hello.Software, "sessions", n)
 	// Unrouted when it ends, by the session's own goroutine: no watcher
 	// goroutine per idle session.
@@ -391,6 +445,7 @@ func (r *Router) add(s *tunnel.RelaySession, cred *x509.Certificate, check bool)
 
 func (r *Router) remove(s *tunnel.RelaySession) {
 	id := s.Hello.Cluster
+	defer r.changed(id) // after the unlock
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if sc := r.creds[s]; sc != nil {
@@ -414,6 +469,24 @@ func (r *Router) remove(s *tunnel.RelaySession) {
 	}
 	c.lastSeen = r.cfg.Now()
 	r.log.Info("relay: agent session removed", "cluster", id, "agent", s.Hello.Agent, "slot", s.Hello.Slot, "sessions", len(c.sessions))
+}
+
+// changed tells the other replicas, if any, that this one's sessions of
+// cluster changed.
+func (r *Router) changed(cluster string) {
+	if r.cfg.Remote != nil {
+		r.cfg.Remote.Changed(cluster)
+	}
+}
+
+// AllSessions returns how many live sessions serve the cluster on this
+// replica and, as they published them, on the others.
+func (r *Router) AllSessions(clusterID string) int {
+	n := r.Sessions(clusterID)
+	if r.cfg.Remote != nil {
+		n += r.cfg.Remote.Sessions(clusterID)
+	}
+	return n
 }
 
 // until is when cred stops holding, if nothing changes.
@@ -562,6 +635,21 @@ func (r *Router) Sessions(clusterID string) int {
 	return 0
 }
 
+// HoldsAgent reports whether the router holds a session of agent (its
+// Hello.Agent) of clusterID in another slot than slot.
+func (r *Router) HoldsAgent(clusterID, agent string, slot int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.clusters[clusterID]; c != nil {
+		for _, s := range c.sessions {
+			if s.Hello.Agent == agent && s.Hello.Slot != slot {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Agents returns the software versions the agents of clusterID reported
 // in their Hellos, each once, sorted, for the sessions the router holds.
 func (r *Router) Agents(clusterID string) []string {
@@ -591,17 +679,36 @@ func (r *Router) Agents(clusterID string) []string {
 // ErrTooManyStreams. o.User must be the name the relay's authenticator
 // produced for the caller, never anything the caller states itself: it is
 // whose budget the stream takes.
+//
+// When no session of the cluster is here and RouterConfig.Remote is set,
+// the stream is forwarded to a replica that holds one, within the same
+// caps; a cluster no replica holds is a *NotConnectedError.
 func (r *Router) Open(ctx context.Context, o *tunnel.Open, owner StreamOwner) (net.Conn, error) {
+	return r.open(ctx, o, owner, r.cfg.Remote)
+}
+
+// OpenLocal is Open on this replica's own sessions only: what serves a
+// stream another replica forwarded, so that no stream is forwarded twice.
+func (r *Router) OpenLocal(ctx context.Context, o *tunnel.Open, owner StreamOwner) (net.Conn, error) {
+	return r.open(ctx, o, owner, nil)
+}
+
+func (r *Router) open(ctx context.Context, o *tunnel.Open, owner StreamOwner, remote Remote) (net.Conn, error) {
 	user, clusterID := o.User, o.Cluster
 	r.mu.Lock()
 	c := r.clusters[o.Cluster]
-	if c == nil || len(c.sessions) == 0 {
+	local := c != nil && len(c.sessions) > 0
+	if !local && (remote == nil || remote.Sessions(o.Cluster) == 0) {
 		var last time.Time
 		if c != nil {
 			last = c.lastSeen
 		}
 		r.mu.Unlock()
-		return nil, &NotConnectedError{Cluster: o.Cluster, LastSeen: last}
+		return nil, &NotConnectedError{Cluster: o.Cluster, LastSeen: last, Replicas: r.cfg.Remote != nil}
+	}
+	if c == nil {
+		c = &cluster{}
+		r.clusters[o.Cluster] = c
 	}
 	if n := r.callers[user]; n >= r.cfg.MaxStreamsPerCaller {
 		r.mu.Unlock()
@@ -640,14 +747,35 @@ func (r *Router) Open(ctx context.Context, o *tunnel.Open, owner StreamOwner) (n
 
 	// From here every return gives the slots back exactly once: at once
 	// on failure, or when the returned conn is first closed.
+	counted := func(st net.Conn) net.Conn {
+		cc := &countedConn{Conn: st}
+		cc.release = func() { r.untrack(clusterID, cc); r.release(clusterID, user) }
+		r.track(clusterID, cc, owner)
+		return cc
+	}
+	if !local {
+		st, err := remote.Forward(ctx, o, owner)
+		if err != nil {
+			r.release(clusterID, user)
+			if errors.Is(err, ErrNoRemoteSession) {
+				r.mu.Lock()
+				last := c.lastSeen
+				r.mu.Unlock()
+				nc := &NotConnectedError{Cluster: o.Cluster, LastSeen: last, Replicas: true}
+				if err != ErrNoRemoteSession {
+					nc.Why = err
+				}
+				return nil, nc
+			}
+			return nil, err
+		}
+		return counted(st), nil
+	}
 	var errs []error
 	for _, s := range order {
 		st, err := s.Open(ctx, o)
 		if err == nil {
-			cc := &countedConn{Conn: st}
-			cc.release = func() { r.untrack(clusterID, cc); r.release(clusterID, user) }
-			r.track(clusterID, cc, owner)
-			return cc, nil
+			return counted(st), nil
 		}
 		var ref *tunnel.RefusedError
 		if errors.As(err, &ref) || ctx.Err() != nil {
@@ -775,6 +903,7 @@ func (r *Router) CloseCluster(id string) int {
 		c.lastSeen = r.cfg.Now()
 	}
 	r.mu.Unlock()
+	r.changed(id)
 	for _, s := range ss {
 		_ = s.Close()
 	}
@@ -815,16 +944,22 @@ func (c *countedConn) Close() error {
 // WriteError answers a caller with the Status for an error of Open (or of
 // the registry's cluster lookup).
 func WriteError(w http.ResponseWriter, err error) {
-	code, reason := http.StatusBadGateway, kstatus.ReasonBadGateway
+	code, reason := StatusOf(err)
+	kstatus.Write(w, code, reason, "tether relay: "+err.Error())
+}
+
+// StatusOf is the HTTP status and Kubernetes Status reason a caller gets
+// for an error of Open.
+func StatusOf(err error) (code int, reason string) {
 	var nc *NotConnectedError
-	var ref *tunnel.RefusedError
+	var fr *ForwardRefusedError
 	switch {
 	case errors.As(err, &nc):
-		code, reason = http.StatusServiceUnavailable, kstatus.ReasonServiceUnavailable
+		return http.StatusServiceUnavailable, kstatus.ReasonServiceUnavailable
 	case errors.Is(err, ErrTooManyStreams):
-		code, reason = http.StatusTooManyRequests, kstatus.ReasonTooManyRequests
-	case errors.As(err, &ref):
-		code, reason = http.StatusBadGateway, kstatus.ReasonBadGateway
+		return http.StatusTooManyRequests, kstatus.ReasonTooManyRequests
+	case errors.As(err, &fr) && fr.Code != 0:
+		return fr.Code, fr.Reason
 	}
-	kstatus.Write(w, code, reason, "tether relay: "+err.Error())
+	return http.StatusBadGateway, kstatus.ReasonBadGateway
 }

@@ -70,6 +70,11 @@ type ServerConfig struct {
 	// address and in all, before a join reaches the registry. Zero values
 	// are registry.JoinLimitConfig's defaults.
 	JoinLimit registry.JoinLimitConfig
+	// OtherReplicas, when set, returns how many other replicas that do not
+	// drain could take an agent's session (the mesh's Others): an agent
+	// whose Hello asks to avoid this replica (it holds the agent's other
+	// session) is refused with ReasonElsewhere while it is not 0.
+	OtherReplicas func() int
 	// OnAgentSession, when not nil, is called with each agent session the
 	// relay authorized, before the router routes it (for tests that wait
 	// for sessions). It must not change the session: the simulator's

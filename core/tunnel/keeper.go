@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,6 +98,14 @@ type Keeper struct {
 	cfg  KeeperConfig
 	log  *slog.Logger
 	live atomic.Int32
+	// relays holds, per slot, the replica its established session is on
+	// ("" while none): the others' Hellos ask to avoid it.
+	mu     sync.Mutex
+	relays []string
+	// firstTried is closed once slot 0's first attempt ended (a session,
+	// or a failure).
+	firstTried chan struct{}
+	firstOnce  sync.Once
 	// draining owns the sessions a relay sent GoAway on, served in the
 	// background until they end; Run waits for them.
 	draining sync.WaitGroup
@@ -109,7 +118,8 @@ func NewKeeper(cfg KeeperConfig) (*Keeper, error) {
 	}
 	cfg = cfg.withDefaults()
 	h := cfg.Agent.Hello
-	return &Keeper{cfg: cfg, log: cfg.Logger.With("cluster", h.Cluster, "agent", h.Agent)}, nil
+	return &Keeper{cfg: cfg, log: cfg.Logger.With("cluster", h.Cluster, "agent", h.Agent), relays: make([]string, cfg.Sessions),
+		firstTried: make(chan struct{})}, nil
 }
 
 // Live returns how many sessions are established now, including those a
@@ -141,17 +151,90 @@ func (k *Keeper) Run(ctx context.Context) error {
 	return nil
 }
 
+// MaxElsewhere is how many times in a row a slot dials again when a
+// replica answered that it holds the agent's other session
+// (ReasonElsewhere), before it takes a session there anyway: a load
+// balancer that keeps sending it to the same replica (source-address
+// affinity) costs a few quick redials, never the session.
+const MaxElsewhere = 6
+
+// firstSlotWait bounds how long the other slots wait for slot 0's first
+// session before they dial.
+const firstSlotWait = 2 * time.Second
+
+func (k *Keeper) waitFirstSlot(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-k.firstTried:
+	case <-t.C:
+	}
+}
+
+// avoid returns the replicas the other slots' sessions are on.
+func (k *Keeper) avoid(slot int) []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []string
+	for i, r := range k.relays {
+		if i != slot && r != "" && !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// clearRelay forgets slot's replica, unless a replacement session already
+// took the slot.
+func (k *Keeper) clearRelay(slot int, relay string) {
+	k.mu.Lock()
+	if k.relays[slot] == relay {
+		k.relays[slot] = ""
+	}
+	k.mu.Unlock()
+}
+
+func (k *Keeper) setRelay(slot int, relay string) {
+	k.mu.Lock()
+	k.relays[slot] = relay
+	k.mu.Unlock()
+	if slot == 0 {
+		k.firstOnce.Do(func() { close(k.firstTried) })
+	}
+}
+
 // runSlot keeps one session open, reconnecting with backoff.
 func (k *Keeper) runSlot(ctx context.Context, slot int) error {
 	log := k.log.With("slot", slot)
-	attempt := 0
+	attempt, elsewhere := 0, 0
+	if slot > 0 {
+		// The first slot first, briefly, so that this one's Hello can name
+		// the replica to avoid.
+		k.waitFirstSlot(ctx, firstSlotWait)
+	}
 	for ctx.Err() == nil {
 		began := time.Now()
-		err := k.once(ctx, slot)
+		err := k.once(ctx, slot, elsewhere < MaxElsewhere)
+		if slot == 0 {
+			k.firstOnce.Do(func() { close(k.firstTried) })
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
 		var ref *RefusedError
+		if errors.As(err, &ref) && ref.Reason == ReasonElsewhere {
+			// Not a failure: dial again at once, with a little jitter,
+			// and the load balancer picks a replica.
+			elsewhere++
+			wait := time.Duration(k.cfg.Rand(slot) * float64(200*time.Millisecond))
+			log.Info("tunnel: the replica holds this agent's other session; dialling again for another", "replica", ref.Message, "in", wait.Round(time.Millisecond), "try", elsewhere)
+			if !sleepCtx(ctx, wait) {
+				return nil
+			}
+			continue
+		}
+		elsewhere = 0
 		switch {
 		case errors.As(err, &ref) && ref.Reason == ReasonRevoked:
 			log.Error("tunnel: relay refused the credential", "message", ref.Message)
@@ -186,13 +269,16 @@ var errMoved = errors.New("tunnel: the relay is draining this session (GoAway); 
 // once dials, handshakes and serves one session until it ends, or until the
 // relay sends GoAway: the session is then handed to k.draining and once
 // returns errMoved.
-func (k *Keeper) once(ctx context.Context, slot int) error {
+func (k *Keeper) once(ctx context.Context, slot int, spread bool) error {
 	conn, err := k.cfg.Dial(ctx)
 	if err != nil {
 		return fmt.Errorf("tunnel: dial relay: %w", err)
 	}
 	acfg := k.cfg.Agent
 	acfg.Hello.Slot = slot
+	if spread {
+		acfg.Hello.Avoid, acfg.Hello.Spread = k.avoid(slot), true
+	}
 	s, err := ConnectAgent(ctx, conn, acfg)
 	if err != nil {
 		return err
@@ -200,6 +286,7 @@ func (k *Keeper) once(ctx context.Context, slot int) error {
 	// A session counts as live until it ends, draining or not: it still
 	// serves its streams, so readiness does not flap while a relay drains.
 	k.live.Add(1)
+	k.setRelay(slot, s.Welcome.Relay)
 	k.log.Info("tunnel: session established", "slot", slot, "session", s.Welcome.Session, "relay", s.Welcome.Relay, "relaySoftware", s.Welcome.Software)
 	served := make(chan error, 1)
 	k.draining.Add(1)
@@ -210,6 +297,7 @@ func (k *Keeper) once(ctx context.Context, slot int) error {
 		err := k.cfg.Serve(ctx, s)
 		_ = s.Close()
 		k.live.Add(-1)
+		k.clearRelay(slot, s.Welcome.Relay)
 		served <- err
 	}()
 	select {
@@ -220,5 +308,16 @@ func (k *Keeper) once(ctx context.Context, slot int) error {
 		return err
 	case <-s.GoAwayChan():
 		return errMoved
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -123,7 +124,7 @@ func TestSessionCarriesStreams(t *testing.T) {
 			if rerr != nil || aerr != nil {
 				t.Fatalf("handshake: relay %v, agent %v", rerr, aerr)
 			}
-			if rs.Hello != hello || as.Welcome.Session != "s-1" {
+			if !reflect.DeepEqual(rs.Hello, hello) || as.Welcome.Session != "s-1" {
 				t.Fatalf("relay saw %+v, agent saw %+v", rs.Hello, as.Welcome)
 			}
 			// The agent echoes each accepted stream.

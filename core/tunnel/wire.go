@@ -98,6 +98,20 @@ type Hello struct {
 	Slot int `json:"slot"`
 	// Software is the agent's version, for logs.
 	Software string `json:"software,omitempty"`
+	// Avoid names the relay replicas (their Welcome.Relay) that hold the
+	// agent's other sessions: a replica named here refuses the session
+	// with ReasonElsewhere while another replica that does not drain can
+	// take it, so that an agent's sessions sit on different replicas and
+	// one replica's restart leaves it connected. Relays without replicas
+	// ignore it.
+	Avoid []string `json:"avoid,omitempty"`
+	// Spread asks a replica that already holds a session of this agent
+	// (same cluster and Agent, another slot) to refuse this one with
+	// ReasonElsewhere too, while another replica could take it: the
+	// agent's slots dial at once when it starts, before either knows
+	// where the other landed. An agent stops asking after MaxElsewhere
+	// such refusals in a row.
+	Spread bool `json:"spread,omitempty"`
 }
 
 // Welcome is the relay's answer to Hello.
@@ -123,6 +137,7 @@ const (
 	ReasonDraining        = "Draining"        // the relay is shutting down: reconnect elsewhere
 	ReasonTooManySessions = "TooManySessions" // the cluster holds its maximum of sessions
 	ReasonVersion         = "Version"         // unsupported protocol version
+	ReasonElsewhere       = "Elsewhere"       // this replica holds the agent's other session: dial again for another
 )
 
 // Open is the relay's first frame on every stream it opens to an agent.
@@ -223,6 +238,14 @@ func (h *Hello) Validate() error {
 	}
 	if !textRE.MatchString(h.Software) {
 		return invalid(FrameHello, "software: want printable ASCII, at most 512 bytes")
+	}
+	if len(h.Avoid) > MaxSessions {
+		return invalid(FrameHello, "avoid: %d replicas, want at most %d", len(h.Avoid), MaxSessions)
+	}
+	for _, r := range h.Avoid {
+		if !idRE.MatchString(r) {
+			return invalid(FrameHello, "avoid %q: want 1 to 128 of A-Z a-z 0-9 . _ -", r)
+		}
 	}
 	return nil
 }
