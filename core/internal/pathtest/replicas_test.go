@@ -1,6 +1,7 @@
 package pathtest_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -171,6 +172,12 @@ func (rs *replicas) agentVia(t *testing.T, i int, agentAddr, dir string) (*agent
 // tether-proxy whose relay is replica i.
 func (rs *replicas) proxyTo(t *testing.T, i int) (*http.Client, string) {
 	t.Helper()
+	c, base, _ := rs.proxyAt(t, i)
+	return c, base
+}
+
+func (rs *replicas) proxyAt(t *testing.T, i int) (*http.Client, string, *tls.Config) {
+	t.Helper()
 	p, err := proxy.New(t.Context(), proxy.Config{RelayURL: apiURL(rs.relays[i]), RelayCA: rs.ca, Cluster: "prod",
 		Token: func() (string, error) { return callerToken, nil }, Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -187,7 +194,11 @@ func (rs *replicas) proxyTo(t *testing.T, i int) (*http.Client, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, "https://" + p.Addr()
+	tc, err := rest.TLSConfigFor(kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, "https://" + p.Addr(), tc
 }
 
 func getStatus(t *testing.T, c *http.Client, u string) (int, string) {
@@ -208,7 +219,9 @@ func getStatus(t *testing.T, c *http.Client, u string) (int, string) {
 func TestCallerOnOneReplicaReachesTheAgentOnAnother(t *testing.T) {
 	rs := startReplicas(t, 2)
 	rs.agentOn(t, 0, t.TempDir())
+	began := time.Now()
 	waitFor(t, 10*time.Second, "replica 1 sees replica 0's route", func() bool { return rs.relays[1].Router().AllSessions("prod") > 0 })
+	t.Logf("route on replica 1 %s after the agent was ready", time.Since(began).Round(time.Millisecond))
 	if n := rs.relays[1].Router().Sessions("prod"); n != 0 {
 		t.Fatalf("replica 1 holds %d sessions of prod itself: the test would not cross replicas", n)
 	}
@@ -405,4 +418,57 @@ func TestAnAgentsSessionsGoToDifferentReplicas(t *testing.T) {
 	waitFor(t, 10*time.Second, "one session on each replica", func() bool {
 		return rs.relays[0].Router().Sessions("prod") == 1 && rs.relays[1].Router().Sessions("prod") == 1
 	})
+}
+
+// TestRevokeEndsAForwardedTunnel: a caller's upgraded stream (an exec)
+// crosses from replica 1 to the agent on replica 0; revoking the caller's
+// group ends it, on both replicas, within a second or so.
+func TestRevokeEndsAForwardedTunnel(t *testing.T) {
+	rs := startReplicas(t, 2)
+	rs.agentOn(t, 0, t.TempDir())
+	waitFor(t, 10*time.Second, "replica 1 sees replica 0's route", func() bool { return rs.relays[1].Router().AllSessions("prod") > 0 })
+	_, base, tc := rs.proxyAt(t, 1)
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(base, "https://"), tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	_, _ = io.WriteString(conn, "POST /api/v1/namespaces/default/pods/p/exec?command=cat HTTP/1.1\r\nHost: 127.0.0.1\r\n"+
+		"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade through two replicas: %v %v", resp, err)
+	}
+	if _, err := io.WriteString(conn, "ping"); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(br, got); err != nil || string(got) != "ping" {
+		t.Fatalf("echo through two replicas: %q %v", got, err)
+	}
+	if rs.relays[0].Router().Streams() == 0 || rs.relays[1].Router().Streams() == 0 {
+		t.Fatalf("streams: owner %d, entry %d; want the tunnel on both", rs.relays[0].Router().Streams(), rs.relays[1].Router().Streams())
+	}
+	// Revoke through replica 1's registry, as tether-relay cluster revoke
+	// on that replica does.
+	began := time.Now()
+	if _, err := rs.relays[1].Registry().UpdatePolicy("prod", func(p policy.Policy) (policy.Policy, error) {
+		q, _ := p.Remove(policy.Policy{Groups: []string{"dev"}})
+		return q, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(br); err != nil && !strings.Contains(err.Error(), "reset") && !strings.Contains(err.Error(), "EOF") {
+		t.Fatalf("the revoked tunnel did not end: %v", err)
+	}
+	took := time.Since(began)
+	if took > 5*time.Second {
+		t.Fatalf("the revoked tunnel ended after %s", took)
+	}
+	waitFor(t, 5*time.Second, "no stream left on either replica", func() bool {
+		return rs.relays[0].Router().Streams() == 0 && rs.relays[1].Router().Streams() == 0
+	})
+	t.Logf("revocation ended the forwarded tunnel in %s", took.Round(time.Millisecond))
 }
