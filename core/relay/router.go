@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tether-k8s/tether/core/identity"
@@ -199,6 +200,8 @@ type Router struct {
 	// moving owns the goroutines that tell sessions on a superseded
 	// credential to move, then end them; Close waits for them.
 	moving sync.WaitGroup
+	// metrics, once NewMetrics set it, times stream opens and lives.
+	metrics atomic.Pointer[Metrics]
 }
 
 // StreamOwner is whom a stream is for: the caller the relay authenticated
@@ -591,7 +594,17 @@ func (r *Router) Agents(clusterID string) []string {
 // ErrTooManyStreams. o.User must be the name the relay's authenticator
 // produced for the caller, never anything the caller states itself: it is
 // whose budget the stream takes.
+//
+// With Metrics, the open is timed (tunnel_open_duration_seconds) and so is
+// the stream's life (tunnel_duration_seconds).
 func (r *Router) Open(ctx context.Context, o *tunnel.Open, owner StreamOwner) (net.Conn, error) {
+	start := time.Now()
+	conn, err := r.open(ctx, o, owner)
+	r.metrics.Load().streamOpen(time.Since(start), err)
+	return conn, err
+}
+
+func (r *Router) open(ctx context.Context, o *tunnel.Open, owner StreamOwner) (net.Conn, error) {
 	user, clusterID := o.User, o.Cluster
 	r.mu.Lock()
 	c := r.clusters[o.Cluster]
@@ -644,8 +657,8 @@ func (r *Router) Open(ctx context.Context, o *tunnel.Open, owner StreamOwner) (n
 	for _, s := range order {
 		st, err := s.Open(ctx, o)
 		if err == nil {
-			cc := &countedConn{Conn: st}
-			cc.release = func() { r.untrack(clusterID, cc); r.release(clusterID, user) }
+			cc, opened := &countedConn{Conn: st}, time.Now()
+			cc.release = func() { r.untrack(clusterID, cc); r.release(clusterID, user); r.metrics.Load().streamClosed(opened) }
 			r.track(clusterID, cc, owner)
 			return cc, nil
 		}
