@@ -64,10 +64,20 @@ type Metrics struct {
 	clusters prometheus.GaugeFunc
 }
 
+// RegistryView is what the relay's metrics read from its registry at each
+// scrape; a *registry.Registry is one.
+type RegistryView interface {
+	// StoreStatus says whether the store answers.
+	StoreStatus() registry.StoreStatus
+	// Clusters lists the clusters an administrator created.
+	Clusters() ([]registry.Cluster, error)
+}
+
 // NewMetrics creates the relay's metrics on reg, reading session counts
-// from router and, when store is not nil, the registry's store status from
-// store at each scrape. The router times the streams it opens into them.
-func NewMetrics(reg prometheus.Registerer, router *Router, store func() registry.StoreStatus) (*Metrics, error) {
+// from router and, when view is not nil, the store's status and the
+// clusters from view at each scrape. The router times the streams it opens
+// into them.
+func NewMetrics(reg prometheus.Registerer, router *Router, view RegistryView) (*Metrics, error) {
 	m := &Metrics{
 		opens: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "tunnel_open_duration_seconds", Buckets: OpenBuckets,
@@ -91,17 +101,17 @@ func NewMetrics(reg prometheus.Registerer, router *Router, store func() registry
 		clusters: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "connected_clusters", Help: "Clusters with at least one agent session now."}, func() float64 { _, c := router.counts(); return float64(c) }),
 	}
-	perCluster := clusterSessions{router: router, desc: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "cluster_agent_sessions"),
-		"Agent sessions held now, per cluster with at least one (a cluster missing here is not connected to this relay).", []string{"cluster"}, nil)}
+	perCluster := clusterSessions{router: router, view: view, desc: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "cluster_agent_sessions"),
+		"Agent sessions held now on this relay, per cluster: every cluster of the registry (0: none of its agents holds a session here), and any other with a session.", []string{"cluster"}, nil)}
 	for _, r := range openResults {
 		m.opens.WithLabelValues(r)
 	}
 	cs := []prometheus.Collector{m.tunnels, m.opens, m.lasted, m.requests, m.bytes, m.joins, m.renewals, m.sessions, m.clusters, perCluster}
-	if store != nil {
+	if view != nil {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "store_available", Help: "1 while the registry's store answers; 0 while it does not (joins, renewals and admin changes are refused, routing goes on from memory)."},
 			func() float64 {
-				if store().Available {
+				if view.StoreStatus().Available {
 					return 1
 				}
 				return 0
@@ -182,9 +192,12 @@ func okOrRefused(ok bool) string {
 	return "refused"
 }
 
-// clusterSessions reports the router's sessions per cluster at each scrape.
+// clusterSessions reports the router's sessions per cluster at each
+// scrape, and 0 for the registry's clusters that have none, so that an
+// alert can say which cluster lost its agents (or never had one).
 type clusterSessions struct {
 	router *Router
+	view   RegistryView // nil: only the clusters with sessions
 	desc   *prometheus.Desc
 }
 
@@ -193,7 +206,18 @@ func (c clusterSessions) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 // Collect implements prometheus.Collector.
 func (c clusterSessions) Collect(ch chan<- prometheus.Metric) {
-	for id, n := range c.router.perCluster() {
+	counts := c.router.perCluster()
+	if c.view != nil {
+		// From the registry's memory: served even while its store is down.
+		if all, err := c.view.Clusters(); err == nil {
+			for _, cl := range all {
+				if _, ok := counts[cl.ID]; !ok {
+					counts[cl.ID] = 0
+				}
+			}
+		}
+	}
+	for id, n := range counts {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), id)
 	}
 }

@@ -94,13 +94,31 @@ func TestTunnelLatencyHistograms(t *testing.T) {
 	}
 }
 
+// fakeView is a RegistryView whose store goes up and down.
+type fakeView struct {
+	avail    atomic.Bool
+	clusters []string
+}
+
+func (v *fakeView) StoreStatus() registry.StoreStatus {
+	return registry.StoreStatus{Available: v.avail.Load()}
+}
+
+func (v *fakeView) Clusters() ([]registry.Cluster, error) {
+	var out []registry.Cluster
+	for _, id := range v.clusters {
+		out = append(out, registry.Cluster{ID: id})
+	}
+	return out, nil
+}
+
 func TestStoreAvailableGauge(t *testing.T) {
 	router := newRouter(t, relay.RouterConfig{})
 	t.Cleanup(func() { _ = router.Close() })
 	reg := prometheus.NewRegistry()
-	var avail atomic.Bool
-	avail.Store(true)
-	if _, err := relay.NewMetrics(reg, router, func() registry.StoreStatus { return registry.StoreStatus{Available: avail.Load()} }); err != nil {
+	view := &fakeView{}
+	view.avail.Store(true)
+	if _, err := relay.NewMetrics(reg, router, view); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"1", "0"} {
@@ -109,6 +127,30 @@ func TestStoreAvailableGauge(t *testing.T) {
 		if err := testutil.GatherAndCompare(reg, strings.NewReader(exp), "tether_relay_store_available"); err != nil {
 			t.Fatal(err)
 		}
-		avail.Store(false)
+		view.avail.Store(false)
+	}
+}
+
+// A cluster of the registry whose agents hold no session reads 0, so an
+// alert can name it; one with sessions reads their number.
+func TestClusterAgentSessionsNamesDisconnectedClusters(t *testing.T) {
+	router := newRouter(t, relay.RouterConfig{})
+	t.Cleanup(func() { _ = router.Close() })
+	reg := prometheus.NewRegistry()
+	if _, err := relay.NewMetrics(reg, router, &fakeView{clusters: []string{"prod", "staging"}}); err != nil {
+		t.Fatal(err)
+	}
+	rs, _ := tunneltest.Pair(t, tunnel.Hello{Cluster: "prod", Agent: "a"})
+	if err := router.Add(rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP tether_relay_cluster_agent_sessions Agent sessions held now on this relay, per cluster: every cluster of the registry (0: none of its agents holds a session here), and any other with a session.
+# TYPE tether_relay_cluster_agent_sessions gauge
+tether_relay_cluster_agent_sessions{cluster="prod"} 1
+tether_relay_cluster_agent_sessions{cluster="staging"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tether_relay_cluster_agent_sessions"); err != nil {
+		t.Fatal(err)
 	}
 }

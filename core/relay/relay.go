@@ -349,7 +349,7 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 		closeListeners()
 		return nil, err
 	}
-	metrics, err := NewMetrics(opts.Prometheus, r.router, r.reg.StoreStatus)
+	metrics, err := NewMetrics(opts.Prometheus, r.router, r.reg)
 	if err != nil {
 		closeListeners()
 		return nil, fmt.Errorf("relay: metrics: %w", err)

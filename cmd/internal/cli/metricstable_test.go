@@ -100,11 +100,17 @@ func relayMetrics(t *testing.T) []metricRow {
 	if err := router.Add(rs, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := relay.NewMetrics(rec, router, func() registry.StoreStatus { return registry.StoreStatus{Available: true} }); err != nil {
+	if _, err := relay.NewMetrics(rec, router, view{}); err != nil {
 		t.Fatal(err)
 	}
 	return rec.rows(t, reg)
 }
+
+// view is a registry with one cluster whose store answers.
+type view struct{}
+
+func (view) StoreStatus() registry.StoreStatus     { return registry.StoreStatus{Available: true} }
+func (view) Clusters() ([]registry.Cluster, error) { return []registry.Cluster{{ID: "prod"}}, nil }
 
 // agentMetrics are the tether_* metrics of tether-agent's registry.
 func agentMetrics(t *testing.T) []metricRow {
