@@ -213,6 +213,16 @@ relay: {agentAddr: "agents.example.com:443"}`},
 				t.Errorf("Deployment %s runs as %s", d.Name, d.Spec.Template.Spec.ServiceAccountName)
 			}
 		},
+	}, {
+		name:   "monitoring on, behind a NetworkPolicy",
+		values: []string{monitoringOn, `networkPolicy: {enabled: true, relay: {cidrs: [203.0.113.10/32]}, apiServer: {cidrs: [10.0.0.1/32]}, metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]}`},
+		check: func(t *testing.T, r *rendered) {
+			for _, kind := range []string{"ServiceMonitor", "PrometheusRule"} {
+				if n := len(kindOf(r, kind)); n != 1 {
+					t.Errorf("%d %s, want 1", n, kind)
+				}
+			}
+		},
 	}}
 }
 

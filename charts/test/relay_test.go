@@ -186,6 +186,16 @@ logLevel: warn`},
 			}
 		},
 	}, {
+		name:   "monitoring on",
+		values: []string{monitoringOn},
+		check: func(t *testing.T, r *rendered) {
+			for _, kind := range []string{"ServiceMonitor", "PrometheusRule"} {
+				if n := len(kindOf(r, kind)); n != 1 {
+					t.Errorf("%d %s, want 1", n, kind)
+				}
+			}
+		},
+	}, {
 		name:   "storage class disabled",
 		values: []string{`storage: {storageClassName: ""}`},
 		check: func(t *testing.T, r *rendered) {
@@ -279,8 +289,11 @@ func checkRelayInvariants(t *testing.T, r *rendered, vals map[string]any) {
 	}
 
 	// The Service reaches the API and the agent endpoint on the ports the
-	// relay listens on.
-	s := one[*corev1.Service](t, r)
+	// relay listens on; /metrics has a Service of its own, never this one.
+	s := publicService(t, r)
+	if servicePort(s, "metrics") != nil {
+		t.Errorf("the relay's public Service carries /metrics")
+	}
 	if s.Spec.Selector == nil {
 		t.Fatalf("Service has no selector")
 	}
@@ -309,6 +322,22 @@ func checkRelayInvariants(t *testing.T, r *rendered, vals map[string]any) {
 			t.Errorf("Service port %s targets %s, the relay's --%s listens on %s", p.name, target, p.flag, port)
 		}
 	}
+}
+
+// publicService is the relay's Service for agents and callers: the one
+// that is not the metrics Service.
+func publicService(t *testing.T, r *rendered) *corev1.Service {
+	t.Helper()
+	var out []*corev1.Service
+	for _, s := range all[*corev1.Service](r) {
+		if s.Labels["tether.io/metrics"] == "" {
+			out = append(out, s)
+		}
+	}
+	if len(out) != 1 {
+		t.Fatalf("%d public Services, want 1", len(out))
+	}
+	return out[0]
 }
 
 func servicePort(s *corev1.Service, name string) *corev1.ServicePort {

@@ -81,7 +81,8 @@ type Config struct {
 	// when that is not nil.
 	Forward impersonate.Config
 	// Prometheus, when not nil, receives the agent's metrics: requests by
-	// status, relay sessions held; when it is also a Gatherer (a
+	// status, their durations, the API server's dial times, relay sessions
+	// held, the credential's expiry; when it is also a Gatherer (a
 	// *prometheus.Registry), HealthAddr serves them at /metrics.
 	Prometheus prometheus.Registerer
 	// HealthAddr, when not empty, is where Run serves /healthz, /readyz
@@ -202,10 +203,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: metrics: %w", err)
 		}
 		observe := fwd.Observe
-		fwd.Observe = func(code int, refused bool) {
-			metrics.Observe(code, refused)
+		fwd.Observe = func(o impersonate.Observation) {
+			metrics.Observe(o)
 			if observe != nil {
-				observe(code, refused)
+				observe(o)
 			}
 		}
 	}
@@ -214,6 +215,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.handler = h
+	if metrics != nil {
+		a.handler = metrics.traceDials(h)
+	}
 	cert, err := a.credential(ctx)
 	if err != nil {
 		return nil, err
@@ -234,8 +238,8 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	if cfg.Prometheus != nil {
-		if err := watchSessions(cfg.Prometheus, a); err != nil {
+	if metrics != nil {
+		if err := metrics.Watch(a.keeper.Live, a.CredentialNotAfter); err != nil {
 			return nil, fmt.Errorf("agent: metrics: %w", err)
 		}
 	}

@@ -83,9 +83,9 @@ type Config struct {
 	// audit lines link up). It must return 1 to 128 of A-Za-z0-9._-;
 	// otherwise, or when nil, a random ID is used.
 	RequestID func(r *http.Request) string
-	// Observe, if not nil, is called once per request with its status
-	// code (101 for an upgrade) and whether the handler refused it.
-	Observe func(code int, refused bool)
+	// Observe, if not nil, is called once per request, when the handler
+	// is done with it (an upgrade's: when its connection ended).
+	Observe func(Observation)
 }
 
 // Validate reports the first problem with c, naming the field.
@@ -141,9 +141,23 @@ func New(cfg Config) (*Handler, error) {
 	return h, nil
 }
 
-func (h *Handler) observe(code int, refused bool) {
+// Observation is what Config.Observe learns of one request.
+type Observation struct {
+	// Request is the caller's request as it arrived (its headers
+	// unchanged: read them, never log the Authorization one).
+	Request *http.Request
+	// Code is the response's status code, 101 for an upgrade.
+	Code int
+	// Refused is true when the handler refused the request itself.
+	Refused bool
+	// Duration runs from the request's arrival to the end of its response:
+	// for a watch or an upgrade, when the stream or connection ended.
+	Duration time.Duration
+}
+
+func (h *Handler) observe(r *http.Request, start time.Time, code int, refused bool) {
 	if h.cfg.Observe != nil {
-		h.cfg.Observe(code, refused)
+		h.cfg.Observe(Observation{Request: r, Code: code, Refused: refused, Duration: time.Since(start)})
 	}
 }
 
@@ -207,12 +221,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ref != nil {
 		log.Warn("impersonate: request refused", "code", ref.code, "why", ref.message)
 		kstatus.Write(w, ref.code, ref.reason, ref.message)
-		h.observe(ref.code, true)
+		h.observe(r, start, ref.code, true)
 		return
 	}
 	rec := &recorder{ResponseWriter: w}
 	h.proxy.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), planKey{}, p)))
-	h.observe(rec.status(), false)
+	h.observe(r, start, rec.status(), false)
 	// A service-account token passed through is verified by the API
 	// server, not here: its sub is what it claims, not who it is.
 	user := slog.String("user", who.User)

@@ -421,7 +421,7 @@ func TestObserveSeesEveryRequest(t *testing.T) {
 	var mu sync.Mutex
 	var seen []obs
 	h := newHarness(t, func(c *impersonate.Config) {
-		c.Observe = func(code int, refused bool) { mu.Lock(); seen = append(seen, obs{code, refused}); mu.Unlock() }
+		c.Observe = func(o impersonate.Observation) { mu.Lock(); seen = append(seen, obs{o.Code, o.Refused}); mu.Unlock() }
 	})
 	h.raw(t, get("/api/v1/pods", "Authorization: Bearer "+callerToken))
 	h.raw(t, get("/api/v1/pods", "Authorization: Bearer "+callerToken, "Impersonate-User: x"))

@@ -384,7 +384,7 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 	if r.mesh != nil {
 		r.mesh.router.Store(r.router)
 	}
-	metrics, err := NewMetrics(opts.Prometheus, r.router)
+	metrics, err := NewMetrics(opts.Prometheus, r.router, r.reg)
 	if err != nil {
 		closeListeners()
 		return nil, fmt.Errorf("relay: metrics: %w", err)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tether-k8s/tether/core/identity"
@@ -252,6 +253,8 @@ type Router struct {
 	// moving owns the goroutines that tell sessions on a superseded
 	// credential to move, then end them; Close waits for them.
 	moving sync.WaitGroup
+	// metrics, once NewMetrics set it, times stream opens and lives.
+	metrics atomic.Pointer[Metrics]
 }
 
 // StreamOwner is whom a stream is for: the caller the relay authenticated
@@ -683,14 +686,24 @@ func (r *Router) Agents(clusterID string) []string {
 // When no session of the cluster is here and RouterConfig.Remote is set,
 // the stream is forwarded to a replica that holds one, within the same
 // caps; a cluster no replica holds is a *NotConnectedError.
+//
+// With Metrics, the open is timed (tunnel_open_duration_seconds) and so is
+// the stream's life (tunnel_duration_seconds).
 func (r *Router) Open(ctx context.Context, o *tunnel.Open, owner StreamOwner) (net.Conn, error) {
-	return r.open(ctx, o, owner, r.cfg.Remote)
+	return r.timedOpen(ctx, o, owner, r.cfg.Remote)
 }
 
 // OpenLocal is Open on this replica's own sessions only: what serves a
 // stream another replica forwarded, so that no stream is forwarded twice.
 func (r *Router) OpenLocal(ctx context.Context, o *tunnel.Open, owner StreamOwner) (net.Conn, error) {
-	return r.open(ctx, o, owner, nil)
+	return r.timedOpen(ctx, o, owner, nil)
+}
+
+func (r *Router) timedOpen(ctx context.Context, o *tunnel.Open, owner StreamOwner, remote Remote) (net.Conn, error) {
+	start := time.Now()
+	conn, err := r.open(ctx, o, owner, remote)
+	r.metrics.Load().streamOpen(time.Since(start), err)
+	return conn, err
 }
 
 func (r *Router) open(ctx context.Context, o *tunnel.Open, owner StreamOwner, remote Remote) (net.Conn, error) {
@@ -748,8 +761,8 @@ func (r *Router) open(ctx context.Context, o *tunnel.Open, owner StreamOwner, re
 	// From here every return gives the slots back exactly once: at once
 	// on failure, or when the returned conn is first closed.
 	counted := func(st net.Conn) net.Conn {
-		cc := &countedConn{Conn: st}
-		cc.release = func() { r.untrack(clusterID, cc); r.release(clusterID, user) }
+		cc, opened := &countedConn{Conn: st}, time.Now()
+		cc.release = func() { r.untrack(clusterID, cc); r.release(clusterID, user); r.metrics.Load().streamClosed(opened) }
 		r.track(clusterID, cc, owner)
 		return cc
 	}

@@ -164,7 +164,7 @@ func newRelayRouted(t *testing.T, rcfg relay.RouterConfig, set func(*relay.Serve
 	router := newRouter(t, rcfg)
 	t.Cleanup(func() { _ = router.Close() })
 	h := &relayHarness{reg: reg, router: router, audit: &syncBuffer{}, prom: prometheus.NewRegistry()}
-	metrics, err := relay.NewMetrics(h.prom, router)
+	metrics, err := relay.NewMetrics(h.prom, router, reg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,6 +86,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Checks across values that the schema cannot express. */}}
 {{- define "tether-agent.validate" -}}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.networkPolicy.enabled (not .Values.networkPolicy.metricsFrom) }}
+{{- fail "metrics.serviceMonitor.enabled with networkPolicy.enabled: list your Prometheus pods in networkPolicy.metricsFrom, or the NetworkPolicy keeps them from scraping the agent" }}
+{{- end }}
 {{- with .Values.streams.window }}
 {{- $window := include "tether-agent.bytes" . | int64 }}
 {{- if lt $window (int64 262144) }}
@@ -104,4 +107,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.networkPolicy.enabled .Values.networkPolicy.egressProxy.cidrs (not .Values.networkPolicy.egressProxy.ports) }}
 {{- fail "networkPolicy.egressProxy.cidrs needs networkPolicy.egressProxy.ports (the egress proxy's ports)" }}
 {{- end }}
+{{- end }}
+
+{{/* The PromQL label matchers of this release's series: metrics.prometheusRule.selector, or what the ServiceMonitor produces. */}}
+{{- define "tether-agent.metricsSelector" -}}
+{{- default (printf "job=%q,namespace=%q" (printf "%s-metrics" (include "tether-agent.fullname" .)) .Release.Namespace) .Values.metrics.prometheusRule.selector }}
 {{- end }}

@@ -126,3 +126,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than drainTimeoutSeconds (%d): Kubernetes kills the relay when the grace period ends, cutting the drain short" $grace (int .Values.drainTimeoutSeconds)) }}
 {{- end }}
 {{- end }}
+
+{{/* The PromQL label matchers of this release's series: metrics.prometheusRule.selector, or what the ServiceMonitor produces. */}}
+{{- define "tether-relay.metricsSelector" -}}
+{{- default (printf "job=%q,namespace=%q" (printf "%s-metrics" (include "tether-relay.fullname" .)) .Release.Namespace) .Values.metrics.prometheusRule.selector }}
+{{- end }}
