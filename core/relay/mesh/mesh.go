@@ -413,9 +413,10 @@ func (m *Mesh) watch(rev int64) {
 			}
 			m.signalLocked()
 			m.mu.Unlock()
-			rev = wr.Header.Revision
 		}
 		cancel()
+		// Read the whole table again: what changed while no watch ran
+		// (deleted keys included) is in no event.
 		rev = 0
 	}
 }
