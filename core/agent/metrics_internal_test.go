@@ -14,42 +14,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tether-k8s/tether/core/impersonate"
+	"github.com/tether-k8s/tether/core/internal/metrictest"
 )
-
-// histogram reads back, through the registry, the histogram of family
-// name with exactly the labels want, or nil.
-func histogram(t *testing.T, g prometheus.Gatherer, name string, want map[string]string) *dto.Histogram {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				got[lp.GetName()] = lp.GetValue()
-			}
-			if len(got) == len(want) && func() bool {
-				for k, v := range want {
-					if got[k] != v {
-						return false
-					}
-				}
-				return true
-			}() {
-				return m.GetHistogram()
-			}
-		}
-	}
-	return nil
-}
 
 func TestRequestDurationByVerbAndCodeClass(t *testing.T) {
 	reg := prometheus.NewRegistry()
@@ -89,7 +57,7 @@ func TestRequestDurationByVerbAndCodeClass(t *testing.T) {
 		if o.refused {
 			continue
 		}
-		h := histogram(t, reg, "tether_agent_request_duration_seconds", map[string]string{"verb": o.verb, "code": o.codeWant})
+		h := metrictest.Histogram(t, reg, "tether_agent_request_duration_seconds", map[string]string{"verb": o.verb, "code": o.codeWant})
 		if h == nil {
 			t.Fatalf("%s %s: no series verb=%s code=%s", o.r.Method, o.r.URL, o.verb, o.codeWant)
 		}
@@ -100,7 +68,7 @@ func TestRequestDurationByVerbAndCodeClass(t *testing.T) {
 	if n := testutil.CollectAndCount(m.duration); n != 5 {
 		t.Errorf("%d request duration series, want 5 (7 forwarded requests in 5 classes, the refused one not timed)", n)
 	}
-	if read := histogram(t, reg, "tether_agent_request_duration_seconds", map[string]string{"verb": VerbRead, "code": "2xx"}); read.GetSampleCount() != 1 {
+	if read := metrictest.Histogram(t, reg, "tether_agent_request_duration_seconds", map[string]string{"verb": VerbRead, "code": "2xx"}); read.GetSampleCount() != 1 {
 		t.Errorf("read 2xx: %d samples, want 1 (the refused request is not timed)", read.GetSampleCount())
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
@@ -146,7 +114,7 @@ func TestAPIServerDialDuration(t *testing.T) {
 			t.Fatalf("through the proxy: %d %s", rec.Code, rec.Body)
 		}
 	}
-	ok := histogram(t, reg, "tether_agent_apiserver_dial_duration_seconds", map[string]string{"result": "ok"})
+	ok := metrictest.Histogram(t, reg, "tether_agent_apiserver_dial_duration_seconds", map[string]string{"result": "ok"})
 	if ok.GetSampleCount() != 1 || ok.GetSampleSum() <= 0 || ok.GetSampleSum() > 5 {
 		t.Fatalf("dials ok: %d, sum %gs; want 1 (then the connection is reused) of a few milliseconds", ok.GetSampleCount(), ok.GetSampleSum())
 	}
@@ -155,7 +123,7 @@ func TestAPIServerDialDuration(t *testing.T) {
 	if rec.Code != http.StatusBadGateway {
 		t.Fatalf("to a closed port: %d, want 502", rec.Code)
 	}
-	if failed := histogram(t, reg, "tether_agent_apiserver_dial_duration_seconds", map[string]string{"result": "error"}); failed.GetSampleCount() != 1 {
+	if failed := metrictest.Histogram(t, reg, "tether_agent_apiserver_dial_duration_seconds", map[string]string{"result": "error"}); failed.GetSampleCount() != 1 {
 		t.Fatalf("dials failed: %d, want 1", failed.GetSampleCount())
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tether-k8s/tether/core/clustercert"
+	"github.com/tether-k8s/tether/core/internal/wait"
 	"github.com/tether-k8s/tether/core/tunnel"
 )
 
@@ -96,12 +97,12 @@ func (a *Agent) renewLoop(ctx context.Context) {
 	if retry == 0 {
 		retry = time.Minute
 	}
-	wait := retry
+	pause := retry
 	for {
 		leaf := a.cert.Load().Leaf
 		at := a.renewAt(leaf)
 		a.log.Debug("agent: credential renewal scheduled", "at", at, "notAfter", leaf.NotAfter)
-		if !sleepUntil(ctx, at) {
+		if !wait.Sleep(ctx, time.Until(at)) {
 			return
 		}
 		if a.adoptStored(ctx) {
@@ -113,7 +114,7 @@ func (a *Agent) renewLoop(ctx context.Context) {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			a.log.Error("agent: generate a key for the renewal", "error", err)
-			if !sleepUntil(ctx, time.Now().Add(wait)) {
+			if !wait.Sleep(ctx, pause) {
 				return
 			}
 			continue
@@ -121,10 +122,10 @@ func (a *Agent) renewLoop(ctx context.Context) {
 		for {
 			err := a.renewOnce(ctx, key)
 			if err == nil {
-				wait = retry
+				pause = retry
 				// Never renew again sooner than one retry interval, even
 				// when RenewBefore exceeds the lifetime.
-				if !sleepUntil(ctx, time.Now().Add(retry)) {
+				if !wait.Sleep(ctx, retry) {
 					return
 				}
 				break
@@ -137,12 +138,12 @@ func (a *Agent) renewLoop(ctx context.Context) {
 				a.log.Error("agent: the credential has expired and cannot be renewed; rotate the cluster (tether-relay cluster rotate) and give the agent the new join token",
 					"notAfter", leaf.NotAfter, "error", err)
 			} else {
-				a.log.Warn("agent: credential renewal failed; retrying", "error", err, "in", wait, "expiresIn", left)
+				a.log.Warn("agent: credential renewal failed; retrying", "error", err, "in", pause, "expiresIn", left)
 			}
-			if !sleepUntil(ctx, time.Now().Add(wait)) {
+			if !wait.Sleep(ctx, pause) {
 				return
 			}
-			wait = min(2*wait, time.Hour)
+			pause = min(2*pause, time.Hour)
 		}
 	}
 }
@@ -193,7 +194,7 @@ func (a *Agent) renewOnce(ctx context.Context, key *ecdsa.PrivateKey) error {
 		if err == nil {
 			break
 		}
-		if attempt == 5 || !sleepUntil(ctx, time.Now().Add(time.Duration(attempt)*time.Second)) {
+		if attempt == 5 || !wait.Sleep(ctx, time.Duration(attempt)*time.Second) {
 			a.log.Error("agent: renewed, but could not keep the new credential: a restart would present the replaced one, which the relay refuses; fix the store", "store", a.cfg.Store.String(), "error", err)
 			break
 		}
@@ -214,20 +215,4 @@ func (a *Agent) useCertIfValid(cert tls.Certificate) error {
 	}
 	cert.Leaf = leaf
 	return a.useCert(cert)
-}
-
-// sleepUntil waits until t or ctx ends; it reports whether t came.
-func sleepUntil(ctx context.Context, t time.Time) bool {
-	d := time.Until(t)
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-timer.C:
-		return true
-	}
 }

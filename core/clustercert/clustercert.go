@@ -42,11 +42,7 @@ func VerifyAgent(roots *x509.CertPool, cluster string, chain []*x509.Certificate
 		return errors.New("the agent presented no certificate")
 	}
 	leaf := chain[0]
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if err := verifyChain(roots, chain, x509.ExtKeyUsageClientAuth); err != nil {
 		return fmt.Errorf("the agent's certificate is not from the relay's cluster CA: %w", err)
 	}
 	id, err := ClusterID(leaf)
@@ -82,22 +78,29 @@ func URI(id string) (*url.URL, error) {
 // handshake (against the relay's CA) and the relay's registry do, and
 // VerifyAgent does for callers.
 func ClusterID(cert *x509.Certificate) (string, error) {
+	return oneURI(cert, URIPrefix, clusterid.Validate, ErrNotClusterCredential, "cluster")
+}
+
+// oneURI returns the ID in cert's one URI SAN prefix+ID, which valid
+// accepts and which equals the subject's common name; what else is wrapped
+// in notThat.
+func oneURI(cert *x509.Certificate, prefix string, valid func(string) error, notThat error, what string) (string, error) {
 	if cert == nil {
-		return "", fmt.Errorf("%w: no certificate", ErrNotClusterCredential)
+		return "", fmt.Errorf("%w: no certificate", notThat)
 	}
 	if len(cert.URIs) != 1 {
-		return "", fmt.Errorf("%w: %d URI SANs, want exactly 1", ErrNotClusterCredential, len(cert.URIs))
+		return "", fmt.Errorf("%w: %d URI SANs, want exactly 1", notThat, len(cert.URIs))
 	}
 	raw := cert.URIs[0].String()
-	id, ok := strings.CutPrefix(raw, URIPrefix)
+	id, ok := strings.CutPrefix(raw, prefix)
 	if !ok {
-		return "", fmt.Errorf("%w: URI SAN %q does not start with %s", ErrNotClusterCredential, raw, URIPrefix)
+		return "", fmt.Errorf("%w: URI SAN %q does not start with %s", notThat, raw, prefix)
 	}
-	if err := clusterid.Validate(id); err != nil {
-		return "", fmt.Errorf("%w: %w", ErrNotClusterCredential, err)
+	if err := valid(id); err != nil {
+		return "", fmt.Errorf("%w: %w", notThat, err)
 	}
 	if cert.Subject.CommonName != id {
-		return "", fmt.Errorf("%w: common name %q differs from URI SAN cluster %q", ErrNotClusterCredential, cert.Subject.CommonName, id)
+		return "", fmt.Errorf("%w: common name %q differs from URI SAN %s %q", notThat, cert.Subject.CommonName, what, id)
 	}
 	return id, nil
 }
@@ -141,24 +144,7 @@ func RelayURI(id string) (*url.URL, error) {
 // checks no signature: the peer's TLS handshake does, against the relay's
 // CA.
 func RelayID(cert *x509.Certificate) (string, error) {
-	if cert == nil {
-		return "", fmt.Errorf("%w: no certificate", ErrNotRelayPeer)
-	}
-	if len(cert.URIs) != 1 {
-		return "", fmt.Errorf("%w: %d URI SANs, want exactly 1", ErrNotRelayPeer, len(cert.URIs))
-	}
-	raw := cert.URIs[0].String()
-	id, ok := strings.CutPrefix(raw, RelayURIPrefix)
-	if !ok {
-		return "", fmt.Errorf("%w: URI SAN %q does not start with %s", ErrNotRelayPeer, raw, RelayURIPrefix)
-	}
-	if err := ValidateRelayID(id); err != nil {
-		return "", fmt.Errorf("%w: %w", ErrNotRelayPeer, err)
-	}
-	if cert.Subject.CommonName != id {
-		return "", fmt.Errorf("%w: common name %q differs from URI SAN replica %q", ErrNotRelayPeer, cert.Subject.CommonName, id)
-	}
-	return id, nil
+	return oneURI(cert, RelayURIPrefix, ValidateRelayID, ErrNotRelayPeer, "replica")
 }
 
 // VerifyRelayPeer accepts only a chain whose leaf chains to roots (the
@@ -169,11 +155,7 @@ func VerifyRelayPeer(roots *x509.CertPool, chain []*x509.Certificate, usage x509
 	if len(chain) == 0 {
 		return "", errors.New("the replica presented no certificate")
 	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+	if err := verifyChain(roots, chain, usage); err != nil {
 		return "", fmt.Errorf("the replica's certificate is not from the relay's CA: %w", err)
 	}
 	id, err := RelayID(chain[0])
@@ -184,4 +166,15 @@ func VerifyRelayPeer(roots *x509.CertPool, chain []*x509.Certificate, usage x509
 		return "", fmt.Errorf("reached replica %s, not %s: refusing", id, want)
 	}
 	return id, nil
+}
+
+// verifyChain checks that chain's leaf chains to roots, through the rest of
+// chain, for usage.
+func verifyChain(roots *x509.CertPool, chain []*x509.Certificate, usage x509.ExtKeyUsage) error {
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}})
+	return err
 }

@@ -22,6 +22,8 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/tether-k8s/tether/core/internal/wait"
 )
 
 // etcdStore is the registry in etcd, one key per record:
@@ -415,7 +417,7 @@ func (s *etcdStore) snapshot(ctx context.Context, b bucket) (map[string][]byte, 
 // it missed. The watch requires a leader, so a member cut off from its
 // peers ends it rather than leave it silent. It returns when ctx ends.
 func (s *etcdStore) follow(ctx context.Context, b bucket, rev int64, c *cache) {
-	wait := 100 * time.Millisecond
+	pause := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		if rev == 0 {
 			all, r, err := s.snapshot(ctx, b)
@@ -423,11 +425,11 @@ func (s *etcdStore) follow(ctx context.Context, b bucket, rev int64, c *cache) {
 				err = c.reset(r, all)
 			}
 			if err != nil {
-				s.log.Warn("registry: reload from etcd failed; retrying", "error", err, "in", wait)
-				if !sleep(ctx, wait) {
+				s.log.Warn("registry: reload from etcd failed; retrying", "error", err, "in", pause)
+				if !wait.Sleep(ctx, pause) {
 					return
 				}
-				wait = min(2*wait, 5*time.Second)
+				pause = min(2*pause, 5*time.Second)
 				continue
 			}
 			s.log.Info("registry: reloaded the clusters from etcd", "revision", r)
@@ -436,12 +438,12 @@ func (s *etcdStore) follow(ctx context.Context, b bucket, rev int64, c *cache) {
 		var delivered bool
 		rev, delivered = s.watch(ctx, b, rev, c)
 		if delivered {
-			wait = 100 * time.Millisecond
+			pause = 100 * time.Millisecond
 		}
-		if !sleep(ctx, wait) {
+		if !wait.Sleep(ctx, pause) {
 			return
 		}
-		wait = min(2*wait, 5*time.Second)
+		pause = min(2*pause, 5*time.Second)
 	}
 }
 
@@ -530,16 +532,5 @@ func (s *etcdStore) checkHealth(ctx context.Context) {
 		default:
 			s.log.Warn("registry: etcd health check", "error", err)
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

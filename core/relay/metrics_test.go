@@ -11,36 +11,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/tether-k8s/tether/core/internal/metrictest"
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
 	"github.com/tether-k8s/tether/core/tunnel"
 	"github.com/tether-k8s/tether/core/tunnel/tunneltest"
 )
-
-// histogram returns the histogram of family name whose labels include
-// want, read back through the registry, or nil.
-func histogram(t *testing.T, g prometheus.Gatherer, name string, want map[string]string) *dto.Histogram {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if v, ok := want[lp.GetName()]; ok && v != lp.GetValue() {
-					continue metrics
-				}
-			}
-			return m.GetHistogram()
-		}
-	}
-	return nil
-}
 
 func TestTunnelLatencyHistograms(t *testing.T) {
 	h := newRelay(t)
@@ -56,7 +32,7 @@ func TestTunnelLatencyHistograms(t *testing.T) {
 	}
 	// Every result's series exists, at zero, before the first open.
 	for _, result := range []string{relay.ResultOpened, relay.ResultNotConnected, relay.ResultTooMany, relay.ResultFailed} {
-		if hist := histogram(t, h.prom, "tether_relay_tunnel_open_duration_seconds", map[string]string{"result": result}); hist == nil || hist.GetSampleCount() != 0 {
+		if hist := metrictest.Histogram(t, h.prom, "tether_relay_tunnel_open_duration_seconds", map[string]string{"result": result}); hist == nil || hist.GetSampleCount() != 0 {
 			t.Fatalf("open histogram for %s before any tunnel: %v", result, hist)
 		}
 	}
@@ -73,11 +49,11 @@ func TestTunnelLatencyHistograms(t *testing.T) {
 		t.Fatal("a tunnel to a cluster with no agent opened")
 	}
 
-	opened := histogram(t, h.prom, "tether_relay_tunnel_open_duration_seconds", map[string]string{"result": relay.ResultOpened})
+	opened := metrictest.Histogram(t, h.prom, "tether_relay_tunnel_open_duration_seconds", map[string]string{"result": relay.ResultOpened})
 	if opened.GetSampleCount() != 1 || opened.GetSampleSum() <= 0 || opened.GetSampleSum() > 5 {
 		t.Fatalf("open histogram (opened): count %d, sum %gs; want 1 open of a few milliseconds", opened.GetSampleCount(), opened.GetSampleSum())
 	}
-	if nc := histogram(t, h.prom, "tether_relay_tunnel_open_duration_seconds", map[string]string{"result": relay.ResultNotConnected}); nc.GetSampleCount() != 1 {
+	if nc := metrictest.Histogram(t, h.prom, "tether_relay_tunnel_open_duration_seconds", map[string]string{"result": relay.ResultNotConnected}); nc.GetSampleCount() != 1 {
 		t.Fatalf("open histogram (not_connected): count %d, want 1", nc.GetSampleCount())
 	}
 	// The relay closes its end of the stream after the splice ends, just
@@ -85,7 +61,7 @@ func TestTunnelLatencyHistograms(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	var lasted *dto.Histogram
 	for ; time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if lasted = histogram(t, h.prom, "tether_relay_tunnel_duration_seconds", nil); lasted.GetSampleCount() == 1 {
+		if lasted = metrictest.Histogram(t, h.prom, "tether_relay_tunnel_duration_seconds", nil); lasted.GetSampleCount() == 1 {
 			break
 		}
 	}

@@ -101,7 +101,8 @@ type Options struct {
 	// network). Nil means net.Listen.
 	Listen func(network, addr string) (net.Listener, error)
 	// DialContext makes the relay's own connections (to the issuers of
-	// Authentication, for their keys). Nil means a net.Dialer.
+	// Authentication, for their keys; to the other replicas). Nil means a
+	// net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// WrapAgentConn wraps agent connections (see ServerConfig). Nil uses
 	// them as they are.

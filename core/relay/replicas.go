@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"sync/atomic"
 	"time"
 
+	"github.com/tether-k8s/tether/core/kstatus"
 	"github.com/tether-k8s/tether/core/relay/mesh"
 	"github.com/tether-k8s/tether/core/tunnel"
 	"github.com/tether-k8s/tether/core/version"
@@ -162,7 +164,7 @@ func (s *Server) forwarded(ctx context.Context, req *mesh.Request, st net.Conn) 
 	start := time.Now()
 	owner := StreamOwner{Identity: req.Identity, Audiences: req.Audiences, Expires: req.Expires}
 	if !req.Expires.IsZero() && !req.Expires.After(time.Now()) {
-		_ = mesh.Refuse(st, 401, "Unauthorized", "the caller's token expired")
+		_ = mesh.Refuse(st, http.StatusUnauthorized, kstatus.ReasonUnauthorized, "the caller's token expired")
 		return
 	}
 	a, err := s.cfg.Router.OpenLocal(ctx, &tunnel.Open{Cluster: req.Cluster, Request: req.Request, Client: req.Client, User: req.Identity.User}, owner)

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tether-k8s/tether/core/internal/wait"
 )
 
 // Backoff is exponential backoff with full jitter: the wait before attempt n
@@ -227,9 +229,9 @@ func (k *Keeper) runSlot(ctx context.Context, slot int) error {
 			// Not a failure: dial again at once, with a little jitter,
 			// and the load balancer picks a replica.
 			elsewhere++
-			wait := time.Duration(k.cfg.Rand(slot) * float64(200*time.Millisecond))
-			log.Info("tunnel: the replica holds this agent's other session; dialling again for another", "replica", ref.Message, "in", wait.Round(time.Millisecond), "try", elsewhere)
-			if !sleepCtx(ctx, wait) {
+			pause := time.Duration(k.cfg.Rand(slot) * float64(200*time.Millisecond))
+			log.Info("tunnel: the replica holds this agent's other session; dialling again for another", "replica", ref.Message, "in", pause.Round(time.Millisecond), "try", elsewhere)
+			if !wait.Sleep(ctx, pause) {
 				return nil
 			}
 			continue
@@ -248,15 +250,11 @@ func (k *Keeper) runSlot(ctx context.Context, slot int) error {
 		case time.Since(began) >= k.cfg.StableAfter:
 			attempt = 0
 		}
-		wait := k.cfg.Backoff.Wait(attempt, k.cfg.Rand(slot))
+		pause := k.cfg.Backoff.Wait(attempt, k.cfg.Rand(slot))
 		attempt++
-		log.Warn("tunnel: session ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond), "attempt", attempt)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		log.Warn("tunnel: session ended; reconnecting", "error", err, "in", pause.Round(time.Millisecond), "attempt", attempt)
+		if !wait.Sleep(ctx, pause) {
 			return nil
-		case <-t.C:
 		}
 	}
 	return nil
@@ -308,16 +306,5 @@ func (k *Keeper) once(ctx context.Context, slot int, spread bool) error {
 		return err
 	case <-s.GoAwayChan():
 		return errMoved
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -278,19 +278,7 @@ func TestUpgradeCrossesTheWholePath(t *testing.T) {
 // server echoes) and checks bytes go both ways.
 func (p *path) execEcho(t *testing.T) {
 	t.Helper()
-	conn, err := tls.Dial("tcp", p.proxy.Addr(), p.tlsConfig(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	_, _ = io.WriteString(conn, "POST /api/v1/namespaces/default/pods/p/exec?command=cat HTTP/1.1\r\nHost: 127.0.0.1\r\n"+
-		"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n")
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != 101 {
-		t.Fatalf("upgrade through the path: %v %v", resp, err)
-	}
+	conn, br := openExec(t, p.proxy.Addr(), p.tlsConfig(t), 10*time.Second)
 	for i := range 3 {
 		msg := strings.Repeat(string(rune('a'+i)), 1000)
 		if _, err := io.WriteString(conn, msg); err != nil {
@@ -301,6 +289,28 @@ func (p *path) execEcho(t *testing.T) {
 			t.Fatalf("echo %d over the upgraded path: %v", i, err)
 		}
 	}
+}
+
+// openExec starts an exec (SPDY upgrade) of cat through the proxy at addr,
+// with the proxy's client TLS cfg, and returns the upgraded connection,
+// closed when the test ends, with its reader; the connection's deadline is
+// within from now.
+func openExec(t *testing.T, addr string, cfg *tls.Config, within time.Duration) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(within))
+	_, _ = io.WriteString(conn, "POST /api/v1/namespaces/default/pods/p/exec?command=cat HTTP/1.1\r\nHost: 127.0.0.1\r\n"+
+		"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade through the path: %v %v", resp, err)
+	}
+	return conn, br
 }
 
 // tlsConfig is the client side of the proxy's kubeconfig, for raw requests.

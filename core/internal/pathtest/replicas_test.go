@@ -1,7 +1,6 @@
 package pathtest_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -428,19 +427,7 @@ func TestRevokeEndsAForwardedTunnel(t *testing.T) {
 	rs.agentOn(t, 0, t.TempDir())
 	waitFor(t, 10*time.Second, "replica 1 sees replica 0's route", func() bool { return rs.relays[1].Router().AllSessions("prod") > 0 })
 	_, base, tc := rs.proxyAt(t, 1)
-	conn, err := tls.Dial("tcp", strings.TrimPrefix(base, "https://"), tc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
-	_, _ = io.WriteString(conn, "POST /api/v1/namespaces/default/pods/p/exec?command=cat HTTP/1.1\r\nHost: 127.0.0.1\r\n"+
-		"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n")
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != 101 {
-		t.Fatalf("upgrade through two replicas: %v %v", resp, err)
-	}
+	conn, br := openExec(t, strings.TrimPrefix(base, "https://"), tc, 20*time.Second)
 	if _, err := io.WriteString(conn, "ping"); err != nil {
 		t.Fatal(err)
 	}

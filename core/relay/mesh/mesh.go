@@ -21,6 +21,7 @@ import (
 
 	"github.com/tether-k8s/tether/core/clustercert"
 	"github.com/tether-k8s/tether/core/clusterid"
+	"github.com/tether-k8s/tether/core/internal/wait"
 )
 
 // Defaults of Config.
@@ -261,7 +262,7 @@ func (m *Mesh) publish(lease clientv3.LeaseID) {
 			cancel()
 			if err != nil {
 				m.log.Warn("mesh: cannot publish this replica; routing from the table held, retrying", "error", err, "in", backoff)
-				if !sleep(m.ctx, backoff) {
+				if !wait.Sleep(m.ctx, backoff) {
 					return
 				}
 				backoff = min(2*backoff, 5*time.Second)
@@ -391,7 +392,7 @@ func (m *Mesh) watch(rev int64) {
 			cancel()
 			if err != nil {
 				m.log.Warn("mesh: cannot read the route table; routing from the one held", "error", err, "in", backoff)
-				if !sleep(m.ctx, backoff) {
+				if !wait.Sleep(m.ctx, backoff) {
 					return
 				}
 				backoff = min(2*backoff, 5*time.Second)
@@ -550,15 +551,4 @@ func (m *Mesh) Close() error {
 	}
 	m.log.Info("mesh: replica withdrawn", "relay", m.cfg.Self.ID)
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
