@@ -24,7 +24,8 @@
 // Config.JWKSMaxAge, whichever is shorter, so a retired key stops working;
 // a token with an unknown kid refetches at once, but fetches are at least
 // Config.JWKSMinRefresh apart and concurrent callers share one; if a fetch
-// fails, the keys fetched last stay in use.
+// fails, the keys fetched last stay in use, and the outage is logged once
+// (again when its error changes, or every five minutes) and its end once.
 //
 // Tokens from an issuer that is not configured are refused with a message
 // saying so; errors never contain the token.

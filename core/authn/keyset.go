@@ -36,6 +36,9 @@ const (
 	issuerDownRetry = 5 * time.Second
 	// maxJWKSBytes bounds a discovery document or a JWKS.
 	maxJWKSBytes = 1 << 20
+	// issuerWarnEvery is how often an issuer that keeps failing with the
+	// same error is logged again (a changed error is logged at once).
+	issuerWarnEvery = 5 * time.Minute
 )
 
 // errUnknownKey is the error for a token whose key the issuer does not
@@ -81,6 +84,12 @@ type keySet struct {
 	// the next may start.
 	failing   bool
 	downUntil time.Time
+	// outage counts the fetches failed in a row since failingSince;
+	// warned is when, and warnedErr what, the outage was last logged.
+	outage       int
+	failingSince time.Time
+	warned       time.Time
+	warnedErr    string
 }
 
 func newKeySet(issuer, discoveryURL string, client *http.Client, algs []string, maxAge, minRefresh, fetchTimeout time.Duration, log *slog.Logger) *keySet {
@@ -120,14 +129,14 @@ func (ks *keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, erro
 	keys, stale := ks.keys, ks.now().After(ks.expires)
 	ks.mu.Unlock()
 	if stale {
-		keys = ks.refresh(ctx)
+		keys = ks.refresh(ctx, false)
 	}
 	if p, ok := verifyWith(jws, keys, kid); ok {
 		return p, nil
 	}
 	if !stale {
 		// An unknown kid: the issuer may have rotated its keys.
-		keys = ks.refresh(ctx)
+		keys = ks.refresh(ctx, false)
 		if p, ok := verifyWith(jws, keys, kid); ok {
 			return p, nil
 		}
@@ -166,8 +175,9 @@ func verifyWith(jws *jose.JSONWebSignature, keys []jose.JSONWebKey, kid string) 
 // and returns the keys to use: the new ones, or on failure the last ones.
 // While the issuer is known down (the last fetch failed) it returns the
 // last keys at once, neither waiting for a fetch in flight nor starting one
-// before downUntil.
-func (ks *keySet) refresh(ctx context.Context) []jose.JSONWebKey {
+// before downUntil. background says no token waits for this fetch (the
+// start-up prime), which only changes what is logged.
+func (ks *keySet) refresh(ctx context.Context, background bool) []jose.JSONWebKey {
 	for {
 		ks.mu.Lock()
 		if ks.failing && (ks.inflight != nil || ks.now().Before(ks.downUntil)) {
@@ -215,14 +225,18 @@ func (ks *keySet) refresh(ctx context.Context) []jose.JSONWebKey {
 			}
 			ks.lastErr, ks.failing = err, true
 			ks.downUntil = ks.now().Add(max(ks.minRefresh, issuerDownRetry))
-			ks.log.Warn("authn: fetching the issuer's keys failed; the last ones stay in use", "issuer", ks.issuer, "err", err,
-				"retryAfter", max(ks.minRefresh, issuerDownRetry))
+			ks.noteFailureLocked(err, background)
 		default:
 			age := ks.maxAge
 			if maxAge >= 0 && maxAge < age {
 				age = max(maxAge, ks.minRefresh)
 			}
 			ks.keys, ks.expires, ks.lastErr, ks.failing = keys, ks.now().Add(age), nil, false
+			if ks.outage > 0 && !ks.warned.IsZero() {
+				ks.log.Info("authn: the issuer answers again; its keys are fetched", "issuer", ks.issuer,
+					"failedFetches", ks.outage, "down", ks.now().Sub(ks.failingSince).Round(time.Second))
+			}
+			ks.outage, ks.warned, ks.warnedErr = 0, time.Time{}, ""
 		}
 		ks.inflight = nil
 		keys = ks.keys
@@ -230,6 +244,37 @@ func (ks *keySet) refresh(ctx context.Context) []jose.JSONWebKey {
 		close(ch)
 		return keys
 	}
+}
+
+// noteFailureLocked counts a failed fetch and logs it when an operator
+// needs to hear of it: the first failure a token waits for, the second in a
+// row otherwise (the start-up fetch failing once, just before a relay that
+// failed to start exits, is not news), a changed error, and every
+// issuerWarnEvery while it lasts. It says whether tokens of the issuer are
+// refused meanwhile (no keys yet) or still verified with the keys fetched
+// last. ks.mu is held.
+func (ks *keySet) noteFailureLocked(err error, background bool) {
+	now := ks.now()
+	if ks.outage == 0 {
+		ks.failingSince = now
+	}
+	ks.outage++
+	msg := err.Error()
+	switch {
+	case ks.warned.IsZero() && background && ks.outage < 2:
+		return
+	case !ks.warned.IsZero() && msg == ks.warnedErr && now.Sub(ks.warned) < issuerWarnEvery:
+		return
+	}
+	ks.warned, ks.warnedErr = now, msg
+	effect := "the keys fetched last stay in use"
+	if len(ks.keys) == 0 {
+		effect = "no keys were ever fetched, so every token of this issuer is refused until it answers"
+	}
+	ks.log.Warn("authn: fetching the issuer's keys failed; "+effect+"; check that the issuer URL is right and reachable from here",
+		"issuer", ks.issuer, "err", err, "failedFetches", ks.outage,
+		"since", ks.failingSince.UTC().Format(time.RFC3339), "retryEvery", max(ks.minRefresh, issuerDownRetry),
+		"nextWarningUnlessTheErrorChanges", issuerWarnEvery)
 }
 
 func (ks *keySet) current() []jose.JSONWebKey {
@@ -330,7 +375,7 @@ func cacheMaxAge(h string) time.Duration {
 // few seconds.
 func (ks *keySet) prime(ctx context.Context) {
 	for ks.healthy() != nil {
-		ks.refresh(ctx)
+		ks.refresh(ctx, true)
 		if ks.healthy() == nil {
 			return
 		}
