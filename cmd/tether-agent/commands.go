@@ -129,6 +129,9 @@ func (o *options) run(parent context.Context) error {
 	if err != nil {
 		return fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
 	}
+	if err := (&authn.Config{Authentication: ac, DisallowedIssuers: o.saIssuers}).Validate(); err != nil {
+		return fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
+	}
 	ctx, cancel := cli.SignalContext(parent)
 	defer cancel()
 
@@ -157,7 +160,7 @@ func (o *options) run(parent context.Context) error {
 	}
 	oidcAuthn, err := authn.New(ctx, authn.Config{Authentication: ac, DisallowedIssuers: o.saIssuers, AllowSystemNames: o.allowSystemNames, Logger: log})
 	if err != nil {
-		return err
+		return fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
 	}
 	defer oidcAuthn.Close()
 	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr, RelayWebSocketURL: wsURL,

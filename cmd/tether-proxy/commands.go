@@ -53,7 +53,7 @@ another tether-proxy still running) without --overwrite, and never repoints a cl
 entry of yours: the context gets entries of its own.
 
   tether-proxy login --relay https://relay.example.com:8443 --relay-ca relay-ca.pem     # once: your OpenID login, cached and renewed
-  tether-proxy --relay https://relay.example.com:8443 --relay-ca relay-ca.pem --cluster prod &
+  tether-proxy --cluster prod &     # login remembered the relay; --relay URL picks another
   kubectl --context tether-prod get pods
 
 With no token flag it uses that login; --token-file, --token-command, --token-from or

@@ -55,3 +55,35 @@ jwt:
 		})
 	}
 }
+
+// TestAnInvalidAuthenticationConfigIsRefusedFirst: a configuration that
+// decodes but that kube-apiserver's validation refuses (a CEL expression
+// that does not compile, two audiences without a match policy) was found
+// only once the relay had created its --data store and CA, and the error
+// did not name the flag or the file.
+func TestAnInvalidAuthenticationConfigIsRefusedFirst(t *testing.T) {
+	dir := t.TempDir()
+	authnFile := filepath.Join(dir, "authn.yaml")
+	if err := os.WriteFile(authnFile, []byte(`apiVersion: apiserver.config.k8s.io/v1
+kind: AuthenticationConfiguration
+jwt:
+- issuer:
+    url: https://op.example.com
+    audiences: [tether]
+  claimMappings:
+    username: {expression: "claims.sub +"}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := &serveOptions{hostnames: []string{"relay.test"}, authnConfig: authnFile, listen: "127.0.0.1:0", agentListen: "127.0.0.1:0",
+		streamWindow: tunnel.DefaultStreamWindow, streamMemory: relay.DefaultStreamMemory, maxStreamsPerCluster: 1, maxStreamsPerCaller: 1,
+		maxSessionsPerCluster: 1, maxSessionsPerCredential: 1}
+	data := filepath.Join(dir, "state", "relay.db")
+	_, err := o.options(data, "", &storeOptions{store: "bbolt"})
+	if err == nil || !strings.HasPrefix(err.Error(), "--authentication-config "+authnFile+": ") || !strings.Contains(err.Error(), "compilation failed") {
+		t.Fatalf("options: %v, want the flag, the file and the compile error", err)
+	}
+	if _, serr := os.Stat(filepath.Dir(data)); !errors.Is(serr, os.ErrNotExist) {
+		t.Fatalf("checking the flags created %s (%v): nothing may be created before the configuration is good", filepath.Dir(data), serr)
+	}
+}

@@ -103,9 +103,10 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Validate reports the first problem with c, naming the field. It checks
-// what tether adds to the configuration; New checks the issuers themselves
-// as kube-apiserver would.
+// Validate reports the first problem with c, naming the field: what tether
+// adds to the configuration, then the issuers themselves as kube-apiserver
+// would check them (claim and user validation rules compiled), so a
+// malformed configuration is refused before anything is opened.
 func (c *Config) Validate() error {
 	ac := c.Authentication
 	switch {
@@ -117,6 +118,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("authn: Config.MaxTokenBytes %d is negative", c.MaxTokenBytes)
 	case c.JWKSMaxAge < 0 || c.JWKSMinRefresh < 0 || c.JWKSFetchTimeout < 0:
 		return errors.New("authn: Config.JWKSMaxAge, JWKSMinRefresh and JWKSFetchTimeout must not be negative")
+	}
+	if errs := validation.ValidateAuthenticationConfiguration(authenticationcel.NewDefaultCompiler(), ac, c.DisallowedIssuers); len(errs) > 0 {
+		return fmt.Errorf("authn: invalid authentication configuration: %w", errs.ToAggregate())
 	}
 	return nil
 }
@@ -164,9 +168,6 @@ func New(ctx context.Context, cfg Config) (_ *Authenticator, err error) {
 	cfg = cfg.withDefaults()
 	ac, log := cfg.Authentication, cfg.Logger
 	compiler := authenticationcel.NewDefaultCompiler()
-	if errs := validation.ValidateAuthenticationConfiguration(compiler, ac, cfg.DisallowedIssuers); len(errs) > 0 {
-		return nil, fmt.Errorf("authn: invalid authentication configuration: %w", errs.ToAggregate())
-	}
 	a := &Authenticator{cfg: cfg, log: log}
 	ctx, a.stop = context.WithCancel(ctx)
 	defer func() {
