@@ -83,6 +83,12 @@ IMAGE_TAG  ?= $(VERSION)
 charts: $(STATICCHECK) ## Helm charts: vet, staticcheck, lint/render/schema tests with Helm's Go SDK (no cluster, no Docker)
 	cd charts/test && go vet ./... && $(STATICCHECK) ./... && go test -count=1 ./...
 
+.PHONY: charts-package
+# A tag v1.2.3 packages the charts at 1.2.3; an untagged commit at 0.0.0-<commit>.
+CHART_VERSION ?= $(if $(filter v%,$(VERSION)),$(patsubst v%,%,$(VERSION)),0.0.0-$(VERSION))
+charts-package: ## package both charts at CHART_VERSION (from the git tag) as a chart repository, archives and index.yaml, in dist/charts; CHARTS_URL sets index.yaml's URLs
+	cd charts/test && go run ./cmd/helmpackage -charts .. -out ../../dist/charts -version $(CHART_VERSION) $(if $(CHARTS_URL),-url $(CHARTS_URL))
+
 .PHONY: images
 images: ## build the tether-relay, tether-agent and tether-proxy images (images/Dockerfile; needs a Docker engine)
 	@if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then \
