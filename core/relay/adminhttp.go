@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -47,7 +48,7 @@ func AdminHTTP(a Admin) http.Handler {
 	})
 	mux.HandleFunc("POST /v1/admin/clusters", func(w http.ResponseWriter, r *http.Request) {
 		var req CreateClusterRequest
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+		if err := decodeBody(w, r, 4096, &req); err != nil {
 			kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, `tether: the body is JSON {"name": "..."}: `+err.Error())
 			return
 		}
@@ -69,7 +70,7 @@ func AdminHTTP(a Admin) http.Handler {
 	for verb, change := range map[string]func(context.Context, string, policy.Policy) (PolicyChange, error){"grant": a.Grant, "revoke": a.Revoke} {
 		mux.HandleFunc("POST /v1/admin/clusters/{id}/"+verb, func(w http.ResponseWriter, r *http.Request) {
 			var req policy.Policy
-			if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+			if err := decodeBody(w, r, 1<<20, &req); err != nil {
 				kstatus.Write(w, http.StatusBadRequest, kstatus.ReasonBadRequest, `tether: the body is a policy {"users", "groups", "rules", "audiences"}: `+err.Error())
 				return
 			}
@@ -90,6 +91,22 @@ func AdminHTTP(a Admin) http.Handler {
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: no such admin endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
+}
+
+// decodeBody decodes the request's body, at most limit bytes, as exactly
+// one JSON object of v's fields: an unknown field (a typo such as "group")
+// or a second value is an error, since applying the rest would do something
+// other than what the administrator asked.
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("the body must hold one JSON object and nothing after it")
+	}
+	return nil
 }
 
 func adminError(w http.ResponseWriter, err error) {
