@@ -124,7 +124,7 @@ func helpFlagsSplit(t *testing.T, help string) (own, global map[string]flagSpec)
 
 // expand substitutes $(VAR) as the kubelet would, with the pod's values.
 func expand(args []string) []string {
-	podEnv := map[string]string{"POD_NAME": "pod-0", "POD_NAMESPACE": namespace}
+	podEnv := map[string]string{"POD_NAME": "pod-0", "POD_NAMESPACE": namespace, "POD_IP": "198.18.0.10"}
 	out := make([]string, len(args))
 	for i, a := range args {
 		out[i] = envRef.ReplaceAllStringFunc(a, func(ref string) string {

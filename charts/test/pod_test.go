@@ -228,10 +228,10 @@ func fileInPod(t *testing.T, r *rendered, d *appsv1.Deployment, p string) mounte
 				f.content, f.rendered = string(content), true
 			}
 		}
-	case vol.PersistentVolumeClaim != nil:
+	case vol.PersistentVolumeClaim != nil, vol.EmptyDir != nil:
 		f.key = rel
 	default:
-		t.Fatalf("%s: volume %s is neither a ConfigMap, a Secret nor a claim", p, vol.Name)
+		t.Fatalf("%s: volume %s is neither a ConfigMap, a Secret, a claim nor an emptyDir", p, vol.Name)
 	}
 	return f
 }

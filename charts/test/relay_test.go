@@ -11,12 +11,24 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 )
 
 // relayRequired is the least an operator must give the relay chart.
 const relayRequired = "hostnames: [relay.example.com]\n" + authnConfig
+
+// relayEtcd runs the relay as three replicas on etcd, with client TLS and a
+// key-encryption key from Secrets.
+const relayEtcd = `
+replicas: 3
+store:
+  type: etcd
+  etcd:
+    endpoints: [https://etcd-0.etcd:2379, https://etcd-1.etcd:2379, https://etcd-2.etcd:2379]
+    tls: {existingSecret: relay-etcd-client}
+    keyEncryptionKey: {existingSecret: relay-kek}`
 
 // relayOptionalFlags are the relay's values that render a flag only when
 // set.
@@ -204,6 +216,74 @@ logLevel: warn`},
 				t.Errorf("storageClassName %v, want \"\" (no dynamic provisioning)", deref(pvc.Spec.StorageClassName))
 			}
 		},
+	}, {
+		name:   "etcd, 3 replicas",
+		values: []string{relayEtcd},
+		check: func(t *testing.T, r *rendered) {
+			d := one[*appsv1.Deployment](t, r)
+			c := container(t, d)
+			if d.Spec.Replicas == nil || *d.Spec.Replicas != 3 {
+				t.Errorf("replicas %v, want 3", deref(d.Spec.Replicas))
+			}
+			pdb := one[*policyv1.PodDisruptionBudget](t, r)
+			if pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 || pdb.Spec.MinAvailable != nil {
+				t.Errorf("PodDisruptionBudget maxUnavailable %v, minAvailable %v: want maxUnavailable 1", pdb.Spec.MaxUnavailable, pdb.Spec.MinAvailable)
+			}
+			checkSelects(t, "PodDisruptionBudget", pdb.Spec.Selector, d)
+			if got := flagValues(c.Args, "etcd-endpoints"); !slices.Equal(got, []string{"https://etcd-0.etcd:2379", "https://etcd-1.etcd:2379", "https://etcd-2.etcd:2379"}) {
+				t.Errorf("--etcd-endpoints %q, want the three members in order", got)
+			}
+			for flag, key := range map[string]string{"etcd-cert": "tls.crt", "etcd-key": "tls.key", "etcd-ca": "ca.crt"} {
+				f := fileInPod(t, r, d, flagValue(t, c.Args, flag))
+				if f.volume.Secret == nil || f.volume.Secret.SecretName != "relay-etcd-client" || f.key != key || f.rendered {
+					t.Errorf("--%s from %+v key %s, want key %s of the existing Secret relay-etcd-client", flag, f.volume.VolumeSource, f.key, key)
+				}
+			}
+			if got := flagValues(c.Args, "etcd-prefix"); len(got) != 0 {
+				t.Errorf("--etcd-prefix %q without store.etcd.prefix: the relay's default applies", got)
+			}
+			if len(d.Spec.Template.Spec.TopologySpreadConstraints) == 0 {
+				t.Errorf("3 replicas with no topologySpreadConstraints: they may all land on one node")
+			}
+			if !strings.Contains(r.notes, "--store=etcd") || !strings.Contains(r.notes, "--ca-key-encryption-key-file=/etc/tether/kek/kek") {
+				t.Errorf("NOTES' cluster commands do not open etcd when no relay answers the socket:\n%s", r.notes)
+			}
+		},
+	}, {
+		name: "etcd, one replica, plain http, own prefix, rotating the key-encryption key, longer drain",
+		values: []string{`
+store:
+  type: etcd
+  etcd:
+    endpoints: [http://etcd.tether.svc:2379]
+    prefix: /tether/relay-eu/
+    keyEncryptionKey: {existingSecret: relay-kek, key: kek-2026-12, previousKeys: [kek-2026-06]}
+peer: {port: 9445}
+drainTimeoutSeconds: 90`},
+		check: func(t *testing.T, r *rendered) {
+			d := one[*appsv1.Deployment](t, r)
+			c := container(t, d)
+			if n := len(all[*policyv1.PodDisruptionBudget](r)); n != 0 {
+				t.Errorf("%d PodDisruptionBudgets for one replica: it could never be evicted", n)
+			}
+			if got := flagValue(t, c.Args, "etcd-prefix"); got != "/tether/relay-eu/" {
+				t.Errorf("--etcd-prefix=%s, want /tether/relay-eu/", got)
+			}
+			for _, flag := range []string{"etcd-cert", "etcd-key", "etcd-ca"} {
+				if got := flagValues(c.Args, flag); len(got) != 0 {
+					t.Errorf("--%s %q without store.etcd.tls.existingSecret", flag, got)
+				}
+			}
+			if got := flagValues(c.Args, "ca-key-encryption-key-file"); !slices.Equal(got, []string{"/etc/tether/kek/kek-2026-12", "/etc/tether/kek/kek-2026-06"}) {
+				t.Errorf("--ca-key-encryption-key-file %q: want the new key first (it encrypts), then the old", got)
+			}
+			if got := flagValue(t, c.Args, "peer-advertise"); got != "$(POD_IP):9445" {
+				t.Errorf("--peer-advertise=%s, want $(POD_IP):9445", got)
+			}
+			if g := d.Spec.Template.Spec.TerminationGracePeriodSeconds; g == nil || *g != 105 {
+				t.Errorf("terminationGracePeriodSeconds %v, want 90 + 15", deref(g))
+			}
+		},
 	}}
 }
 
@@ -228,12 +308,27 @@ func checkRelayInvariants(t *testing.T, r *rendered, vals map[string]any) {
 	checkEnvRefs(t, c)
 	checkSelects(t, "Deployment", d.Spec.Selector, d)
 
-	// One writer of the bbolt file at a time.
-	if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
-		t.Errorf("replicas %v, strategy %s: the embedded store needs exactly one replica, replaced with Recreate", deref(d.Spec.Replicas), d.Spec.Strategy.Type)
-	}
 	if pod.SecurityContext == nil || pod.SecurityContext.FSGroup == nil || *pod.SecurityContext.FSGroup != 65532 {
-		t.Errorf("fsGroup %v, want 65532 so the relay can write its volume", pod.SecurityContext)
+		t.Errorf("fsGroup %v, want 65532 so the relay can write its volume and read its Secrets", pod.SecurityContext)
+	}
+	// Every pod names itself: the relay ID is the pod's name.
+	if got := flagValue(t, c.Args, "relay-id"); got != "$(POD_NAME)" {
+		t.Errorf("--relay-id=%s, want $(POD_NAME): each replica needs a name of its own", got)
+	}
+	checkFieldRef(t, c, "POD_NAME", "metadata.name")
+	// The grace period outlasts the drain.
+	drain, err := time.ParseDuration(flagValue(t, c.Args, "drain-timeout"))
+	if err != nil {
+		t.Fatalf("--drain-timeout: %v", err)
+	}
+	if g := pod.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= drain {
+		t.Errorf("terminationGracePeriodSeconds %v is not greater than --drain-timeout %s", deref(g), drain)
+	}
+	store, _ := vals["store"].(map[string]any)
+	if store["type"] == "etcd" {
+		checkRelayReplicas(t, r, vals)
+	} else {
+		checkRelayBbolt(t, r)
 	}
 	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
 		t.Errorf("the relay does not use the Kubernetes API: it must not mount a token")
@@ -245,18 +340,6 @@ func checkRelayInvariants(t *testing.T, r *rendered, vals map[string]any) {
 	// Global flags, then serve.
 	if i := slices.Index(c.Args, "serve"); i < 0 || slices.ContainsFunc(c.Args[:i], func(a string) bool { return !strings.HasPrefix(a, "--") }) {
 		t.Errorf("args %q: want global flags, then the serve command", c.Args)
-	}
-	data := fileInPod(t, r, d, flagValue(t, c.Args, "data"))
-	if data.volume.PersistentVolumeClaim == nil {
-		t.Errorf("--data on volume %+v, want a PersistentVolumeClaim", data.volume.VolumeSource)
-	}
-	for _, pvc := range all[*corev1.PersistentVolumeClaim](r) {
-		if pvc.Name != data.volume.PersistentVolumeClaim.ClaimName {
-			t.Errorf("claim %s is not the one --data is on", pvc.Name)
-		}
-		if pvc.Annotations["helm.sh/resource-policy"] != "keep" {
-			t.Errorf("claim %s would be deleted with the release, and the relay's CA with it", pvc.Name)
-		}
 	}
 	if got := path.Dir(flagValue(t, c.Args, "data")); !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == got && !m.ReadOnly }) {
 		t.Errorf("--data's directory %s is not a writable mount: the admin socket and bbolt's lock live there", got)
@@ -278,15 +361,6 @@ func checkRelayInvariants(t *testing.T, r *rendered, vals map[string]any) {
 	}
 
 	checkOptionalFlags(t, c.Args, vals, relayOptionalFlags)
-
-	// The grace period outlasts the drain.
-	drain, err := time.ParseDuration(flagValue(t, c.Args, "drain-timeout"))
-	if err != nil {
-		t.Fatalf("--drain-timeout: %v", err)
-	}
-	if g := pod.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= drain {
-		t.Errorf("terminationGracePeriodSeconds %v is not greater than --drain-timeout %s", deref(g), drain)
-	}
 
 	// The Service reaches the API and the agent endpoint on the ports the
 	// relay listens on; /metrics has a Service of its own, never this one.
@@ -324,13 +398,185 @@ func checkRelayInvariants(t *testing.T, r *rendered, vals map[string]any) {
 	}
 }
 
+// checkRelayBbolt checks a relay on its embedded store: one pod, replaced
+// with Recreate, its state on a claim kept with the release.
+func checkRelayBbolt(t *testing.T, r *rendered) {
+	t.Helper()
+	d := one[*appsv1.Deployment](t, r)
+	c := container(t, d)
+	// One writer of the bbolt file at a time.
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		t.Errorf("replicas %v, strategy %s: the embedded store needs exactly one replica, replaced with Recreate", deref(d.Spec.Replicas), d.Spec.Strategy.Type)
+	}
+	if got := flagValues(c.Args, "store"); len(got) != 0 && !slices.Equal(got, []string{"bbolt"}) {
+		t.Errorf("--store %q on the embedded store", got)
+	}
+	for _, flag := range []string{"etcd-endpoints", "ca-key-encryption-key-file", "peer-listen", "peer-advertise"} {
+		if got := flagValues(c.Args, flag); len(got) != 0 {
+			t.Errorf("--%s %q without store.type etcd", flag, got)
+		}
+	}
+	if n := len(all[*policyv1.PodDisruptionBudget](r)); n != 0 {
+		t.Errorf("%d PodDisruptionBudgets for the single bbolt relay: a node drain could never evict it", n)
+	}
+	if s := peerService(r); s != nil {
+		t.Errorf("peer Service %s without store.type etcd", s.Name)
+	}
+	data := fileInPod(t, r, d, flagValue(t, c.Args, "data"))
+	if data.volume.PersistentVolumeClaim == nil {
+		t.Fatalf("--data on volume %+v, want a PersistentVolumeClaim", data.volume.VolumeSource)
+	}
+	for _, pvc := range all[*corev1.PersistentVolumeClaim](r) {
+		if pvc.Name != data.volume.PersistentVolumeClaim.ClaimName {
+			t.Errorf("claim %s is not the one --data is on", pvc.Name)
+		}
+		if pvc.Annotations["helm.sh/resource-policy"] != "keep" {
+			t.Errorf("claim %s would be deleted with the release, and the relay's CA with it", pvc.Name)
+		}
+	}
+}
+
+// checkRelayReplicas checks relays on etcd: N pods rolled one at a time
+// with none missing, each publishing its own pod IP on the peer port a
+// headless Service lists, the store's flags from the values, the
+// key-encryption key from its Secret, and no claim.
+func checkRelayReplicas(t *testing.T, r *rendered, vals map[string]any) {
+	t.Helper()
+	d := one[*appsv1.Deployment](t, r)
+	c := container(t, d)
+	store := vals["store"].(map[string]any)
+	etcd := store["etcd"].(map[string]any)
+	replicas := 1
+	if n, ok := vals["replicas"].(float64); ok {
+		replicas = int(n)
+	}
+	if d.Spec.Replicas == nil || int(*d.Spec.Replicas) != replicas {
+		t.Errorf("replicas %v, want %d", deref(d.Spec.Replicas), replicas)
+	}
+	ru := d.Spec.Strategy.RollingUpdate
+	if d.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType || ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 || ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 1 {
+		t.Errorf("strategy %+v: want RollingUpdate with maxUnavailable 0, maxSurge 1, so a rollout never runs fewer replicas", d.Spec.Strategy)
+	}
+	if got := flagValue(t, c.Args, "store"); got != "etcd" {
+		t.Errorf("--store=%s, want etcd", got)
+	}
+	var endpoints []string
+	for _, e := range etcd["endpoints"].([]any) {
+		endpoints = append(endpoints, e.(string))
+	}
+	if got := flagValues(c.Args, "etcd-endpoints"); !slices.Equal(got, endpoints) {
+		t.Errorf("--etcd-endpoints %q, want %q", got, endpoints)
+	}
+	kek := etcd["keyEncryptionKey"].(map[string]any)
+	keks := flagValues(c.Args, "ca-key-encryption-key-file")
+	if len(keks) == 0 {
+		t.Errorf("no --ca-key-encryption-key-file: the relay refuses etcd without one")
+	}
+	for _, p := range keks {
+		f := fileInPod(t, r, d, p)
+		if f.volume.Secret == nil || f.volume.Secret.SecretName != kek["existingSecret"] || f.rendered {
+			t.Errorf("--ca-key-encryption-key-file %s from %+v, want the existing Secret %v", p, f.volume.VolumeSource, kek["existingSecret"])
+			continue
+		}
+		// The kubelet makes a Secret's files group-readable for fsGroup;
+		// the relay accepts group read (0440) and nothing for others.
+		if m := f.volume.Secret.DefaultMode; m == nil || *m&0o037 != 0 {
+			t.Errorf("key-encryption key Secret mounted with mode %v: the relay refuses group write and any bit for others", deref(m))
+		}
+	}
+	// The admin socket needs a writable --data directory; the state is in
+	// etcd, so no claim.
+	data := fileInPod(t, r, d, flagValue(t, c.Args, "data"))
+	if data.volume.EmptyDir == nil {
+		t.Errorf("--data on volume %+v, want an emptyDir (only the admin socket lives there)", data.volume.VolumeSource)
+	}
+	if n := len(all[*corev1.PersistentVolumeClaim](r)); n != 0 {
+		t.Errorf("%d claims rendered with store.type etcd", n)
+	}
+
+	// Peers: each pod listens on the peer port and publishes its own IP.
+	_, listenPort, err := net.SplitHostPort(flagValue(t, c.Args, "peer-listen"))
+	if err != nil {
+		t.Fatalf("--peer-listen: %v", err)
+	}
+	advHost, advPort, err := net.SplitHostPort(flagValue(t, c.Args, "peer-advertise"))
+	if err != nil {
+		t.Fatalf("--peer-advertise: %v", err)
+	}
+	if advHost != "$(POD_IP)" || advPort != listenPort {
+		t.Errorf("--peer-advertise %s:%s, want $(POD_IP):%s (the pod's own address, the port --peer-listen listens on)", advHost, advPort, listenPort)
+	}
+	checkFieldRef(t, c, "POD_IP", "status.podIP")
+	peers := peerService(r)
+	if peers == nil {
+		t.Fatalf("no headless peer Service with store.type etcd (rendered %v)", r.kinds())
+	}
+	if peers.Spec.ClusterIP != corev1.ClusterIPNone || !peers.Spec.PublishNotReadyAddresses || peers.Spec.Type != corev1.ServiceTypeClusterIP {
+		t.Errorf("peer Service %s: clusterIP %q, publishNotReadyAddresses %t, type %s: want headless, listing draining replicas too", peers.Name, peers.Spec.ClusterIP, peers.Spec.PublishNotReadyAddresses, peers.Spec.Type)
+	}
+	sp := servicePort(peers, "peers")
+	if sp == nil || strconv.Itoa(int(sp.Port)) != listenPort || containerPort(c, sp.TargetPort.String()) != listenPort {
+		t.Errorf("peer Service port %+v, want %s onto the container's --peer-listen port", sp, listenPort)
+	}
+	for k, v := range peers.Spec.Selector {
+		if d.Spec.Template.Labels[k] != v || len(peers.Spec.Selector) == 0 {
+			t.Errorf("peer Service selector %v does not select the pods", peers.Spec.Selector)
+		}
+	}
+	if servicePort(publicService(t, r), "peers") != nil {
+		t.Errorf("the public Service carries the peer port: only replicas may reach it")
+	}
+
+	pdbs := all[*policyv1.PodDisruptionBudget](r)
+	if replicas > 1 && len(pdbs) != 1 {
+		t.Errorf("%d replicas with %d PodDisruptionBudgets, want 1", replicas, len(pdbs))
+	}
+	for _, pdb := range pdbs {
+		if mu := pdb.Spec.MaxUnavailable; mu == nil || mu.IntValue() < 1 || mu.IntValue() >= replicas {
+			t.Errorf("PodDisruptionBudget maxUnavailable %v with %d replicas: want 1 to %d", mu, replicas, replicas-1)
+		}
+		checkSelects(t, "PodDisruptionBudget", pdb.Spec.Selector, d)
+	}
+}
+
+// checkFieldRef checks the container's variable name comes from the pod's
+// field (the downward API).
+func checkFieldRef(t *testing.T, c corev1.Container, name, field string) {
+	t.Helper()
+	e, ok := env(c, name)
+	if !ok || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != field {
+		t.Errorf("env %s %+v, want it from the pod's %s", name, e, field)
+	}
+}
+
+// containerPort returns the number of the container's port named name, or
+// name itself when it is a number.
+func containerPort(c corev1.Container, name string) string {
+	for _, p := range c.Ports {
+		if p.Name == name {
+			return strconv.Itoa(int(p.ContainerPort))
+		}
+	}
+	return name
+}
+
+// peerService is the relay's headless Service listing the replicas, or nil.
+func peerService(r *rendered) *corev1.Service {
+	for _, s := range all[*corev1.Service](r) {
+		if s.Labels["tether.io/peers"] != "" {
+			return s
+		}
+	}
+	return nil
+}
+
 // publicService is the relay's Service for agents and callers: the one
-// that is not the metrics Service.
+// that is neither the metrics nor the peer Service.
 func publicService(t *testing.T, r *rendered) *corev1.Service {
 	t.Helper()
 	var out []*corev1.Service
 	for _, s := range all[*corev1.Service](r) {
-		if s.Labels["tether.io/metrics"] == "" {
+		if s.Labels["tether.io/metrics"] == "" && s.Labels["tether.io/peers"] == "" {
 			out = append(out, s)
 		}
 	}

@@ -1,8 +1,13 @@
 package charts
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/engine"
+	"sigs.k8s.io/yaml"
 )
 
 // TestWrongValuesAreRefused installs (renders) each chart with one wrong
@@ -69,16 +74,46 @@ func TestWrongValuesAreRefused(t *testing.T) {
 
 		{name: "relay: nothing given", chart: relayChart, bare: true,
 			want: []string{schemaErr, "missing properties 'hostnames', 'authenticationConfig'"}},
-		{name: "relay: etcd endpoints", chart: relayChart, values: "storage: {etcd: {endpoints: ['https://etcd-0:2379']}}",
-			want: []string{schemaErr, "at '/storage/etcd/endpoints/0'", "etcd is not supported yet"}},
-		{name: "relay: etcd endpoints as a string", chart: relayChart, values: "storage: {etcd: {endpoints: 'https://etcd-0:2379'}}",
-			want: []string{schemaErr, "at '/storage/etcd/endpoints'", "etcd is not supported yet"}},
+		{name: "relay: etcd endpoints where they used to be", chart: relayChart, values: "storage: {etcd: {endpoints: ['https://etcd-0:2379']}}",
+			want: []string{schemaErr, "at '/storage/etcd'", "storage.etcd moved to store.etcd: set store.type etcd"}},
+		{name: "relay: several replicas on bbolt", chart: relayChart, values: "replicas: 3",
+			want: []string{schemaErr, "at '/replicas'", "replicas above 1 need store.type etcd: with bbolt one process at a time may open the bbolt file"}},
+		{name: "relay: no replica", chart: relayChart, values: "replicas: 0",
+			want: []string{schemaErr, "at '/replicas'", "minimum"}},
+		{name: "relay: unknown store", chart: relayChart, values: "store: {type: consul}",
+			want: []string{schemaErr, "at '/store/type'", "'bbolt', 'etcd'"}},
+		{name: "relay: etcd without endpoints", chart: relayChart, values: "replicas: 3\nstore: {type: etcd, etcd: {keyEncryptionKey: {existingSecret: relay-kek}}}",
+			want: []string{schemaErr, "at '/store/etcd/endpoints'", "store.type etcd needs store.etcd.endpoints"}},
+		{name: "relay: etcd without a key-encryption key", chart: relayChart, values: "replicas: 3\nstore: {type: etcd, etcd: {endpoints: ['https://etcd-0:2379']}}",
+			want: []string{schemaErr, "at '/store/etcd/keyEncryptionKey/existingSecret'", "store.type etcd needs store.etcd.keyEncryptionKey.existingSecret"}},
+		{name: "relay: etcd endpoint without a scheme", chart: relayChart, values: over(relayEtcd, "store: {etcd: {endpoints: ['etcd-0:2379']}}"),
+			want: []string{schemaErr, "at '/store/etcd/endpoints/0'", "'etcd-0:2379' does not match pattern"}},
+		{name: "relay: etcd endpoints as a string", chart: relayChart, values: over(relayEtcd, "store: {etcd: {endpoints: 'https://etcd-0:2379'}}"),
+			want: []string{schemaErr, "at '/store/etcd/endpoints'", "got string, want array"}},
+		{name: "relay: etcd prefix without slashes", chart: relayChart, values: over(relayEtcd, "store: {etcd: {prefix: tether}}"),
+			want: []string{schemaErr, "at '/store/etcd/prefix'", "'tether' does not match pattern"}},
+		{name: "relay: etcd values on bbolt", chart: relayChart, values: "store: {etcd: {endpoints: ['https://etcd-0:2379'], keyEncryptionKey: {existingSecret: relay-kek}}}",
+			want: []string{"store.etcd is set, but store.type is bbolt: set store.type etcd"}},
+		{name: "relay: etcd client TLS over http", chart: relayChart, values: over(relayEtcd, "store: {etcd: {endpoints: ['http://etcd-0:2379']}}"),
+			want: []string{"store.etcd.tls.existingSecret relay-etcd-client, but no endpoint in store.etcd.endpoints is https"}},
+		{name: "relay: etcd client certificate without its key", chart: relayChart, values: over(relayEtcd, "store: {etcd: {tls: {existingSecret: relay-etcd-client, keyKey: ''}}}"),
+			want: []string{`store.etcd.tls.certKey "tls.crt" and keyKey "" go together`}},
+		{name: "relay: etcd TLS Secret with no key named", chart: relayChart, values: over(relayEtcd, "store: {etcd: {tls: {existingSecret: relay-etcd-client, certKey: '', keyKey: '', caKey: ''}}}"),
+			want: []string{"store.etcd.tls.existingSecret relay-etcd-client with no certKey, keyKey or caKey"}},
+		{name: "relay: key-encryption key also among the old ones", chart: relayChart, values: over(relayEtcd, "store: {etcd: {keyEncryptionKey: {previousKeys: [kek]}}}"),
+			want: []string{"store.etcd.keyEncryptionKey.previousKeys names kek, the key that encrypts"}},
+		{name: "relay: key-encryption key Secret key with a slash", chart: relayChart, values: over(relayEtcd, "store: {etcd: {keyEncryptionKey: {key: ../kek}}}"),
+			want: []string{schemaErr, "at '/store/etcd/keyEncryptionKey/key'", "'../kek' does not match pattern"}},
+		{name: "relay: disruption budget as wide as the replicas", chart: relayChart, values: over(relayEtcd, "podDisruptionBudget: {maxUnavailable: 3}"),
+			want: []string{"podDisruptionBudget.maxUnavailable 3 must be less than replicas 3"}},
+		{name: "relay: peer port on the API's", chart: relayChart, values: over(relayEtcd, "peer: {port: 8443}"),
+			want: []string{"peer.port 8443 is one of the relay's other ports"}},
+		{name: "relay: peer port out of range", chart: relayChart, values: over(relayEtcd, "peer: {port: 70000}"),
+			want: []string{schemaErr, "at '/peer/port'", "maximum"}},
 		{name: "relay: no hostname", chart: relayChart, values: "hostnames: []",
 			want: []string{"at '/hostnames'", "minItems"}},
 		{name: "relay: hostname with a scheme", chart: relayChart, values: "hostnames: ['https://relay.example.com']",
 			want: []string{"at '/hostnames/0'", "'https://relay.example.com'"}},
-		{name: "relay: replicas", chart: relayChart, values: "replicas: 2",
-			want: []string{"additional properties 'replicas' not allowed"}},
 		{name: "relay: storage size", chart: relayChart, values: "storage: {size: 'ten gigs'}",
 			want: []string{"at '/storage/size'", "'ten gigs'"}},
 		{name: "relay: service type", chart: relayChart, values: "service: {type: Ingress}",
@@ -207,4 +242,45 @@ func TestStreamWindowBounds(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestTemplatesRefuseWhatTheSchemaRefuses renders with schema validation
+// skipped (helm install --skip-schema-validation): the templates must still
+// refuse the values that would run a broken relay, with the same words.
+func TestTemplatesRefuseWhatTheSchemaRefuses(t *testing.T) {
+	tests := []struct{ name, values, want string }{
+		{"several replicas on bbolt", "replicas: 3", "replicas 3 needs store.type etcd: with bbolt one process at a time may open the bbolt file"},
+		{"etcd without endpoints", "store: {type: etcd, etcd: {keyEncryptionKey: {existingSecret: relay-kek}}}", "store.type etcd needs store.etcd.endpoints"},
+		{"etcd without a key-encryption key", "store: {type: etcd, etcd: {endpoints: ['https://etcd-0:2379']}}", "store.type etcd needs store.etcd.keyEncryptionKey.existingSecret"},
+	}
+	c := loadChart(t, relayChart)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			top, err := chartutil.ToRenderValuesWithSchemaValidation(c, values(t, relayRequired, tc.values), chartutil.ReleaseOptions{Name: release, Namespace: namespace, IsInstall: true}, nil, true)
+			if err != nil {
+				t.Fatalf("values refused before rendering, with schema validation skipped: %v", err)
+			}
+			_, err = engine.Render(c, top)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("rendered %q with error %v, want one saying %q", tc.values, err, tc.want)
+			}
+		})
+	}
+}
+
+// over merges YAML documents, later ones over earlier ones, into one.
+func over(docs ...string) string {
+	out := map[string]any{}
+	for _, d := range docs {
+		m := map[string]any{}
+		if err := yaml.Unmarshal([]byte(d), &m); err != nil {
+			panic(fmt.Sprintf("values %q: %v", d, err))
+		}
+		merge(out, m)
+	}
+	b, err := yaml.Marshal(out)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
 }

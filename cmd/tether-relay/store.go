@@ -33,7 +33,7 @@ func (o *storeOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.key, "etcd-key", "", "with --store etcd: PEM key of --etcd-cert")
 	fs.StringVar(&o.ca, "etcd-ca", "", "with --store etcd: PEM CA that signed the etcd members' certificates (default: system roots)")
 	fs.StringVar(&o.prefix, "etcd-prefix", registry.DefaultEtcdPrefix, "with --store etcd: the key prefix of this relay's state (each relay deployment its own)")
-	fs.StringSliceVar(&o.kekFiles, "ca-key-encryption-key-file", nil, "with --store etcd: file holding the 32-byte key that encrypts the CA's private key in etcd (raw, hex or base64; mode 0600). Repeat, or comma-separate, to rotate: the first encrypts, all decrypt")
+	fs.StringSliceVar(&o.kekFiles, "ca-key-encryption-key-file", nil, "with --store etcd: file holding the 32-byte key that encrypts the CA's private key in etcd (raw, hex or base64; mode 0600, or 0440 as a Secret mounted with an fsGroup: group read only, nothing for others). Repeat, or comma-separate, to rotate: the first encrypts, all decrypt")
 	fs.DurationVar(&o.dialTimeout, "etcd-dial-timeout", registry.DefaultEtcdDialTimeout, "with --store etcd: how long to wait for etcd at start")
 }
 

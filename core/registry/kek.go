@@ -52,15 +52,16 @@ func NewKeyEncryptionKey(key []byte) (KeyEncryptionKey, error) {
 // LoadKeyEncryptionKey reads a key-encryption key from path: 32 raw bytes
 // (head -c 32 /dev/urandom), or 64 hex digits, or the base64 of 32 bytes
 // (what a Kubernetes Secret's data holds before it is mounted), with or
-// without a trailing newline. The file must not be readable by group or
-// others.
+// without a trailing newline. Others must have no access to the file, and
+// its group at most read access (see kekModeRefused).
 func LoadKeyEncryptionKey(path string) (KeyEncryptionKey, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return KeyEncryptionKey{}, fmt.Errorf("registry: key-encryption key: %w", err)
 	}
-	if fi.Mode().Perm()&0o077 != 0 && fi.Mode().IsRegular() {
-		return KeyEncryptionKey{}, fmt.Errorf("registry: key-encryption key %s has mode %v: group or others may read it; chmod 600 %s", path, fi.Mode().Perm(), path)
+	if perm := fi.Mode().Perm(); kekModeRefused(perm) && fi.Mode().IsRegular() {
+		return KeyEncryptionKey{}, fmt.Errorf("registry: key-encryption key %s has mode %04o (%v): %s; want 0600 or 0400, or 0640 or 0440 (group read only, as the kubelet mounts a Secret for a pod with an fsGroup): chmod 600 %s, or in a pod give the Secret volume defaultMode 0440 or 0400",
+			path, uint32(perm), perm, kekModeProblem(perm), path)
 	}
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -71,6 +72,29 @@ func LoadKeyEncryptionKey(path string) (KeyEncryptionKey, error) {
 		return KeyEncryptionKey{}, fmt.Errorf("registry: key-encryption key %s: %w", path, err)
 	}
 	return NewKeyEncryptionKey(key)
+}
+
+// kekGroupRead is the one bit beyond the owner's a key-encryption key's
+// file may have: the kubelet mounts a Secret's files root-owned, with
+// group read for the pod's fsGroup (0440), and that group is the relay's.
+const kekGroupRead = 0o040
+
+// kekModeRefused reports whether perm lets anyone but the owner and a
+// reading group at the key: any bit for others, or group write or execute.
+func kekModeRefused(perm os.FileMode) bool {
+	return perm&0o077&^kekGroupRead != 0
+}
+
+// kekModeProblem says what perm lets others or the group do, for the error.
+func kekModeProblem(perm os.FileMode) string {
+	var p []string
+	if perm&0o030 != 0 {
+		p = append(p, "its group may write or execute it")
+	}
+	if perm&0o007 != 0 {
+		p = append(p, "others may access it")
+	}
+	return strings.Join(p, ", and ")
 }
 
 func decodeKEK(raw []byte) ([]byte, error) {

@@ -72,8 +72,50 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Checks across values that the schema cannot express. */}}
 {{- define "tether-relay.validate" -}}
-{{- if .Values.storage.etcd.endpoints }}
-{{- fail "storage.etcd.endpoints: etcd is not supported yet, leave storage.etcd.endpoints empty (the relay has only its embedded store)" }}
+{{- $e := .Values.store.etcd }}
+{{- if eq .Values.store.type "etcd" }}
+{{- if not $e.endpoints }}
+{{- fail "store.type etcd needs store.etcd.endpoints: the client URLs of the etcd members (https://etcd-0:2379, ...)" }}
+{{- end }}
+{{- if not $e.keyEncryptionKey.existingSecret }}
+{{- fail "store.type etcd needs store.etcd.keyEncryptionKey.existingSecret: a Secret holding the 32-byte key that encrypts the CA key of the relay in etcd (head -c 32 /dev/urandom > kek; kubectl create secret generic NAME --from-file=kek=kek)" }}
+{{- end }}
+{{- if has $e.keyEncryptionKey.key $e.keyEncryptionKey.previousKeys }}
+{{- fail (printf "store.etcd.keyEncryptionKey.previousKeys names %s, the key that encrypts (store.etcd.keyEncryptionKey.key): list only older keys" $e.keyEncryptionKey.key) }}
+{{- end }}
+{{- with $e.tls }}
+{{- if .existingSecret }}
+{{- if ne (empty .certKey) (empty .keyKey) }}
+{{- fail (printf "store.etcd.tls.certKey %q and keyKey %q go together: set both for a client certificate, or neither" .certKey .keyKey) }}
+{{- end }}
+{{- if and (empty .certKey) (empty .caKey) }}
+{{- fail (printf "store.etcd.tls.existingSecret %s with no certKey, keyKey or caKey: name the Secret's keys, or leave existingSecret empty" .existingSecret) }}
+{{- end }}
+{{- $https := false }}
+{{- range $e.endpoints }}
+{{- if hasPrefix "https://" . }}
+{{- $https = true }}
+{{- end }}
+{{- end }}
+{{- if not $https }}
+{{- fail (printf "store.etcd.tls.existingSecret %s, but no endpoint in store.etcd.endpoints is https: the relay would not use the certificate (give https:// endpoints)" .existingSecret) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $port := int .Values.peer.port }}
+{{- if has $port (list 8443 8444 8081) }}
+{{- fail (printf "peer.port %d is one of the relay's other ports (8443 API, 8444 agents, 8081 health): pick another, e.g. 8445" $port) }}
+{{- end }}
+{{- else }}
+{{- if gt (int .Values.replicas) 1 }}
+{{- fail (printf "replicas %d needs store.type etcd: with bbolt one process at a time may open the bbolt file; set store.type etcd with store.etcd.endpoints and store.etcd.keyEncryptionKey.existingSecret, or replicas 1" (int .Values.replicas)) }}
+{{- end }}
+{{- if or $e.endpoints $e.keyEncryptionKey.existingSecret $e.tls.existingSecret }}
+{{- fail "store.etcd is set, but store.type is bbolt: set store.type etcd to use it (or leave store.etcd empty)" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (gt (int .Values.replicas) 1) (ge (int .Values.podDisruptionBudget.maxUnavailable) (int .Values.replicas)) }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable %d must be less than replicas %d: a node drain could stop every relay" (int .Values.podDisruptionBudget.maxUnavailable) (int .Values.replicas)) }}
 {{- end }}
 {{- if and .Values.tls.existingSecret .Values.tls.certManager.issuerRef }}
 {{- fail "tls.existingSecret and tls.certManager.issuerRef exclude each other: set one" }}
@@ -130,4 +172,42 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* The PromQL label matchers of this release's series: metrics.prometheusRule.selector, or what the ServiceMonitor produces. */}}
 {{- define "tether-relay.metricsSelector" -}}
 {{- default (printf "job=%q,namespace=%q" (printf "%s-metrics" (include "tether-relay.fullname" .)) .Release.Namespace) .Values.metrics.prometheusRule.selector }}
+{{- end }}
+
+{{/* With store.type etcd: the store flags, global flags of tether-relay (before serve). */}}
+{{- define "tether-relay.etcdArgs" -}}
+{{- $e := .Values.store.etcd -}}
+- "--store=etcd"
+{{- range $e.endpoints }}
+- {{ printf "--etcd-endpoints=%s" . | quote }}
+{{- end }}
+{{- with $e.prefix }}
+- {{ printf "--etcd-prefix=%s" . | quote }}
+{{- end }}
+{{- with $e.tls }}
+{{- if .existingSecret }}
+{{- if .certKey }}
+- {{ printf "--etcd-cert=/etc/tether/etcd/%s" .certKey | quote }}
+- {{ printf "--etcd-key=/etc/tether/etcd/%s" .keyKey | quote }}
+{{- end }}
+{{- with .caKey }}
+- {{ printf "--etcd-ca=/etc/tether/etcd/%s" . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /* The first encrypts; the others only decrypt (rotation). */}}
+{{- range (prepend $e.keyEncryptionKey.previousKeys $e.keyEncryptionKey.key) }}
+- {{ printf "--ca-key-encryption-key-file=/etc/tether/kek/%s" . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The command that runs the cluster commands in a relay pod: through its admin socket, or, when no relay answers there yet, on the store itself. */}}
+{{- define "tether-relay.execCommand" -}}
+{{- $args := list "--data" "/var/lib/tether-relay/relay.db" }}
+{{- if eq .Values.store.type "etcd" }}
+{{- range (include "tether-relay.etcdArgs" . | fromYamlArray) }}
+{{- $args = append $args . }}
+{{- end }}
+{{- end }}
+{{- printf "kubectl -n %s exec deploy/%s -- tether-relay %s" .Release.Namespace (include "tether-relay.fullname" .) (join " " $args) }}
 {{- end }}
