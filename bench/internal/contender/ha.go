@@ -281,9 +281,12 @@ func (h *HA) WaitSessions(n int, limit time.Duration) error {
 
 // startBalancer writes HAProxy's configuration for balancer b and starts
 // it: two TCP frontends (the API, the agent endpoint), round robin over
-// every replica, each checked on its /readyz every 100 ms (a draining
-// replica answers 503 and gets no new connection; a killed one is retried
-// elsewhere: `option redispatch`).
+// every replica, each checked on its /readyz every 100 ms and out after two
+// failures (a draining replica answers 503 and gets no new connection; a
+// killed one refuses the check at once, and a connection HAProxy sent it
+// before is retried elsewhere: `option redispatch`). A check may take 1 s:
+// on a busy machine a replica's answer can take longer than the interval,
+// and a replica that is slow is not down.
 func (h *HA) startBalancer(ctx context.Context, haproxy string, b int) error {
 	topo := h.env.Topo
 	apiPort, err := topo.FreePort(node.Relay)
@@ -295,13 +298,14 @@ func (h *HA) startBalancer(ctx context.Context, haproxy string, b int) error {
 		return err
 	}
 	// Two descriptors a connection, and some for the checks.
-	maxconn := max((fileLimit()-200)/2, 100)
+	maxconn := min(max((fileLimit()-200)/2, 100), 50000)
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, `global
     maxconn %d
 defaults
     mode tcp
     timeout connect 2s
+    timeout check 1s
     timeout client 1h
     timeout server 1h
     timeout tunnel 1h
@@ -321,7 +325,7 @@ frontend agents
 			if be == "agents" {
 				port = a.AgentPort
 			}
-			fmt.Fprintf(&cfg, "    server relay-%d 127.0.0.1:%d check port %d inter 100ms fall 1 rise 1\n", i, port, a.HealthPort)
+			fmt.Fprintf(&cfg, "    server relay-%d 127.0.0.1:%d check port %d inter 100ms fall 2 rise 1\n", i, port, a.HealthPort)
 		}
 	}
 	name := fmt.Sprintf("haproxy-%d", b)

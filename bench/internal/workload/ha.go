@@ -18,7 +18,7 @@ import (
 const haSetup = "tether only (the peers have no equivalent: none of them runs its server as replicas sharing a store). " +
 	"Three relay replicas, each assembled by relay.Start as `tether-relay serve --store etcd --peer-listen` assembles it (every " +
 	"request-path check on), on a real 3-member etcd (fixtures/etcd, the etcd binary of `make fixtures`), behind HAProxy (Debian's " +
-	"package; TCP mode, round robin, each replica's `/readyz` checked every 100 ms, `option redispatch`) for both the agents and the callers; " +
+	"package; TCP mode, round robin, each replica's `/readyz` checked every 100 ms, out after two failed checks, `option redispatch`) for both the agents and the callers; " +
 	"the agent (2 sessions, core/agent's default) and tether-proxy reach the replicas only through HAProxy."
 
 // sample is one request of a steady load: when it started and ended, and
