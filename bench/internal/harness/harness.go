@@ -88,6 +88,9 @@ type Options struct {
 	W5Watches []int
 	// W6Agents replaces W6's levels (idle agents) when not empty.
 	W6Agents []int
+	// W6RAgents replaces W6R's idle agents (over three replicas) when not
+	// zero.
+	W6RAgents int
 	// Keep keeps the run's directory (logs, state) instead of removing it.
 	Keep bool
 	// Progress receives a line per step. Nil discards.
@@ -176,6 +179,9 @@ func Run(ctx context.Context, opts Options) (_ *Result, err error) {
 	}
 	if len(opts.W6Agents) > 0 {
 		sizes.W6Agents = opts.W6Agents
+	}
+	if opts.W6RAgents > 0 {
+		sizes.W6RAgents = opts.W6RAgents
 	}
 	run := &workload.Run{Env: env, Target: targetProc, Sizes: sizes, Progress: opts.Progress}
 	for _, c := range contenders {
