@@ -25,10 +25,11 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
-deps: ## install the Debian packages the tests need (iproute2, nftables), if missing
+deps: ## install the Debian packages the tests need (iproute2, nftables, haproxy), if missing
 	@missing=""; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install:$$missing (or install them yourself)" >&2; exit 1; fi; \
 	  echo "deps: installing$$missing"; \
@@ -106,11 +107,11 @@ bench-check: $(STATICCHECK) ## the benchmark harness's own tests (bench/, direct
 	cd bench && go vet ./... && $(STATICCHECK) ./... && go test -count=1 ./...
 
 .PHONY: bench-quick
-bench-quick: ## every benchmark workload for a few seconds, against every peer, so the harness cannot rot (~2 min warm; building the peers takes ~10 min the first time)
+bench-quick: deps ## every benchmark workload for a few seconds, against every peer, so the harness cannot rot (~2 min warm; building the peers takes ~10 min the first time)
 	cd bench && go run . -quick -timeout 30m -out $(CURDIR)/.cache/bench-quick.md
 
 .PHONY: bench
-bench: ## the full benchmarks against the peers, with tether's A/B variants; writes docs/benchmarks.md (~30 min)
+bench: deps ## the full benchmarks against the peers, with tether's A/B variants; writes docs/benchmarks.md (~30 min)
 	cd bench && go run . -ab -out $(CURDIR)/docs/benchmarks.md
 
 .PHONY: sim-quick

@@ -38,6 +38,7 @@ func run() int {
 	conc := flag.String("w2-concurrency", "", "comma-separated W2 concurrency levels instead of 32,128")
 	w5 := flag.String("w5-watches", "", "comma-separated W5 levels (idle watches) instead of 1000,10000 (quick: 100,300); above 1000 (quick: 100) only direct and tether, in its set-up for many watches")
 	w6 := flag.String("w6-agents", "", "comma-separated W6 levels (idle agents), growing, instead of 1000,5000,10000 (quick: 50,150)")
+	w6r := flag.Int("w6r-agents", 0, "W6R's idle agents over three replicas instead of 10000 (quick: 150)")
 	profile := flag.String("profile", "", "write a CPU profile of every component that is a role (tether's, the target) into this directory")
 	timeout := flag.Duration("timeout", 90*time.Minute, "stop the run after this long")
 	flag.Parse()
@@ -55,6 +56,11 @@ func run() int {
 		}
 		*l.into = ns
 	}
+	if *w6r < 0 {
+		fmt.Fprintln(os.Stderr, "bench: -w6r-agents: want a positive count")
+		return 2
+	}
+	opts.W6RAgents = *w6r
 	if workloads != "" {
 		opts.Workloads = strings.Split(workloads, ",")
 	}

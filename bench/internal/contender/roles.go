@@ -15,5 +15,6 @@ func Roles() map[string]node.Role {
 		"tether-agent": tetherAgentRole,
 		"tether-proxy": tetherProxyRole,
 		"tether-swarm": swarmRole,
+		"etcd":         etcdRole,
 	}
 }

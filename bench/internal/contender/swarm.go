@@ -157,6 +157,8 @@ type Swarm struct {
 	args   tetherRelayArgs
 	relay  *node.Proc
 	swarms []*node.Proc
+	// ha, when set, is the swarm's HA relay (relay is nil).
+	ha *HA
 }
 
 // SwarmConfig sizes a Swarm.
@@ -217,24 +219,70 @@ func StartSwarm(ctx context.Context, env *Env, cfg SwarmConfig) (_ *Swarm, err e
 	// A restarted relay listens where this one does.
 	s.args.APIPort, s.args.AgentPort, s.args.Restart = rr.APIPort, rr.AgentPort, true
 	fromCluster := topo.Reach(node.Cluster, node.Relay)
-	for first := 0; first < cfg.Agents; first += cfg.PerProcess {
+	api := (&url.URL{Scheme: "https", Host: hostPort(fromCluster, rr.APIPort)}).String()
+	if err := s.startProcs(ctx, filepath.Join(dir, "tokens"), rr.CA, func(int) (string, string) { return api, hostPort(fromCluster, rr.AgentPort) }); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// startProcs starts the swarm's processes; relay gives the i-th its
+// relay's API URL and agent endpoint.
+func (s *Swarm) startProcs(ctx context.Context, tokensFile, ca string, relay func(i int) (api, agentAddr string)) error {
+	for first := 0; first < s.cfg.Agents; first += s.cfg.PerProcess {
 		name := "agents"
 		if first > 0 {
 			name = fmt.Sprintf("agents-%d", len(s.swarms)+1)
 		}
-		p, err := node.Start(ctx, topo, dir, node.Spec{Name: name, Component: "agents", Place: node.Cluster, Role: "tether-swarm", Args: SwarmArgs{
-			Dir: dir, TokensFile: filepath.Join(dir, "tokens"), ClusterPrefix: SwarmPrefix, First: first, Sessions: cfg.Sessions, CA: rr.CA,
-			RelayAPI:       (&url.URL{Scheme: "https", Host: hostPort(fromCluster, rr.APIPort)}).String(),
-			RelayAgentAddr: hostPort(fromCluster, rr.AgentPort),
-			Target:         "http://" + env.TargetAddr(node.Cluster),
+		api, agentAddr := relay(len(s.swarms))
+		p, err := node.Start(ctx, s.env.Topo, s.dir, node.Spec{Name: name, Component: "agents", Place: node.Cluster, Role: "tether-swarm", Args: SwarmArgs{
+			Dir: s.dir, TokensFile: tokensFile, ClusterPrefix: SwarmPrefix, First: first, Sessions: s.cfg.Sessions, CA: ca,
+			RelayAPI: api, RelayAgentAddr: agentAddr, Target: "http://" + s.env.TargetAddr(node.Cluster),
 		}})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		s.swarms = append(s.swarms, p)
 	}
+	return nil
+}
+
+// StartHASwarm starts an HA relay (replicas on etcd behind HAProxy, see
+// StartHA) with cfg.Agents clusters, and the swarm processes, with no agent
+// yet: each swarm process dials a balancer of its own, so that no HAProxy
+// process holds more descriptors than its limit.
+func StartHASwarm(ctx context.Context, env *Env, cfg SwarmConfig, replicas int) (_ *Swarm, err error) {
+	if cfg.Agents < 1 || cfg.Sessions < 0 || cfg.PerProcess < 0 {
+		return nil, fmt.Errorf("swarm: %+v: want at least one agent, and no negative count", cfg)
+	}
+	if cfg.PerProcess == 0 {
+		cfg.PerProcess = cfg.Agents
+	}
+	procs := (cfg.Agents + cfg.PerProcess - 1) / cfg.PerProcess
+	h, err := StartHA(ctx, env, fmt.Sprintf("ha-swarm-%dx%d", cfg.Agents, cfg.sessions()), HAConfig{Replicas: replicas,
+		ClusterPrefix: SwarmPrefix, ClusterCount: cfg.Agents, Balancers: procs})
+	if err != nil {
+		return nil, err
+	}
+	s := &Swarm{env: env, dir: filepath.Join(h.Dir(), "agents"), cfg: cfg, ha: h}
+	defer func() {
+		if err != nil {
+			_ = s.Close()
+		}
+	}()
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("swarm: %w", err)
+	}
+	if err := s.startProcs(ctx, filepath.Join(h.args[0].Dir, "tokens"), h.CA, func(i int) (string, string) {
+		return h.APIURL(node.Cluster, i), h.AgentAddr(i)
+	}); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
+
+// HA returns the swarm's HA relay, or nil for a swarm on one relay.
+func (s *Swarm) HA() *HA { return s.ha }
 
 // Sessions returns the sessions each agent holds.
 func (s *Swarm) Sessions() int { return s.cfg.sessions() }
@@ -260,6 +308,9 @@ func (s *Swarm) Grow(n int, limit time.Duration) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	if s.ha != nil {
+		return s.ha.WaitSessions(s.Sessions()*n, limit)
+	}
 	return waitSessions(s.relay, s.Sessions()*n, limit)
 }
 
@@ -273,7 +324,7 @@ func splitAgents(n, perProcess, processes int) []int {
 	return out
 }
 
-// Relay returns the relay's process.
+// Relay returns the relay's process (nil for an HA swarm: see HA).
 func (s *Swarm) Relay() *node.Proc { return s.relay }
 
 // Agents returns the swarm's processes.
@@ -304,6 +355,9 @@ func (s *Swarm) Close() error {
 		if p != nil {
 			errs = append(errs, p.Stop())
 		}
+	}
+	if s.ha != nil {
+		errs = append(errs, s.ha.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -260,6 +260,9 @@ type RelayStats struct {
 	Connected int `json:"connected"`
 	// Goroutines is the relay's goroutine count.
 	Goroutines int `json:"goroutines"`
+	// Replicas is how many replicas (itself included) a replica sees live
+	// in etcd; zero for a relay alone.
+	Replicas int `json:"replicas"`
 }
 
 // waitSessions waits until tether's relay holds n agent sessions.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,13 +86,60 @@ type tetherRelayArgs struct {
 	// to join each yamux frame's header and body into one write (see
 	// coalesceConn).
 	Coalesce bool
+	// Etcd, when set, keeps the registry on etcd and makes this relay one
+	// replica of several (relay.Options.Peer), as tether-relay serve
+	// --store etcd --peer-listen runs it; Dir then holds no registry.
+	Etcd *tetherEtcdArgs
+	// HealthPort, with Etcd, is the port of /healthz and /readyz (the load
+	// balancer's check): zero picks one.
+	HealthPort int
+}
+
+// tetherEtcdArgs are a replica's: where etcd is, and which replica this is.
+type tetherEtcdArgs struct {
+	// Endpoints are etcd's client URLs; Prefix starts every key.
+	Endpoints []string
+	Prefix    string
+	// KEK is the key-encryption key of the CA's private key, in hex
+	// (--key-encryption-key-file).
+	KEK string
+	// RelayID names the replica (--relay-id); a restarted replica keeps
+	// its name, as a StatefulSet's pod does.
+	RelayID string
+}
+
+// registryConfig returns where the role's registry is.
+func (a tetherRelayArgs) registryConfig() (registry.Config, error) {
+	if a.Etcd == nil {
+		return registry.Config{Path: filepath.Join(a.Dir, "relay.db")}, nil
+	}
+	raw, err := hex.DecodeString(a.Etcd.KEK)
+	if err != nil {
+		return registry.Config{}, fmt.Errorf("tether-relay: key-encryption key: %w", err)
+	}
+	kek, err := registry.NewKeyEncryptionKey(raw)
+	if err != nil {
+		return registry.Config{}, fmt.Errorf("tether-relay: %w", err)
+	}
+	return registry.Config{Store: registry.StoreEtcd, Etcd: registry.EtcdConfig{Endpoints: a.Etcd.Endpoints, Prefix: a.Etcd.Prefix,
+		KeyEncryptionKeys: []registry.KeyEncryptionKey{kek}}}, nil
 }
 
 // tetherRelayReady is what the tether-relay role reports.
 type tetherRelayReady struct {
 	APIPort, AgentPort int
-	CA                 string
-	Tokens             []string
+	// HealthPort is the port of /readyz (replicas only).
+	HealthPort int
+	CA         string
+	Tokens     []string
+}
+
+// RelayDrain is the argument of a replica's "drain" command: what
+// tether-relay serve does on SIGTERM, for Timeout (--drain-timeout). The
+// role answers when the drain is over; stopping the process then closes
+// the relay (its keys deleted, its lease revoked).
+type RelayDrain struct {
+	Timeout time.Duration
 }
 
 // tetherRelayRole runs tether's relay as tether-relay serve assembles it
@@ -101,7 +149,11 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 	if err := json.Unmarshal(raw, &args); err != nil {
 		return fmt.Errorf("tether-relay: arguments: %w", err)
 	}
-	tokens, many, err := createClusters(args)
+	rcfg, err := args.registryConfig()
+	if err != nil {
+		return err
+	}
+	tokens, many, err := createClusters(args, rcfg)
 	if err != nil {
 		return err
 	}
@@ -112,7 +164,7 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 	// here.
 	var tunnels atomic.Int64
 	opts := relay.Options{
-		Registry:      registry.Config{Path: filepath.Join(args.Dir, "relay.db")},
+		Registry:      rcfg,
 		Authenticator: staticAuthn{},
 		Hostnames:     args.Names,
 		APIAddr:       net.JoinHostPort(args.Bind, strconv.Itoa(args.APIPort)),
@@ -130,11 +182,31 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 	if args.Coalesce {
 		opts.WrapAgentConn = func(tc *tls.Conn) net.Conn { return coalesceTLS{&coalesceConn{Conn: tc}, tc} }
 	}
+	if args.Etcd != nil {
+		// A replica as tether-relay serve --store etcd --peer-listen
+		// --health-listen runs it: its peer endpoint on this machine's
+		// loopback (the replicas share the relay's place), its name kept
+		// across restarts.
+		opts.RelayID = args.Etcd.RelayID
+		opts.Peer = &relay.PeerOptions{Addr: "127.0.0.1:0", Advertise: "127.0.0.1:0"}
+		opts.HealthAddr = net.JoinHostPort(args.Bind, strconv.Itoa(args.HealthPort))
+	}
 	r, err := relay.Start(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("tether-relay: %w", err)
 	}
 	defer r.Close()
+	c.OnCommand("drain", func(arg json.RawMessage) (any, error) {
+		var d RelayDrain
+		if err := json.Unmarshal(arg, &d); err != nil {
+			return nil, fmt.Errorf("tether-relay: drain: %w", err)
+		}
+		dctx, cancel := context.WithTimeout(ctx, d.Timeout)
+		defer cancel()
+		began := time.Now()
+		r.Drain(dctx)
+		return map[string]any{"took": time.Since(began).String()}, nil
+	})
 	router := r.Router()
 	c.OnStats(func() map[string]any {
 		n, connected := 0, 0
@@ -147,10 +219,18 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 				}
 			}
 		}
-		return map[string]any{"tunnels": tunnels.Load(), "sessions": n, "connected": connected, "streams": router.Streams()}
+		st := map[string]any{"tunnels": tunnels.Load(), "sessions": n, "connected": connected, "streams": router.Streams()}
+		if m := r.Mesh(); m != nil {
+			st["replicas"] = len(m.Replicas())
+		}
+		return st
 	})
-	err = c.Ready(tetherRelayReady{APIPort: r.APIAddr().(*net.TCPAddr).Port, AgentPort: r.AgentAddr().(*net.TCPAddr).Port,
-		CA: string(r.Registry().CAPEM()), Tokens: tokens})
+	ready := tetherRelayReady{APIPort: r.APIAddr().(*net.TCPAddr).Port, AgentPort: r.AgentAddr().(*net.TCPAddr).Port,
+		CA: string(r.Registry().CAPEM()), Tokens: tokens}
+	if h := r.HealthAddr(); h != nil {
+		ready.HealthPort = h.(*net.TCPAddr).Port
+	}
+	err = c.Ready(ready)
 	if err == nil {
 		select {
 		case <-ctx.Done():
@@ -163,8 +243,8 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 // createClusters creates args' clusters in the relay's registry before the
 // relay starts, and returns their join tokens and the names of the many
 // (W6); with Restart it only names them.
-func createClusters(args tetherRelayArgs) (tokens, many []string, err error) {
-	reg, err := registry.Open(registry.Config{Path: filepath.Join(args.Dir, "relay.db")})
+func createClusters(args tetherRelayArgs, rcfg registry.Config) (tokens, many []string, err error) {
+	reg, err := registry.Open(rcfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("tether-relay: %w", err)
 	}

@@ -22,14 +22,14 @@ import (
 )
 
 // Workloads are the workloads the harness runs, in the report's order.
-var Workloads = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W8"}
+var Workloads = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W6R", "W7R", "W8", "W9"}
 
 // runOrder is the order the harness runs the workloads in: W5, whose
 // figures are resident-memory growth, before the bulk transfers of W3 and
 // W4, whose buffers the contenders' runtimes return to the system lazily
 // (measured after them, a baseline could include them, and the growth
 // come out negative).
-var runOrder = []string{"W1", "W2", "W5", "W3", "W4", "W6", "W8"}
+var runOrder = []string{"W1", "W2", "W5", "W3", "W4", "W6", "W8", "W7R", "W9", "W6R"}
 
 // inRunOrder returns ws sorted by runOrder; a name runOrder lacks keeps
 // its place after the known ones.
@@ -88,6 +88,9 @@ type Options struct {
 	W5Watches []int
 	// W6Agents replaces W6's levels (idle agents) when not empty.
 	W6Agents []int
+	// W6RAgents replaces W6R's idle agents (over three replicas) when not
+	// zero.
+	W6RAgents int
 	// Keep keeps the run's directory (logs, state) instead of removing it.
 	Keep bool
 	// Progress receives a line per step. Nil discards.
@@ -177,6 +180,9 @@ func Run(ctx context.Context, opts Options) (_ *Result, err error) {
 	if len(opts.W6Agents) > 0 {
 		sizes.W6Agents = opts.W6Agents
 	}
+	if opts.W6RAgents > 0 {
+		sizes.W6RAgents = opts.W6RAgents
+	}
 	run := &workload.Run{Env: env, Target: targetProc, Sizes: sizes, Progress: opts.Progress}
 	for _, c := range contenders {
 		cs := &workload.Contestant{Contender: c}
@@ -233,6 +239,12 @@ func Run(ctx context.Context, opts Options) (_ *Result, err error) {
 			sec, _, _ = run.W6(ctx)
 		case "W8":
 			sec, _ = run.W8(ctx)
+		case "W6R":
+			sec, _ = run.W6R(ctx)
+		case "W7R":
+			sec, _ = run.W7R(ctx)
+		case "W9":
+			sec, _ = run.W9(ctx)
 		default:
 			run.Failf("no workload %s", w)
 			continue

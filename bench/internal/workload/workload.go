@@ -146,6 +146,22 @@ type Sizes struct {
 	W6AgentsPerProcess int
 	// W8RoundTrips is how many W8RoundTripBytes messages W8 echoes.
 	W8RoundTrips, W8RoundTripBytes int
+	// W6RAgents is how many idle agents W6R runs over three replicas (2
+	// sessions each); W6RPerProcess the most one swarm process (and its
+	// HAProxy) carries, zero as many as the descriptor limit allows;
+	// W6RLimit bounds their joining.
+	W6RAgents, W6RPerProcess int
+	W6RLimit                 time.Duration
+	// W7RWorkers send short requests through W7R; W7RBefore is the load
+	// before the kill, W7RAfter after the agent is back on two replicas,
+	// W7RLimit the longest wait for that.
+	W7RWorkers                    int
+	W7RBefore, W7RAfter, W7RLimit time.Duration
+	// W9Workers send short requests through W9; W9Before is the load
+	// before the restart; W9Drain each replica's drain timeout
+	// (--drain-timeout).
+	W9Workers         int
+	W9Before, W9Drain time.Duration
 }
 
 // FullSizes are the sizes of `make bench`.
@@ -158,6 +174,9 @@ func FullSizes() Sizes {
 		W5Watches: []int{1000, 10000}, W5Events: 10, W5SharedMax: 1000, W5WatchesPerProxy: 2500,
 		W6Agents: []int{1000, 5000, 10000}, W6Sessions: []int{2, 1},
 		W8RoundTrips: 2000, W8RoundTripBytes: 64,
+		W6RAgents: 10000, W6RLimit: 15 * time.Minute,
+		W7RWorkers: 8, W7RBefore: 5 * time.Second, W7RAfter: 3 * time.Second, W7RLimit: time.Minute,
+		W9Workers: 32, W9Before: 8 * time.Second, W9Drain: 20 * time.Second,
 	}
 }
 
@@ -173,6 +192,11 @@ func QuickSizes() Sizes {
 		// Several swarm processes even at this size: the split is tested.
 		W6Agents: []int{50, 150}, W6Sessions: []int{2, 1}, W6AgentsPerProcess: 100,
 		W8RoundTrips: 300, W8RoundTripBytes: 64,
+		// Two swarm processes and two HAProxy processes: the split is
+		// tested.
+		W6RAgents: 150, W6RPerProcess: 100, W6RLimit: 2 * time.Minute,
+		W7RWorkers: 4, W7RBefore: time.Second, W7RAfter: time.Second, W7RLimit: 30 * time.Second,
+		W9Workers: 32, W9Before: 2 * time.Second, W9Drain: 2 * time.Second,
 	}
 }
 
