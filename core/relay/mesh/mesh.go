@@ -269,12 +269,20 @@ func (m *Mesh) publish(lease clientv3.LeaseID) {
 				continue
 			}
 			lease, backoff = l, 250*time.Millisecond
-			published = map[string]int{}
+			// Everything published under the old lease is published
+			// again: the table alone is not enough, since this
+			// replica's own watch (or a reload after etcd came back)
+			// may already have removed the routes the lapsed lease
+			// took with it.
 			m.mu.Lock()
+			for c := range published {
+				m.dirty[c] = true
+			}
 			for c := range m.localClusters() {
 				m.dirty[c] = true
 			}
 			m.mu.Unlock()
+			published = map[string]int{}
 			m.log.Info("mesh: replica published again under a new lease", "relay", m.cfg.Self.ID)
 		}
 		if ka == nil {
