@@ -9,14 +9,15 @@ import (
 	"github.com/tether-k8s/tether/core/relay/mesh"
 )
 
-// ConvergeBound: once a fault on a world of several replicas heals, every
-// running replica's route table agrees with the sessions the replicas hold
-// within this, on virtual time. A replica cut from the store for longer
-// than its lease's TTL takes a new lease within the mesh's publish backoff
-// (at most 5 s) once it reaches the store again; a killed replica's keys
-// lapse within the TTL; a watch delivers within one round trip. Twice the
-// TTL plus that backoff leaves a TTL of slack.
-const ConvergeBound = 2*mesh.DefaultLeaseTTL + 5*time.Second
+// ConvergeBound: once a fault on a world of several replicas heals, or a
+// replica stops, every running replica's route table agrees with the
+// sessions the replicas hold within this, on virtual time. The slowest
+// paths: a stopped replica's keys lapse with its lease, within the TTL
+// (mesh.DefaultLeaseTTL, 5 s); a replica cut from the store for longer
+// than the TTL takes a new lease within the mesh's publish backoff (at
+// most 5 s) once it reaches the store again. A watch delivers, and the
+// mesh publishes a change, within a second of it.
+const ConvergeBound = mesh.DefaultLeaseTTL + 6*time.Second
 
 // checkHops: no stream was forwarded twice, or by a replica other than the
 // one the caller landed on, and every hop of a stream was for the cluster
@@ -71,10 +72,15 @@ func hopPath(hs []Hop) string {
 	return s
 }
 
+// DrainAfter: a drain must lose no short request made up to this long
+// after the drained replica stopped either (a tunnel it left open for the
+// proxy to reuse would lose the next one).
+const DrainAfter = time.Second
+
 // checkDrainLoss: every short request (a get) in flight while a replica
-// drained, from the drain's start until the replica stopped, succeeded:
-// the other replicas took what the draining one no longer did. Requests
-// that overlapped another fault are not judged.
+// drained, from the drain's start until DrainAfter after the replica
+// stopped, succeeded: the other replicas took what the draining one no
+// longer did. Requests that overlapped another fault are not judged.
 func checkDrainLoss(r *Result) []string {
 	type window struct{ from, to time.Time }
 	var others []window
@@ -91,7 +97,7 @@ func checkDrainLoss(r *Result) []string {
 	var out []string
 	for _, d := range r.Drains {
 		for _, o := range r.Obs {
-			if o.Op != "get" || o.Start.After(d.Stopped) || o.End.Before(d.Start) || o.Err == "" {
+			if o.Op != "get" || o.Start.After(d.Stopped.Add(DrainAfter)) || o.End.Before(d.Start) || o.Err == "" {
 				continue
 			}
 			if slices.ContainsFunc(others, func(w window) bool { return !o.Start.After(w.to) && !o.End.Before(w.from) }) {
@@ -105,42 +111,57 @@ func checkDrainLoss(r *Result) []string {
 }
 
 // checkConvergence: after each fault of a world of several replicas heals,
-// every running replica's route table agrees with the sessions the
-// replicas hold within ConvergeBound (unless the next fault came first).
+// and after each replica stops (while it stays stopped), every running
+// replica's route table agrees with the sessions the replicas hold within
+// ConvergeBound. A moment is not judged when the next fault (or the
+// stopped replica's restart) comes within the bound.
 func checkConvergence(r *Result) []string {
 	if len(r.Tables) == 0 {
 		return nil
 	}
-	var out []string
-	for _, e := range r.Timeline {
-		if e.Skipped || e.Undone.IsZero() {
-			continue
-		}
+	nextFault := func(after time.Time) time.Time {
 		next := time.Time{}
 		for _, f := range r.Timeline {
-			if !f.Skipped && !f.Injected.IsZero() && f.Injected.After(e.Undone) && (next.IsZero() || f.Injected.Before(next)) {
+			if !f.Skipped && !f.Injected.IsZero() && f.Injected.After(after) && (next.IsZero() || f.Injected.Before(next)) {
 				next = f.Injected
 			}
 		}
-		last, agreed := "", false
+		return next
+	}
+	var out []string
+	judge := func(what string, from, cut time.Time) {
+		if !cut.IsZero() && cut.Before(from.Add(ConvergeBound)) {
+			return
+		}
+		last := ""
 		for _, s := range r.Tables {
-			if s.At.Before(e.Undone) {
-				continue
+			if !s.At.After(from) {
+				continue // at the same instant, maybe sampled before
 			}
-			if s.At.After(e.Undone.Add(ConvergeBound)) || !next.IsZero() && s.At.After(next) {
+			if s.At.After(from.Add(ConvergeBound)) {
 				break
 			}
 			if s.Disagree == "" {
-				agreed = true
-				break
+				return
 			}
 			last = s.Disagree
 		}
-		judged := next.IsZero() || next.After(e.Undone.Add(ConvergeBound))
-		if !agreed && judged {
-			out = append(out, fmt.Sprintf("%s (%s) healed at %s, and %s later the route tables still disagreed: %s",
-				e.Fault, e.Desc, r.at(e.Undone), ConvergeBound, last))
+		if last == "" {
+			return // not sampled so long
 		}
+		out = append(out, fmt.Sprintf("%s at %s, and %s later the route tables still disagreed: %s", what, r.at(from), ConvergeBound, last))
+	}
+	for _, e := range r.Timeline {
+		if !e.Skipped && !e.Undone.IsZero() {
+			judge(fmt.Sprintf("%s (%s) healed", e.Fault, e.Desc), e.Undone, nextFault(e.Undone))
+		}
+	}
+	for _, st := range r.Stops {
+		cut := nextFault(st.At)
+		if !st.Restarted.IsZero() && (cut.IsZero() || st.Restarted.Before(cut)) {
+			cut = st.Restarted
+		}
+		judge(st.Replica+" stopped", st.At, cut)
 	}
 	return out
 }

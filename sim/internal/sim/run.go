@@ -89,6 +89,7 @@ type Result struct {
 	Tables []TableSample
 	Hops   []Hop
 	Drains []DrainEvent
+	Stops  []StopEvent
 
 	clientCluster []string
 	unrecovered   []string
@@ -243,7 +244,15 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 		r.Hops = w.hops.all()
 		w.mu.Lock()
 		r.Drains = slices.Clone(w.drains)
+		r.Stops = slices.Clone(w.stops)
 		w.mu.Unlock()
+	}
+	stopTraffic()
+	traffic.Wait()
+	r.Reconnects = mon()
+	w.bg.Wait()
+	r.Obs = rec.All()
+	if w.multi() {
 		fwd, disagree := 0, 0
 		for _, h := range r.Hops {
 			if h.Forwarded {
@@ -255,14 +264,17 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 				disagree++
 			}
 		}
-		fmt.Fprintf(progress, "  replicas: %d tunnels opened, %d of them forwarded to another replica; %d of %d table samples disagreed; %d drains\n",
-			len(r.Hops)-fwd, fwd, disagree, len(r.Tables), len(r.Drains))
+		inDrain := 0
+		for _, d := range r.Drains {
+			for _, o := range r.Obs {
+				if o.Op == "get" && !o.Start.After(d.Stopped.Add(DrainAfter)) && !o.End.Before(d.Start) {
+					inDrain++
+				}
+			}
+		}
+		fmt.Fprintf(progress, "  replicas: %d tunnels opened, %d of them forwarded to another replica; %d of %d table samples disagreed; %d drains, %d gets during them\n",
+			len(r.Hops)-fwd, fwd, disagree, len(r.Tables), len(r.Drains), inDrain)
 	}
-	stopTraffic()
-	traffic.Wait()
-	r.Reconnects = mon()
-	w.bg.Wait()
-	r.Obs = rec.All()
 	for _, c := range w.Clusters {
 		r.Seen = append(r.Seen, c.API.History()...)
 	}

@@ -99,6 +99,7 @@ type World struct {
 	lbWG     sync.WaitGroup
 	hops     hopLog
 	drains   []DrainEvent
+	stops    []StopEvent
 }
 
 // Cluster is one simulated cluster: its API server and agents.

@@ -33,6 +33,14 @@ const (
 func replicaHost(i int) string { return fmt.Sprintf("relay-%d.sim", i) }
 func replicaID(i int) string   { return fmt.Sprintf("relay-%d", i) }
 
+func replicaHosts(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, replicaHost(i))
+	}
+	return out
+}
+
 // replicaProc is one replica: its relay while it runs.
 type replicaProc struct {
 	i    int
@@ -41,6 +49,8 @@ type replicaProc struct {
 	// draining: the load balancer sends it no new connections (its
 	// readiness failed).
 	draining bool
+	// closed is closed once the relay of a kill has stopped.
+	closed chan struct{}
 }
 
 // DrainEvent is one replica's drain: from when it began until the replica
@@ -49,6 +59,14 @@ type DrainEvent struct {
 	Replica string
 	Start   time.Time
 	Stopped time.Time
+}
+
+// StopEvent is a replica stopped (killed, or drained and stopped) and
+// when it started again (zero: not before the end).
+type StopEvent struct {
+	Replica   string
+	At        time.Time
+	Restarted time.Time
 }
 
 // multi reports whether w runs several replicas.
@@ -66,6 +84,16 @@ func (w *World) registryConfig(name string) registry.Config {
 func (w *World) startReplicas(ctx context.Context) error {
 	for i := range w.cfg.Replicas {
 		w.replicas = append(w.replicas, &replicaProc{i: i})
+	}
+	// The load balancer's hop and the replicas' network take a
+	// millisecond each way, so that a request is in flight for a while.
+	for i := range w.cfg.Replicas {
+		for _, peer := range append([]string{RelayHost}, replicaHosts(w.cfg.Replicas)...) {
+			if peer != replicaHost(i) {
+				w.Net.Link(replicaHost(i), peer).SetShape(time.Millisecond, 0, 0)
+				w.Net.Link(peer, replicaHost(i)).SetShape(time.Millisecond, 0, 0)
+			}
+		}
 	}
 	for i := range w.replicas {
 		if err := w.StartReplica(ctx, i); err != nil {
@@ -92,6 +120,12 @@ func (w *World) StartReplica(ctx context.Context, i int) error {
 		return err
 	}
 	id, host := replicaID(i), w.Net.Host(replicaHost(i))
+	w.mu.Lock()
+	closed := w.replicas[i].closed
+	w.mu.Unlock()
+	if closed != nil {
+		<-closed // the killed process is gone: its ports are free
+	}
 	w.etcd.Cut(id, false) // a restarted replica reaches the store again
 	r, err := relay.Start(context.WithoutCancel(ctx), relay.Options{
 		Registry:       w.registryConfig(id),
@@ -122,6 +156,11 @@ func (w *World) StartReplica(ctx context.Context, i int) error {
 	}
 	w.mu.Lock()
 	w.replicas[i].r, w.replicas[i].draining = r, false
+	for k := range w.stops {
+		if w.stops[k].Replica == id && w.stops[k].Restarted.IsZero() {
+			w.stops[k].Restarted = time.Now()
+		}
+	}
 	w.mu.Unlock()
 	return nil
 }
@@ -138,9 +177,21 @@ func (w *World) KillReplica(i int) {
 	if r == nil {
 		return
 	}
+	closed := make(chan struct{})
+	w.mu.Lock()
+	p.closed = closed
+	w.stops = append(w.stops, StopEvent{Replica: replicaID(i), At: time.Now()})
+	w.mu.Unlock()
 	w.etcd.Cut(replicaID(i), true)
 	w.Net.ResetHost(replicaHost(i))
-	_ = r.Close()
+	// The process is gone at once; what Close still waits for (its
+	// goroutines, a revoke the store never receives) happens meanwhile.
+	w.lbWG.Add(1)
+	go func() {
+		defer w.lbWG.Done()
+		defer close(closed)
+		_ = r.Close()
+	}()
 }
 
 // DrainReplica drains replica i for at most grace, as the binary does on
@@ -168,6 +219,7 @@ func (w *World) DrainReplica(i int, grace time.Duration) {
 	ev.Stopped = time.Now()
 	w.mu.Lock()
 	w.drains = append(w.drains, ev)
+	w.stops = append(w.stops, StopEvent{Replica: ev.Replica, At: ev.Stopped})
 	w.mu.Unlock()
 }
 
@@ -314,7 +366,11 @@ func (w *World) closeReplicas() error {
 		w.mu.Lock()
 		r := w.replicas[i].r
 		w.replicas[i].r = nil
+		closed := w.replicas[i].closed
 		w.mu.Unlock()
+		if closed != nil {
+			<-closed
+		}
 		if r != nil {
 			errs = append(errs, r.Close())
 		}
