@@ -134,7 +134,8 @@ func (w *World) StartReplica(ctx context.Context, i int) error {
 		APIAddr:        fmt.Sprintf("%s:%d", host.Name, relayAPI),
 		AgentAddr:      fmt.Sprintf("%s:%d", host.Name, relayAgent),
 		RelayID:        id,
-		Peer:           &relay.PeerOptions{Addr: fmt.Sprintf("%s:%d", host.Name, peerPort), Advertise: fmt.Sprintf("%s:%d", host.Name, peerPort)},
+		Peer: &relay.PeerOptions{Addr: fmt.Sprintf("%s:%d", host.Name, peerPort), Advertise: fmt.Sprintf("%s:%d", host.Name, peerPort),
+			Shuffle: seededShuffle(w.cfg.Seed, hash(id))},
 		Logger:         w.log.With("relay", id),
 		Audit:          slog.New(&hopHandler{log: &w.hops, replica: id}),
 		OnAgentSession: plantedMisroute,
@@ -163,6 +164,18 @@ func (w *World) StartReplica(ctx context.Context, i int) error {
 	}
 	w.mu.Unlock()
 	return nil
+}
+
+// seededShuffle is a replica's shuffle of the owners it forwards to, drawn
+// from the seed.
+func seededShuffle(seed, stream uint64) func(n int, swap func(i, j int)) {
+	var mu sync.Mutex
+	rnd := rand.New(rand.NewPCG(seed, stream))
+	return func(n int, swap func(i, j int)) {
+		mu.Lock()
+		defer mu.Unlock()
+		rnd.Shuffle(n, swap)
+	}
 }
 
 // KillReplica stops replica i as kill -9 would: its connections are reset
