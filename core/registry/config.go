@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Defaults for Config's zero values.
@@ -113,6 +115,13 @@ type EtcdConfig struct {
 	// while nothing else tells it; while it does not, writes fail at once
 	// with ErrStoreUnavailable. Zero means DefaultEtcdHealthInterval (2s).
 	HealthInterval time.Duration
+	// Client, when set, is the etcd client the registry uses instead of
+	// dialing Endpoints (which then only name it in messages; the TLS
+	// files are not read). The registry closes it on Close. It exists for
+	// the simulator, whose in-memory etcd on virtual time
+	// (sim/internal/etcdsim) has no gRPC server to dial; tether-relay
+	// never sets it.
+	Client *clientv3.Client
 }
 
 // Validate reports the first problem with c, naming the field.

@@ -55,6 +55,27 @@ const maxTxnAttempts = 16
 const maxTxnOps = 100
 
 func openEtcd(cfg EtcdConfig, log *slog.Logger) (*etcdStore, error) {
+	cli := cfg.Client
+	if cli == nil {
+		var err error
+		if cli, err = dialEtcd(cfg); err != nil {
+			return nil, err
+		}
+	}
+	s := &etcdStore{cfg: cfg, cli: cli, log: log, status: func(error) {}}
+	s.healthy.Store(true)
+	// Fail at Open, clearly, when etcd does not answer.
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+	defer cancel()
+	if _, err := cli.Get(ctx, cfg.Prefix, clientv3.WithCountOnly()); err != nil {
+		_ = cli.Close()
+		return nil, s.wrap("open", err)
+	}
+	return s, nil
+}
+
+// dialEtcd makes the client of cfg's endpoints.
+func dialEtcd(cfg EtcdConfig) (*clientv3.Client, error) {
 	var tlsCfg *tls.Config
 	if strings.HasPrefix(cfg.Endpoints[0], "https://") {
 		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -97,16 +118,7 @@ func openEtcd(cfg EtcdConfig, log *slog.Logger) (*etcdStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
-	s := &etcdStore{cfg: cfg, cli: cli, log: log, status: func(error) {}}
-	s.healthy.Store(true)
-	// Fail at Open, clearly, when etcd does not answer.
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
-	defer cancel()
-	if _, err := cli.Get(ctx, cfg.Prefix, clientv3.WithCountOnly()); err != nil {
-		_ = cli.Close()
-		return nil, s.wrap("open", err)
-	}
-	return s, nil
+	return cli, nil
 }
 
 func (s *etcdStore) String() string {

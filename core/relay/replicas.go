@@ -39,6 +39,9 @@ type PeerOptions struct {
 	Advertise string
 	// LeaseTTL: see mesh.Config. Zero means mesh.DefaultLeaseTTL.
 	LeaseTTL time.Duration
+	// Shuffle: see mesh.Config (the simulator's seeded source). Nil means
+	// math/rand/v2's.
+	Shuffle func(n int, swap func(i, j int))
 }
 
 // Validate reports the first problem with p.
@@ -85,10 +88,11 @@ func (r *Relay) startMesh(ctx context.Context, l net.Listener) (*meshRemote, err
 			}
 			return 0
 		},
-		Handle: func(ctx context.Context, req *mesh.Request, st net.Conn) { r.srv.forwarded(ctx, req, st) },
-		Window: r.opts.Router.StreamWindow,
-		Dial:   r.opts.DialContext,
-		Logger: r.log,
+		Handle:  func(ctx context.Context, req *mesh.Request, st net.Conn) { r.srv.forwarded(ctx, req, st) },
+		Window:  r.opts.Router.StreamWindow,
+		Dial:    r.opts.DialContext,
+		Shuffle: r.opts.Peer.Shuffle,
+		Logger:  r.log,
 	})
 	if err != nil {
 		return nil, err

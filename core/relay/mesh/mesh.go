@@ -89,6 +89,10 @@ type Config struct {
 	Window uint32
 	// Dial makes connections to peers. Nil means a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Shuffle spreads forwarded streams over the owners of a cluster. Nil
+	// means math/rand/v2's Shuffle; the simulator draws it from its seed,
+	// so that a seed replays.
+	Shuffle func(n int, swap func(i, j int))
 	// Logger receives presence and forwarding events. Nil discards.
 	Logger *slog.Logger
 }
@@ -125,6 +129,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Dial == nil {
 		c.Dial = (&net.Dialer{}).DialContext
+	}
+	if c.Shuffle == nil {
+		c.Shuffle = rand.Shuffle
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -538,8 +545,12 @@ func (m *Mesh) owners(cluster string, skip []string) ([]Replica, <-chan struct{}
 			ready = append(ready, r)
 		}
 	}
-	rand.Shuffle(len(ready), func(i, j int) { ready[i], ready[j] = ready[j], ready[i] })
-	rand.Shuffle(len(draining), func(i, j int) { draining[i], draining[j] = draining[j], draining[i] })
+	// In ID order first, so that a seeded Shuffle draws the same order.
+	byID := func(a, b Replica) int { return strings.Compare(a.ID, b.ID) }
+	slices.SortFunc(ready, byID)
+	slices.SortFunc(draining, byID)
+	m.cfg.Shuffle(len(ready), func(i, j int) { ready[i], ready[j] = ready[j], ready[i] })
+	m.cfg.Shuffle(len(draining), func(i, j int) { draining[i], draining[j] = draining[j], draining[i] })
 	return append(ready, draining...), m.changed
 }
 

@@ -38,6 +38,9 @@ type Invariant struct {
 var Invariants = []Invariant{
 	{"right-cluster", checkRightCluster},
 	{"no-misroute", checkMisroute},
+	{"no-forward-loop", checkHops},
+	{"drain-loses-no-request", checkDrainLoss},
+	{"routes-converge", checkConvergence},
 	{"caller-identity", checkIdentity},
 	{"bytes-intact", checkIntact},
 	{"no-silent-stall", checkStall},

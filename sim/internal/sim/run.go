@@ -33,6 +33,9 @@ type Scenario struct {
 	Script                    []FaultEvent
 	Duration                  time.Duration
 	Clusters, Agents, Clients int
+	// Replicas, when more than 1, runs the scenario on that many relay
+	// replicas sharing one store (WorldConfig.Replicas).
+	Replicas int
 }
 
 // Options override a scenario's size and timing (the command's flags).
@@ -81,6 +84,13 @@ type Result struct {
 	// the world was closed (netsim.Network.Open): each a leak.
 	Open []string
 
+	// With several replicas: the route tables sampled every 100 ms, each
+	// tunnel's hops between replicas, and the drains.
+	Tables []TableSample
+	Hops   []Hop
+	Drains []DrainEvent
+	Stops  []StopEvent
+
 	clientCluster []string
 	unrecovered   []string
 	leakDump      string
@@ -123,7 +133,13 @@ func (sc *Scenario) Timeline(seed uint64, o Options) []FaultEvent {
 		names = o.Faults
 	}
 	if len(names) == 0 {
-		for n := range Faults {
+		for n, f := range Faults {
+			// A world of one relay never draws a replica fault (and
+			// its seeds keep the timelines they had before there were
+			// any).
+			if _, ok := f.(interface{ replicaFault() }); ok && sc.Replicas <= 1 {
+				continue
+			}
 			names = append(names, n)
 		}
 	}
@@ -182,9 +198,9 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 		}
 	}
 	cfg := WorldConfig{Seed: o.Seed, Clusters: pick(o.Clusters, sc.Clusters, 4), AgentsPerCluster: pick(o.Agents, sc.Agents, 1),
-		Clients: pick(o.Clients, sc.Clients, 8), Dir: dir, Logger: o.Logger}
-	fmt.Fprintf(progress, "%s seed %d: %d clusters × %d agents × 2 sessions, %d clients, %s, %d faults\n", sc.Name, o.Seed,
-		cfg.Clusters, cfg.AgentsPerCluster, cfg.Clients, sc.duration(o), len(r.Timeline))
+		Clients: pick(o.Clients, sc.Clients, 8), Replicas: sc.Replicas, Dir: dir, Logger: o.Logger}
+	fmt.Fprintf(progress, "%s seed %d: %d clusters × %d agents × 2 sessions, %d clients, %d relay replicas, %s, %d faults\n", sc.Name, o.Seed,
+		cfg.Clusters, cfg.AgentsPerCluster, cfg.Clients, max(1, cfg.Replicas), sc.duration(o), len(r.Timeline))
 	w, err := NewWorld(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("sim: build the world: %w", err)
@@ -208,14 +224,57 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 		}()
 	}
 	mon := w.monitorReconnects()
+	stopTables, tables := make(chan struct{}), make(chan []TableSample, 1)
+	if w.multi() {
+		go func() { tables <- w.sampleTables(stopTables) }()
+	}
 	w.play(ctx, r, o.Seed, max(r.Timeline0End(), sc.duration(o)), progress)
 	fmt.Fprintf(progress, "  faults done at %s; checking recovery\n", r.at(time.Now()))
 	r.unrecovered = w.recovery(ctx, cmp.Or(o.RecoverWithin, ReconnectBound))
+	if w.multi() {
+		var healed time.Time
+		for _, e := range r.Timeline {
+			if e.Undone.After(healed) {
+				healed = e.Undone
+			}
+		}
+		w.awaitTables(ctx, healed.Add(ConvergeBound))
+		close(stopTables)
+		r.Tables = <-tables
+		r.Hops = w.hops.all()
+		w.mu.Lock()
+		r.Drains = slices.Clone(w.drains)
+		r.Stops = slices.Clone(w.stops)
+		w.mu.Unlock()
+	}
 	stopTraffic()
 	traffic.Wait()
 	r.Reconnects = mon()
 	w.bg.Wait()
 	r.Obs = rec.All()
+	if w.multi() {
+		fwd, disagree := 0, 0
+		for _, h := range r.Hops {
+			if h.Forwarded {
+				fwd++
+			}
+		}
+		for _, t := range r.Tables {
+			if t.Disagree != "" {
+				disagree++
+			}
+		}
+		inDrain := 0
+		for _, d := range r.Drains {
+			for _, o := range r.Obs {
+				if o.Op == "get" && !o.Start.After(d.Stopped.Add(DrainAfter)) && !o.End.Before(d.Start) {
+					inDrain++
+				}
+			}
+		}
+		fmt.Fprintf(progress, "  replicas: %d tunnels opened, %d of them forwarded to another replica; %d of %d table samples disagreed; %d drains, %d gets during them\n",
+			len(r.Hops)-fwd, fwd, disagree, len(r.Tables), len(r.Drains), inDrain)
+	}
 	for _, c := range w.Clusters {
 		r.Seen = append(r.Seen, c.API.History()...)
 	}

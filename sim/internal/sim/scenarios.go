@@ -20,6 +20,13 @@ var Scenarios = []*Scenario{
 	{Name: "slow-reader-and-flood", Doc: "one client stops reading while another floods: others' streams must not suffer",
 		Script:   []FaultEvent{{Fault: "slow-reader", At: 2 * time.Second, For: 4 * time.Second}, {Fault: "flood", At: 3 * time.Second, For: 3 * time.Second}},
 		Duration: 12 * time.Second},
+	{Name: "replicas-kill-and-drain", Doc: "three replicas on one store: one killed and left down past its lease, then another drained, under traffic; no misroute, no loop, no short request lost in the drain, tables converge",
+		Replicas: 3, Script: []FaultEvent{{Fault: "replica-kill", At: 2 * time.Second, For: 12 * time.Second}, {Fault: "replica-drain", At: 15 * time.Second, For: 2 * time.Second}},
+		Duration: 20 * time.Second},
+	{Name: "replicas-partitions", Doc: "three replicas on one store: two cut apart, then one cut from the store for longer than its lease; tables converge once healed",
+		Replicas: 3, Script: []FaultEvent{{Fault: "replica-partition", At: 2 * time.Second, For: 3 * time.Second}, {Fault: "store-partition", At: 6 * time.Second, For: 7 * time.Second}},
+		Duration: 16 * time.Second},
+	{Name: "replicas-explore", Doc: "three replicas on one store, every fault drawn from the seed", Replicas: 3, Rate: 0.4, Duration: 25 * time.Second},
 }
 
 // ScenarioByName returns the named scenario, or nil.

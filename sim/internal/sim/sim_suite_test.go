@@ -55,6 +55,8 @@ var _ = Describe("scenarios hold every invariant", func() {
 		Entry(nil, "slow-reader-and-flood", uint64(4), time.Duration(0)),
 		Entry(nil, "network", uint64(5), 12*time.Second),
 		Entry(nil, "explore", uint64(6), 12*time.Second),
+		Entry(nil, "replicas-kill-and-drain", uint64(9), time.Duration(0)),
+		Entry(nil, "replicas-partitions", uint64(10), time.Duration(0)),
 	)
 })
 

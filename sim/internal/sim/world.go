@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -29,6 +30,7 @@ import (
 	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
 	"github.com/tether-k8s/tether/fixtures/issuer"
+	"github.com/tether-k8s/tether/sim/internal/etcdsim"
 	"github.com/tether-k8s/tether/sim/internal/netsim"
 )
 
@@ -58,6 +60,10 @@ type WorldConfig struct {
 	AgentsPerCluster int
 	SessionsPerAgent int
 	Clients          int
+	// Replicas, when more than 1, runs that many relay replicas on one
+	// shared in-memory etcd behind a load balancer (world_replicas.go);
+	// otherwise one relay on a registry file.
+	Replicas int
 	// Dir holds the relay's registry file.
 	Dir string
 	// Logger receives the components' logs. Nil discards.
@@ -82,6 +88,18 @@ type World struct {
 	Clusters []*Cluster
 	Clients  []*Client
 	bg       sync.WaitGroup
+
+	// With several replicas (WorldConfig.Replicas): the shared store, the
+	// CA key's encryption key, the replicas, the load balancer's
+	// listeners and goroutines, the tunnels' hops and the drains.
+	etcd     *etcdsim.Store
+	kek      registry.KeyEncryptionKey
+	replicas []*replicaProc
+	lbL      []net.Listener
+	lbWG     sync.WaitGroup
+	hops     hopLog
+	drains   []DrainEvent
+	stops    []StopEvent
 }
 
 // Cluster is one simulated cluster: its API server and agents.
@@ -124,7 +142,20 @@ func NewWorld(ctx context.Context, cfg WorldConfig) (*World, error) {
 		return nil, err
 	}
 	w.authnYML = w.issuer.AuthenticationConfig(audience)
-	reg, err := registry.Open(registry.Config{Path: filepath.Join(cfg.Dir, "relay.db")})
+	regCfg := registry.Config{Path: filepath.Join(cfg.Dir, "relay.db")}
+	if cfg.Replicas > 1 {
+		w.etcd = etcdsim.New()
+		key := make([]byte, 0, 32)
+		krnd := rand.New(rand.NewPCG(cfg.Seed, 7))
+		for len(key) < 32 {
+			key = binary.LittleEndian.AppendUint64(key, krnd.Uint64())
+		}
+		if w.kek, err = registry.NewKeyEncryptionKey(key); err != nil {
+			return nil, err
+		}
+		regCfg = w.registryConfig("setup")
+	}
+	reg, err := registry.Open(regCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +177,12 @@ func NewWorld(ctx context.Context, cfg WorldConfig) (*World, error) {
 		w.Clusters = append(w.Clusters, c)
 	}
 	_ = reg.Close()
-	if err := w.StartRelay(ctx); err != nil {
+	if w.multi() {
+		err = w.startReplicas(ctx)
+	} else {
+		err = w.StartRelay(ctx)
+	}
+	if err != nil {
 		return nil, err
 	}
 	for _, c := range w.Clusters {
@@ -338,6 +374,13 @@ func (w *World) KillAgent(c *Cluster, i int) {
 
 // Live reports how many of c's agent sessions the relay holds.
 func (w *World) Live(c *Cluster) int {
+	if w.multi() {
+		n := 0
+		for _, r := range w.runningReplicas() {
+			n += r.Router().Sessions(c.ID)
+		}
+		return n
+	}
 	r, _ := w.Relay()
 	if r == nil {
 		return 0
@@ -440,6 +483,9 @@ func (w *World) Close() error {
 		}
 	}
 	w.KillRelay()
+	if w.multi() {
+		errs = append(errs, w.closeReplicas())
+	}
 	if w.issuer != nil {
 		errs = append(errs, w.issuer.Close())
 	}
