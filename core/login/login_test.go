@@ -55,8 +55,8 @@ type fakeOP struct {
 	userCode, verificationURI string
 	// exchanges counts token exchanges; exchangeAud, when set, replaces
 	// the audience of exchanged tokens; exchangeSub their subject.
-	exchanges                 int
-	exchangeAud, exchangeSub  string
+	exchanges                int
+	exchangeAud, exchangeSub string
 }
 
 func newFakeOP(t *testing.T) *fakeOP {
