@@ -77,7 +77,7 @@ func badTokens(ctx context.Context) map[string]struct{ token, relaySays, agentSa
 		"expired":        {expired, "token is expired", "token is expired"},
 		"wrong audience": {wrongAud, "audience", "audience"},
 		"wrong issuer":   {wrongIssuer, "issuer is not configured", "issuer is not configured"},
-		"other cluster":  {otherCluster, "refuses this token: the token is for audience [" + stack.OtherClusterAudience + "], not [" + stack.Audience + "]", "audience"},
+		"other cluster":  {otherCluster, "refuses this token: the token is for audience [" + stack.OtherClusterAudience + "], not [" + stack.Audience + " " + stack.RelayAudience + "]", "audience"},
 	}
 }
 
@@ -386,5 +386,103 @@ var _ = Describe("identity: tokens, CI jobs and access", Ordered, func() {
 		Expect(readFile(ts.LogFile("relay"))).To(And(
 			MatchRegexp(`msg="relay: admin request" audit=true user=oidc:root .*method=POST path=/v1/admin/clusters/`+lc.Name()+`/grant status=200`),
 			MatchRegexp(`msg="relay: admin request" audit=true user=oidc:mallory .*status=403`)))
+	})
+})
+
+// Audiences per hop (issue 15, hole 4): a token one hop saw is refused by
+// every other hop. Each spec runs `tether-proxy exec` with one token for
+// the relay hop (--token-file) and one for the agent (--cluster-token-file),
+// the way a CI job holding two tokens does.
+var _ = Describe("identity: audiences per hop", Ordered, func() {
+	var dir string
+	BeforeAll(func() {
+		Expect(ts).NotTo(BeNil(), "the stack did not start")
+		dir = GinkgoT().TempDir()
+	})
+	mint := func(aud any) string {
+		GinkgoHelper()
+		tok, err := ts.Issuer().Mint(time.Now(), map[string]any{"sub": "demo-user", "groups": []string{stack.DemoGroup}, "aud": aud}, "", time.Hour)
+		Expect(err).NotTo(HaveOccurred())
+		return tok
+	}
+	file := func(name, tok string) string {
+		GinkgoHelper()
+		f := filepath.Join(dir, name)
+		Expect(os.WriteFile(f, []byte(tok), 0o600)).To(Succeed())
+		return f
+	}
+	// exec runs kubectl auth whoami through tether-proxy exec with the
+	// relay hop's and (when not empty) the agent hop's token.
+	// (kubectl auth whoami hides a 403's message, so refusals are read
+	// from kubectl get --raw, which prints the agent's Status.)
+	exec := func(ctx context.Context, relayTok, clusterTok string) (string, error) {
+		flags := []string{"--token-file", file("relay.token", relayTok)}
+		if clusterTok != "" {
+			flags = append(flags, "--cluster-token-file", file("cluster.token", clusterTok))
+		}
+		args := []string{"get", "--raw", "/api/v1/namespaces/default/pods"}
+		if strings.HasPrefix(relayTok, "whoami:") {
+			relayTok = strings.TrimPrefix(relayTok, "whoami:")
+			flags[1] = file("relay.token", relayTok)
+			args = []string{"auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"}
+		}
+		b, err := ts.ProxyExec(ctx, nil, flags, append([]string{ts.KubectlPath()}, args...)...).CombinedOutput()
+		return string(b), err
+	}
+
+	It("reaches the cluster with a token for the relay's audience on the relay hop and one for the cluster's at the agent", func(ctx SpecContext) {
+		out, err := exec(ctx, "whoami:"+mint(stack.RelayAudience), mint(ts.ClusterAudience()))
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring("oidc:demo-user"))
+		Expect(out).NotTo(ContainSubstring("WARNING"), "two tokens: no shared-token warning")
+	})
+
+	It("refuses at this cluster's agent a token the provider issued for another cluster (which that cluster's agent saw)", func(ctx SpecContext) {
+		// An exchanged ID token names the client (tether) too, so the
+		// agent's authentication configuration accepts it: the agent's own
+		// audience check is what refuses it.
+		id := opLogin(ctx, "alice", "alice-pw").IDToken
+		other, err := ts.OP().Exchange(ctx, id, relayapi.ClusterAudience("other-cluster"))
+		Expect(err).NotTo(HaveOccurred())
+		relayTok, err := ts.OP().Exchange(ctx, id, stack.RelayAudience)
+		Expect(err).NotTo(HaveOccurred())
+		out, err := exec(ctx, relayTok, other)
+		Expect(err).To(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring("tether agent: this token is for another cluster's audience, tether:cluster:other-cluster"))
+	})
+
+	It("refuses at the relay a token for the cluster's audience: 401 when the relay's authentication does not accept that audience, 403 when it does", func(ctx SpecContext) {
+		// A token for the cluster's audience alone: the relay's
+		// authentication configuration lists no cluster audience, so the
+		// token is refused there, before the relay's own check (401).
+		out, err := exec(ctx, mint(ts.ClusterAudience()), mint(ts.ClusterAudience()))
+		Expect(err).To(HaveOccurred(), out)
+		Expect(out).To(And(ContainSubstring("tether relay: the bearer token was refused"), ContainSubstring("audience")))
+		// The provider's token for the cluster also names the client ID,
+		// which the relay accepts: the relay's own check refuses it (403).
+		clusterTok, err := ts.OP().Exchange(ctx, opLogin(ctx, "alice", "alice-pw").IDToken, ts.ClusterAudience())
+		Expect(err).NotTo(HaveOccurred())
+		out, err = exec(ctx, clusterTok, clusterTok)
+		Expect(err).To(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring("tether relay: this token is for " + ts.ClusterAudience() + ", a cluster's audience"))
+		// A token for both the relay's and the cluster's audience: refused
+		// and counted.
+		out, err = exec(ctx, mint([]string{stack.RelayAudience, ts.ClusterAudience()}), mint(ts.ClusterAudience()))
+		Expect(err).To(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring("also for " + ts.ClusterAudience()))
+		metrics, err := ts.Metrics(ctx, "relay")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(metrics).To(MatchRegexp(`(?m)^tether_relay_shared_audience_tokens_total [1-9]`))
+	})
+
+	It("refuses at the agent the relay hop's token, when the proxy has only that one (and warns once that it shares it)", func(ctx SpecContext) {
+		out, err := exec(ctx, mint(stack.RelayAudience), "")
+		Expect(err).To(HaveOccurred(), out)
+		// The stack's agent does not list the relay's audience, so its
+		// authentication refuses the token first (401); with a configuration
+		// that accepts it, the agent's own check refuses it (403,
+		// TestEachHopRefusesTheOthersTokens).
+		Expect(out).To(And(ContainSubstring("tether agent: the bearer token was refused"), ContainSubstring(`"tether:relay"`)))
+		Expect(strings.Count(out, "WARNING: the same token goes to the relay and to the cluster's agent")).To(Equal(1), out)
 	})
 })

@@ -173,6 +173,10 @@ var _ = Describe("tether-proxy login at the OpenID provider the relay names", Or
 		out, err = whoami(ctx)
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(out).To(And(HavePrefix("op:alice "), ContainSubstring(`"op:team-a"`)))
+		// A token per hop, by exchange at the provider: the agent refuses
+		// the relay's audience and the relay the cluster's, so kubectl
+		// working with no shared-token warning means each hop got its own.
+		Expect(ts.Tail(p.Name, 50)).NotTo(ContainSubstring("WARNING: the same token"), "the login proxy fell back to one token for both hops")
 		// RBAC decides by the provider's group.
 		b, err = p.Kubectl(ctx, "create", "configmap", "from-login", "-n", ns, "--from-literal=k=v").CombinedOutput()
 		Expect(err).NotTo(HaveOccurred(), string(b))

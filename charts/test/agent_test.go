@@ -38,6 +38,8 @@ func agentRequired(t *testing.T) string {
 // set.
 var agentOptionalFlags = []optionalFlag{
 	{"streams.window", "stream-window"},
+	{"audiences.relay", "relay-audience"},
+	{"audiences.cluster", "cluster-audience"},
 }
 
 func agentCases() []chartCase {
@@ -182,6 +184,7 @@ replicas: 1
 extraImpersonatedExtras: [example.com/team, example.com/cost-center]
 serviceAccountIssuers: ["https://oidc.eks.example.com/id/ABC", "https://kubernetes.default.svc"]
 sessions: 3
+audiences: {relay: "https://relay.example.com", cluster: "https://prod.example.com"}
 streams: {window: 16Mi}
 logLevel: debug
 image: {digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
@@ -194,6 +197,9 @@ relay: {agentAddr: "agents.example.com:443"}`},
 			}
 			if got := flagValues(c.Args, "service-account-issuer"); !slices.Equal(got, []string{"https://oidc.eks.example.com/id/ABC", "https://kubernetes.default.svc"}) {
 				t.Errorf("--service-account-issuer %q", got)
+			}
+			if r, cl := flagValue(t, c.Args, "relay-audience"), flagValue(t, c.Args, "cluster-audience"); r != "https://relay.example.com" || cl != "https://prod.example.com" {
+				t.Errorf("--relay-audience=%s --cluster-audience=%s", r, cl)
 			}
 			if got := flagValue(t, c.Args, "stream-window"); got != "16Mi" {
 				t.Errorf("--stream-window=%s, want 16Mi", got)

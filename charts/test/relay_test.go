@@ -41,6 +41,7 @@ var relayOptionalFlags = []optionalFlag{
 	{"clusterEndpoint", "cluster-endpoint"},
 	{"login.issuer", "login-issuer"},
 	{"login.clientID", "login-client-id"},
+	{"login.audience", "login-audience"},
 }
 
 func relayCases() []chartCase {
@@ -75,7 +76,7 @@ func relayCases() []chartCase {
 streams: {window: 256Ki, memory: 2Gi, maxPerCluster: 8192, maxPerCaller: 2048}
 adminGroups: ["oidc:platform-admins", "oidc:sre"]
 clusterEndpoint: false
-login: {issuer: https://issuer.example.com, clientID: tether}
+login: {issuer: https://issuer.example.com, clientID: tether, audience: "https://relay.example.com"}
 resources: {requests: {cpu: 100m, memory: 256Mi}, limits: {memory: 3Gi}}`},
 		check: func(t *testing.T, r *rendered) {
 			c := container(t, one[*appsv1.Deployment](t, r))
@@ -88,6 +89,7 @@ resources: {requests: {cpu: 100m, memory: 256Mi}, limits: {memory: 3Gi}}`},
 				"cluster-endpoint":        {"false"},
 				"login-issuer":            {"https://issuer.example.com"},
 				"login-client-id":         {"tether"},
+				"login-audience":          {"https://relay.example.com"},
 			} {
 				if got := flagValues(c.Args, flag); !slices.Equal(got, want) {
 					t.Errorf("--%s %q, want %q", flag, got, want)

@@ -39,6 +39,8 @@ func TestWrongValuesAreRefused(t *testing.T) {
 			want: []string{schemaErr, "at '/replicas'", "got string, want integer"}},
 		{name: "agent: no replica", chart: agentChart, values: "replicas: 0",
 			want: []string{"at '/replicas'", "minimum"}},
+		{name: "agent: the relay's audience a cluster's (agents would accept what the relay saw)", chart: agentChart, values: "audiences: {relay: 'tether:cluster:prod'}",
+			want: []string{schemaErr, "at '/audiences/relay'"}},
 		{name: "agent: unknown key", chart: agentChart, values: "replica: 2",
 			want: []string{schemaErr, "additional properties 'replica' not allowed"}},
 		{name: "agent: unknown nested key", chart: agentChart, values: "egress: {httpProxy: 'http://proxy:3128'}",

@@ -34,6 +34,8 @@ type options struct {
 	joinTokenFile            string
 	kubeconfig               string
 	authnConfig              string
+	relayAudience            string
+	clusterAudience          string
 	saIssuers                []string
 	allowSystemNames         bool
 	sessions                 int
@@ -71,6 +73,8 @@ The first start trades a join token (tether-relay cluster create) for a credenti
 	fs.StringVar(&o.joinTokenFile, "join-token-file", "", "file holding the join token, used when --credential-dir has no credential (default: $TETHER_JOIN_TOKEN)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the agent's service account (default: in-cluster configuration)")
 	fs.StringVar(&o.authnConfig, "authentication-config", "", "AuthenticationConfiguration (apiserver.config.k8s.io/v1) for callers' tokens (required)")
+	fs.StringVar(&o.relayAudience, "relay-audience", relayapi.DefaultRelayAudience, "the relay's audience (its --login-audience): callers' tokens for it are refused here, since the relay saw them")
+	fs.StringVar(&o.clusterAudience, "cluster-audience", "", "this cluster's audience, the tokens callers present to this agent (default: tether:cluster:<--cluster>); tokens for any other cluster's audience (tether:cluster:...) are refused, since that cluster's agent saw them. To accept only this audience, make it the only audience of --authentication-config")
 	fs.StringSliceVar(&o.saIssuers, "service-account-issuer", []string{"https://kubernetes.default.svc.cluster.local"}, "issuer of the cluster's service-account tokens, which are passed through unimpersonated (repeatable)")
 	fs.BoolVar(&o.allowSystemNames, "allow-system-names", false, "let callers' mapped user and group names start with system:")
 	fs.IntVar(&o.sessions, "sessions", 2, "relay sessions to keep open")
@@ -165,6 +169,7 @@ func (o *options) run(parent context.Context) error {
 	defer oidcAuthn.Close()
 	a, err := agent.New(ctx, agent.Config{Cluster: o.cluster, Name: o.name, RelayAPI: o.relayURL, RelayAgentAddr: o.relayAgentAddr, RelayWebSocketURL: wsURL,
 		RelayCA: relayCA, CredentialDir: o.credentialDir, Store: store, JoinToken: joinToken, Sessions: o.sessions, RenewBefore: o.renewBefore,
+		RelayAudience: o.relayAudience, ClusterAudience: o.clusterAudience,
 		StreamWindow: uint32(o.streamWindow), Logger: log, Prometheus: cli.NewMetricsRegistry("tether-agent"), HealthAddr: o.healthListen,
 		Forward: impersonate.Config{
 			Upstream: upstream, Transport: transport, Credential: credential,

@@ -21,6 +21,7 @@ import (
 	"github.com/tether-k8s/tether/cmd/internal/cli"
 	"github.com/tether-k8s/tether/cmd/tether-proxy/internal/kubeconfig"
 	"github.com/tether-k8s/tether/core/proxy"
+	"github.com/tether-k8s/tether/core/tokensource"
 )
 
 type options struct {
@@ -128,9 +129,15 @@ func (o *options) addTunnelFlags(fs *pflag.FlagSet) {
 }
 
 // proxyConfig is the proxy's configuration from the flags.
-func (o *options) proxyConfig(listen string, relayCA *x509.CertPool, token func() (string, error), log *slog.Logger) proxy.Config {
+func (o *options) proxyConfig(listen string, relayCA *x509.CertPool, token, clusterToken func() (string, error), log *slog.Logger) proxy.Config {
 	return proxy.Config{RelayURL: o.relayURL, RelayCA: relayCA, Cluster: o.cluster, Token: token, Listen: listen,
-		ClusterToken: o.token.ClusterSource(), MaxIdleTunnels: o.idleTunnels, IdleTunnelTimeout: o.idleTimeout, Logger: log}
+		ClusterToken: clusterToken, MaxIdleTunnels: o.idleTunnels, IdleTunnelTimeout: o.idleTimeout, Logger: log}
+}
+
+// hopTokens returns the relay hop's and the agent hop's token sources,
+// printing the shared-token warning once when they are one.
+func (o *options) hopTokens(ctx context.Context) (relay, agent tokensource.Source, err error) {
+	return o.token.hopSources(ctx, o.relayURL, o.relayCA, o.cluster, func(msg string) { fmt.Fprintln(os.Stderr, msg) })
 }
 
 // exitError carries a command's exit code out of RunE.
@@ -158,13 +165,13 @@ func (o *options) exec(parent context.Context, args []string) error {
 			return err
 		}
 	}
-	token, err := o.token.Source()
+	ctx, cancel := cli.SignalContext(parent)
+	defer cancel()
+	token, clusterToken, err := o.hopTokens(ctx)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := cli.SignalContext(parent)
-	defer cancel()
-	p, err := proxy.New(ctx, o.proxyConfig("127.0.0.1:0", relayCA, token, log))
+	p, err := proxy.New(ctx, o.proxyConfig("127.0.0.1:0", relayCA, token, clusterToken, log))
 	if err != nil {
 		return err
 	}
@@ -219,16 +226,16 @@ func (o *options) run(parent context.Context) error {
 			return err
 		}
 	}
-	token, err := o.token.Source()
-	if err != nil {
-		return err
-	}
 	if o.context == "" {
 		o.context = "tether-" + o.cluster
 	}
 	ctx, cancel := cli.SignalContext(parent)
 	defer cancel()
-	p, err := proxy.New(ctx, o.proxyConfig("127.0.0.1:"+strconv.Itoa(o.port), relayCA, token, log))
+	token, clusterToken, err := o.hopTokens(ctx)
+	if err != nil {
+		return err
+	}
+	p, err := proxy.New(ctx, o.proxyConfig("127.0.0.1:"+strconv.Itoa(o.port), relayCA, token, clusterToken, log))
 	if err != nil {
 		return err
 	}

@@ -53,30 +53,9 @@ func (o *loginOptions) settings(ctx context.Context) (relayapi.LoginSettings, er
 	if o.relayURL == "" {
 		return s, errors.New("where to log in: give --relay URL (the relay publishes its login settings), or --issuer and --client-id")
 	}
-	hc, err := relayHTTPClient(o.relayCA)
+	pub, err := relayLoginSettings(ctx, o.relayURL, o.relayCA)
 	if err != nil {
 		return s, err
-	}
-	defer hc.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(o.relayURL, "/")+relayapi.LoginPath, nil)
-	if err != nil {
-		return s, fmt.Errorf("--relay %s: %w", o.relayURL, err)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return s, fmt.Errorf("ask the relay at %s where to log in: %w", o.relayURL, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode != http.StatusOK {
-		if st, ok := kstatus.Decode(body); ok {
-			return s, fmt.Errorf("the relay at %s: %s", o.relayURL, st.Message)
-		}
-		return s, fmt.Errorf("the relay at %s answered %s to GET %s", o.relayURL, resp.Status, relayapi.LoginPath)
-	}
-	var pub relayapi.LoginSettings
-	if err := json.Unmarshal(body, &pub); err != nil {
-		return s, fmt.Errorf("the relay's login settings: %w", err)
 	}
 	if s.Issuer == "" {
 		s.Issuer = pub.Issuer
@@ -85,6 +64,36 @@ func (o *loginOptions) settings(ctx context.Context) (relayapi.LoginSettings, er
 		s.ClientID = pub.ClientID
 	}
 	return s, nil
+}
+
+// relayLoginSettings reads the relay's GET /v1/login (unauthenticated).
+func relayLoginSettings(ctx context.Context, relayURL, relayCA string) (relayapi.LoginSettings, error) {
+	var pub relayapi.LoginSettings
+	hc, err := relayHTTPClient(relayCA)
+	if err != nil {
+		return pub, err
+	}
+	defer hc.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(relayURL, "/")+relayapi.LoginPath, nil)
+	if err != nil {
+		return pub, fmt.Errorf("--relay %s: %w", relayURL, err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return pub, fmt.Errorf("ask the relay at %s where to log in: %w", relayURL, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		if st, ok := kstatus.Decode(body); ok {
+			return pub, fmt.Errorf("the relay at %s: %s", relayURL, st.Message)
+		}
+		return pub, fmt.Errorf("the relay at %s answered %s to GET %s", relayURL, resp.Status, relayapi.LoginPath)
+	}
+	if err := json.Unmarshal(body, &pub); err != nil {
+		return pub, fmt.Errorf("the relay's login settings: %w", err)
+	}
+	return pub, nil
 }
 
 // command is the tether-proxy login command these options make, for the

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tether-k8s/tether/core/login"
+	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tokensource"
 )
 
@@ -20,10 +22,17 @@ type tokenFlags struct {
 	// From is "", "github-actions" or "env:NAME".
 	From     string
 	Audience string
-	// ClusterFile holds a Kubernetes service-account token of the cluster,
-	// sent to the agent instead of the caller's token (which still opens
-	// the tunnel at the relay).
+	// ClusterFile holds the token sent to the agent instead of the caller's
+	// token (which then opens the tunnel at the relay only): a token for
+	// the cluster's audience, or a Kubernetes service-account token of the
+	// cluster.
 	ClusterFile string
+	// ClusterFrom is "", "github-actions" or "env:NAME", as From, for the
+	// agent's token.
+	ClusterFrom string
+	// ClusterAudience is the audience --cluster-token-from github-actions
+	// asks for; empty means tether:cluster:CLUSTER.
+	ClusterAudience string
 }
 
 // Add registers the flags on fs.
@@ -32,16 +41,80 @@ func (t *tokenFlags) Add(fs *pflag.FlagSet) {
 	fs.StringVar(&t.Command, "token-command", "", "command that prints the caller's token, run when the token is needed (cached 1 minute)")
 	fs.StringVar(&t.From, "token-from", "", "github-actions: the job's OIDC token (needs permissions id-token: write; the default inside such a job when no other token is given); env:NAME: the variable NAME (e.g. a GitLab CI id_tokens entry)")
 	fs.StringVar(&t.Audience, "token-audience", "tether", "with --token-from github-actions: the audience to request, as the relay's and agent's authentication configuration expect")
-	fs.StringVar(&t.ClusterFile, "cluster-token-file", "", "service-account-token mode: file holding a service-account token of the cluster (re-read when it changes); the agent passes it to the API server as it is, and your own token still opens the tunnel at the relay")
+	fs.StringVar(&t.ClusterFile, "cluster-token-file", "", "file holding the token for the cluster's agent (re-read when it changes): one for the cluster's audience, tether:cluster:NAME, while your token (for the relay's audience) opens the tunnel at the relay only; or a service-account token of the cluster, which the agent passes to the API server as it is")
+	fs.StringVar(&t.ClusterFrom, "cluster-token-from", "", "as --token-from, for the token for the cluster's agent: github-actions (the job's OIDC token for --cluster-token-audience) or env:NAME (a GitLab CI id_tokens entry for the cluster's audience)")
+	fs.StringVar(&t.ClusterAudience, "cluster-token-audience", "", "with --cluster-token-from github-actions: the audience to request (default: tether:cluster:CLUSTER)")
 }
 
-// ClusterSource returns the --cluster-token-file token's source, or nil
-// when the flag is not given.
-func (t *tokenFlags) ClusterSource() tokensource.Source {
-	if t.ClusterFile == "" {
-		return nil
+// ClusterSource returns the source of the token for cluster's agent
+// (--cluster-token-file or --cluster-token-from), or nil when neither is
+// given.
+func (t *tokenFlags) ClusterSource(cluster string) (tokensource.Source, error) {
+	switch {
+	case t.ClusterFile != "" && t.ClusterFrom != "":
+		return nil, errors.New("--cluster-token-file and --cluster-token-from exclude each other")
+	case t.ClusterFile != "":
+		return tokensource.File("--cluster-token-file", t.ClusterFile), nil
+	case t.ClusterFrom == "github-actions":
+		aud := t.ClusterAudience
+		if aud == "" {
+			aud = relayapi.ClusterAudience(cluster)
+		}
+		return tokensource.GitHubActions(aud, nil), nil
+	case strings.HasPrefix(t.ClusterFrom, "env:"):
+		return tokensource.Env("--cluster-token-from "+t.ClusterFrom, strings.TrimPrefix(t.ClusterFrom, "env:")), nil
+	case t.ClusterFrom != "":
+		return nil, fmt.Errorf("--cluster-token-from %q: want github-actions or env:NAME", t.ClusterFrom)
 	}
-	return tokensource.File("--cluster-token-file", t.ClusterFile)
+	return nil, nil
+}
+
+// SharedTokenWarning is what tether-proxy prints, once, when it presents
+// one token to both the relay and the agent.
+const SharedTokenWarning = "tether-proxy: WARNING: the same token goes to the relay and to the cluster's agent, so each of them could replay it at the other " +
+	"(and the agent at every other cluster you may reach): "
+
+// hopSources returns the token sources of the relay hop and of the agent
+// hop for cluster. A login gets a token per hop by exchange at its issuer
+// (the audiences the relay publishes at GET /v1/login); flags give the
+// agent's token with --cluster-token-file or --cluster-token-from. When
+// only one token is to be had, both hops get it, and warn is told why,
+// once.
+func (t *tokenFlags) hopSources(ctx context.Context, relayURL, relayCA, cluster string, warn func(string)) (relay, agent tokensource.Source, err error) {
+	agent, err = t.ClusterSource(cluster)
+	if err != nil {
+		return nil, nil, err
+	}
+	lc, relay, err := t.source()
+	if err != nil {
+		return nil, nil, err
+	}
+	if agent != nil {
+		return relay, agent, nil
+	}
+	if lc == nil {
+		warn(SharedTokenWarning + "give the agent a token for its cluster's audience, " + relayapi.ClusterAudience(cluster) +
+			", with --cluster-token-file or --cluster-token-from (docs/identity.md, \"Two tokens\")")
+		return relay, relay, nil
+	}
+	pub, perr := relayLoginSettings(ctx, relayURL, relayCA)
+	if perr == nil && pub.Audience == "" {
+		perr = errors.New("the relay publishes no audiences (it predates audiences per hop)")
+	}
+	if perr != nil {
+		warn(SharedTokenWarning + "the login's ID token is used for both: " + perr.Error())
+		return relay, relay, nil
+	}
+	// Try the exchange now, so a provider that cannot is found at start.
+	if _, err := lc.TokenFor(ctx, pub.Audience); err != nil {
+		if !errors.Is(err, login.ErrExchangeUnsupported) {
+			return nil, nil, fmt.Errorf("a token for the relay's audience %s: %w", pub.Audience, err)
+		}
+		warn(SharedTokenWarning + "the login's ID token is used for both, because " + err.Error() +
+			"; ask the provider's administrator to allow the token exchange grant for the relay's and the clusters' audiences (docs/identity.md)")
+		return relay, relay, nil
+	}
+	return lc.SourceFor(pub.Audience, time.Minute), lc.SourceFor(pub.ClusterAudience(cluster), time.Minute), nil
 }
 
 // Source returns a function giving the current token: from the file (read
@@ -49,6 +122,12 @@ func (t *tokenFlags) ClusterSource() tokensource.Source {
 // TETHER_TOKEN environment variable, or, when none is given, the login
 // `tether-proxy login` cached (core/login), renewed as it nears expiry.
 func (t *tokenFlags) Source() (tokensource.Source, error) {
+	_, s, err := t.source()
+	return s, err
+}
+
+// source is Source, with the login client when the token is the login's.
+func (t *tokenFlags) source() (*login.Client, tokensource.Source, error) {
 	given := 0
 	for _, v := range []string{t.File, t.Command, t.From} {
 		if v != "" {
@@ -60,30 +139,30 @@ func (t *tokenFlags) Source() (tokensource.Source, error) {
 	}
 	switch {
 	case given > 1:
-		return nil, errors.New("--token-file, --token-command and --token-from exclude each other")
+		return nil, nil, errors.New("--token-file, --token-command and --token-from exclude each other")
 	case t.From == "github-actions":
-		return tokensource.GitHubActions(t.Audience, nil), nil
+		return nil, tokensource.GitHubActions(t.Audience, nil), nil
 	case strings.HasPrefix(t.From, "env:"):
 		name := strings.TrimPrefix(t.From, "env:")
-		return tokensource.Env("--token-from "+t.From, name), nil
+		return nil, tokensource.Env("--token-from "+t.From, name), nil
 	case t.From != "":
-		return nil, fmt.Errorf("--token-from %q: want github-actions or env:NAME", t.From)
+		return nil, nil, fmt.Errorf("--token-from %q: want github-actions or env:NAME", t.From)
 	case t.File != "":
-		return tokensource.File("--token-file", t.File), nil
+		return nil, tokensource.File("--token-file", t.File), nil
 	case t.Command != "":
-		return tokensource.Command("--token-command", t.Command), nil
+		return nil, tokensource.Command("--token-command", t.Command), nil
 	}
 	if tok := strings.TrimSpace(os.Getenv("TETHER_TOKEN")); tok != "" {
-		return tokensource.Static(tok), nil
+		return nil, tokensource.Static(tok), nil
 	}
 	// No token given: the login `tether-proxy login` cached, refreshed as
 	// needed on every call.
 	lc, err := login.FromCache("")
 	if errors.Is(err, login.ErrNotLoggedIn) {
-		return nil, errors.New("no token: run `tether-proxy login --relay URL` first, or pass --token-file, --token-command or --token-from, or set TETHER_TOKEN")
+		return nil, nil, errors.New("no token: run `tether-proxy login --relay URL` first, or pass --token-file, --token-command or --token-from, or set TETHER_TOKEN")
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return lc.Source(time.Minute), nil
+	return lc, lc.Source(time.Minute), nil
 }

@@ -321,6 +321,7 @@ type serveOptions struct {
 	drainTimeout                      time.Duration
 	adminGroups                       []string
 	adminAudience                     string
+	loginAudience                     string
 	clusterEndpoint                   bool
 	loginIssuer, loginClientID        string
 	streamWindow, streamMemory        cli.Bytes
@@ -356,6 +357,7 @@ func newServeCommand(data *string, socketPath func() string, store *storeOptions
 	fs.StringVar(&o.adminAudience, "admin-audience", relay.DefaultAdminAudience, "the audience a token must be for to reach the remote admin API (--admin-group); the relay refuses tokens for it everywhere else, so an admin token never reaches an agent, and the tokens agents see cannot administer the relay. The relay's --authentication-config must accept it")
 	fs.BoolVar(&o.clusterEndpoint, "cluster-endpoint", true, "serve each cluster's HTTPS endpoint, https://RELAY/v1/clusters/ID/k8s, for kubeconfigs written by tether-proxy kubeconfig (no local process); the relay then terminates the caller's TLS and sees those requests in clear (tether-proxy's own mode keeps TLS end to end to the agent). false: callers need tether-proxy")
 	fs.StringVar(&o.loginIssuer, "login-issuer", "", "the OpenID provider callers log in at, published at GET /v1/login so that tether-proxy login --relay URL needs nothing else; one of the issuers of --authentication-config")
+	fs.StringVar(&o.loginAudience, "login-audience", relayapi.DefaultRelayAudience, "the relay's own audience: tokens for it open tunnels here, and agents refuse them (tether-agent --relay-audience); tokens for any cluster's audience (tether:cluster:NAME) are refused here, since that cluster's agent saw them. Published at GET /v1/login, so that tether-proxy login asks the issuer for a token per hop. --authentication-config must accept it (from --login-issuer, when set), or the relay does not start")
 	fs.StringVar(&o.loginClientID, "login-client-id", "", "the public client (no secret) callers log in as, one of that issuer's audiences; required with --login-issuer")
 	o.streamWindow, o.streamMemory = tunnel.DefaultStreamWindow, relay.DefaultStreamMemory
 	fs.Var(&o.streamWindow, "stream-window", "yamux stream window of agent sessions: the most an agent sends on a stream before the relay reads it; bigger is faster over long round trips (window / RTT), and costs up to this much memory per slow caller's stream (min 256Ki)")
@@ -471,7 +473,7 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 	opts := relay.Options{
 		Registry: reg, Authentication: ac, Hostnames: o.hostnames,
 		APIAddr: o.listen, AgentAddr: o.agentListen, HealthAddr: o.healthListen, AdminSocket: adminSocket,
-		RelayID: o.relayID, AdminGroups: o.adminGroups, AdminAudience: o.adminAudience, Router: rcfg,
+		RelayID: o.relayID, AdminGroups: o.adminGroups, AdminAudience: o.adminAudience, RelayAudience: o.loginAudience, Router: rcfg,
 		Login:      relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID},
 		JoinLimit:  registry.JoinLimitConfig{PerClient: o.joinRate, PerClientBurst: o.joinBurst},
 		Prometheus: cli.NewMetricsRegistry("tether-relay"),

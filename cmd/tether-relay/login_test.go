@@ -22,27 +22,37 @@ kind: AuthenticationConfiguration
 jwt:
 - issuer:
     url: https://op.example.com
-    audiences: [tether]
+    audiences: [tether:relay, tether]
+    audienceMatchPolicy: MatchAny
   claimMappings:
     username: {claim: sub, prefix: "op:"}
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
-		name    string
-		login   relayapi.LoginSettings
-		wantErr string
+		name     string
+		login    relayapi.LoginSettings
+		audience string // --login-audience
+		wantErr  string
 	}{
 		{name: "none", login: relayapi.LoginSettings{}},
 		{name: "trusted issuer and audience", login: relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}},
 		{name: "issuer not trusted", login: relayapi.LoginSettings{Issuer: "https://other.example.com", ClientID: "tether"}, wantErr: "--login-issuer https://other.example.com, --login-client-id tether: relay: login issuer https://other.example.com is not an issuer of the authentication configuration"},
 		{name: "client not an audience", login: relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "kubectl"}, wantErr: "--login-issuer https://op.example.com, --login-client-id kubectl: relay: login client ID \"kubectl\" is not among the audiences"},
 		{name: "issuer alone", login: relayapi.LoginSettings{Issuer: "https://op.example.com"}, wantErr: "go together"},
+		{name: "the relay's audience accepted", login: relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}, audience: "tether:relay"},
+		{name: "the relay's audience accepted, no login", audience: "tether:relay"},
+		{name: "the relay's audience not accepted (the default before the upgrade)", audience: "tether:relay-other",
+			wantErr: "the relay's audience tether:relay-other (--login-audience) is not among the audiences the authentication configuration accepts from any issuer ([tether:relay tether])"},
+		{name: "the relay's audience not accepted from the login issuer", login: relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}, audience: "tether:relay-other",
+			wantErr: "accepts from the login issuer https://op.example.com"},
+		{name: "attack: the relay's audience is a cluster's (the relay would accept what agents saw)", audience: "tether:cluster:prod", wantErr: "is a cluster's"},
+		{name: "attack: the relay's audience is the admin API's", audience: "tether-admin", wantErr: "is the admin API's"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			o := &serveOptions{hostnames: []string{"relay.test"}, authnConfig: authnFile, listen: "127.0.0.1:0", agentListen: "127.0.0.1:0",
-				loginIssuer: tc.login.Issuer, loginClientID: tc.login.ClientID, streamWindow: tunnel.DefaultStreamWindow,
+				loginIssuer: tc.login.Issuer, loginClientID: tc.login.ClientID, loginAudience: tc.audience, streamWindow: tunnel.DefaultStreamWindow,
 				streamMemory: relay.DefaultStreamMemory, maxStreamsPerCluster: 1, maxStreamsPerCaller: 1, maxSessionsPerCluster: 1, maxSessionsPerCredential: 1}
 			data := filepath.Join(dir, "relay.db")
 			_, err := o.options(data, "", &storeOptions{store: "bbolt"})

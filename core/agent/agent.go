@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,6 +81,17 @@ type Config struct {
 	// refuses a Forward that sets them. Observe is set from Prometheus
 	// when that is not nil.
 	Forward impersonate.Config
+	// RelayAudience is the relay's audience (the relay's --login-audience):
+	// the agent refuses tokens for it, which the relay saw. Zero means
+	// relayapi.DefaultRelayAudience.
+	RelayAudience string
+	// ClusterAudience is this cluster's audience, the one token audience
+	// of the relayapi.ClusterAudiencePrefix form the agent admits: it
+	// refuses tokens for any other cluster's, which that cluster's agent
+	// saw. Zero means relayapi.ClusterAudience(Cluster). Whether it also
+	// admits tokens for neither (a shared audience, during a migration) is
+	// up to the authentication configuration's audiences.
+	ClusterAudience string
 	// Prometheus, when not nil, receives the agent's metrics: requests by
 	// status, their durations, the API server's dial times, relay sessions
 	// held, the credential's expiry; when it is also a Gatherer (a
@@ -136,8 +148,13 @@ func (c *Config) Validate() error {
 		return errors.New("agent: Config.RelayCA is nil: the relay's CA must be pinned")
 	case c.CredentialDir == "" && c.Store == nil:
 		return errors.New("agent: Config.CredentialDir and Store are empty: name where the credential is kept")
-	case c.Forward.Admit != nil || c.Forward.RequestID != nil:
-		return errors.New("agent: Config.Forward.Admit and RequestID are the agent's own: leave them nil")
+	case c.Forward.Admit != nil || c.Forward.RequestID != nil || c.Forward.CheckAudiences != nil:
+		return errors.New("agent: Config.Forward.Admit, RequestID and CheckAudiences are the agent's own: leave them nil")
+	case c.RelayAudience != "" && strings.HasPrefix(c.RelayAudience, relayapi.ClusterAudiencePrefix):
+		return fmt.Errorf("agent: Config.RelayAudience %q is a cluster's audience (%s...): give the relay's own, such as %s",
+			c.RelayAudience, relayapi.ClusterAudiencePrefix, relayapi.DefaultRelayAudience)
+	case c.withAudiences().RelayAudience == c.withAudiences().ClusterAudience:
+		return fmt.Errorf("agent: Config.RelayAudience and ClusterAudience are both %q: the relay and the agent must not accept the same tokens", c.withAudiences().RelayAudience)
 	case c.RenewBefore < 0 || c.RenewRetry < 0:
 		return fmt.Errorf("agent: Config.RenewBefore (%s) and RenewRetry (%s) must not be negative", c.RenewBefore, c.RenewRetry)
 	}
@@ -151,7 +168,19 @@ func (c *Config) Validate() error {
 }
 
 // withDefaults returns c with its zero fields set to their defaults.
+// withAudiences returns c with its zero audiences set to their defaults.
+func (c Config) withAudiences() Config {
+	if c.RelayAudience == "" {
+		c.RelayAudience = relayapi.DefaultRelayAudience
+	}
+	if c.ClusterAudience == "" {
+		c.ClusterAudience = relayapi.ClusterAudience(c.Cluster)
+	}
+	return c
+}
+
 func (c Config) withDefaults() Config {
+	c = c.withAudiences()
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()
 	}
@@ -193,6 +222,8 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log}
 	fwd := cfg.Forward
 	fwd.Admit, fwd.RequestID = admitTunnelUser, tunnelRequestID
+	relayAud, clusterAud := cfg.RelayAudience, cfg.ClusterAudience
+	fwd.CheckAudiences = func(auds []string) error { return relayapi.CheckAgentAudiences(auds, relayAud, clusterAud) }
 	if fwd.Logger == cfg.Logger {
 		fwd.Logger = log
 	}

@@ -172,6 +172,14 @@ func TestConfigValidate(t *testing.T) {
 		{name: "RequestID is the agent's own", change: func(c *agent.Config) {
 			c.Forward.RequestID = func(*http.Request) string { return "x" }
 		}, wantErr: "the agent's own"},
+		{name: "attack: an audience check that admits everything is the agent's own", change: func(c *agent.Config) {
+			c.Forward.CheckAudiences = func([]string) error { return nil }
+		}, wantErr: "the agent's own"},
+		{name: "attack: the relay's audience set to a cluster's", change: func(c *agent.Config) { c.RelayAudience = "tether:cluster:prod" }, wantErr: "is a cluster's audience"},
+		{name: "attack: the cluster's audience set to the relay's", change: func(c *agent.Config) { c.ClusterAudience = "tether:relay" }, wantErr: "must not accept the same tokens"},
+		{name: "custom audiences", change: func(c *agent.Config) {
+			c.RelayAudience, c.ClusterAudience = "https://relay.example", "https://prod.example"
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -77,6 +77,14 @@ type Config struct {
 	// the agent uses it to keep a tunnel to the user the relay admitted.
 	// It can only narrow access, never widen it.
 	Admit func(r *http.Request, id identity.Identity) error
+	// CheckAudiences, if not nil, may refuse an authenticated token by its
+	// audiences (its verified aud claim; 403, with its error as the
+	// message) before anything is forwarded: the agent refuses tokens for
+	// the relay's audience and for other clusters' audiences
+	// (relayapi.CheckAgentAudiences), which another hop saw. It is not
+	// asked about service-account tokens passed through, which the API
+	// server checks against its own audiences.
+	CheckAudiences func(audiences []string) error
 	// RequestID, if not nil, names each request for the audit lines and
 	// the tether.io/request-id extra (the agent derives it from the
 	// relay's tunnel ID, so the relay's, the agent's and the API server's
@@ -261,6 +269,11 @@ func (h *Handler) decide(r *http.Request, reqID string) (*plan, identity.Identit
 		return &plan{authorization: "Bearer " + token}, res.Identity, nil
 	}
 	id := res.Identity
+	if h.cfg.CheckAudiences != nil {
+		if err := h.cfg.CheckAudiences(res.Audiences); err != nil {
+			return nil, id, refuse(http.StatusForbidden, kstatus.ReasonForbidden, "%v", err)
+		}
+	}
 	if err := identity.Validate(id, h.cfg.AllowSystemNames); err != nil {
 		return nil, id, refuse(http.StatusForbidden, kstatus.ReasonForbidden, "%v", err)
 	}

@@ -108,15 +108,16 @@ func (u *upstream) received() []*http.Request {
 // fakeAuthn accepts callerToken as alice and saToken as a service-account
 // token to pass through; it can be told to return a given identity.
 type fakeAuthn struct {
-	identity identity.Identity
-	calls    atomic.Int32
+	identity  identity.Identity
+	audiences []string
+	calls     atomic.Int32
 }
 
 func (a *fakeAuthn) AuthenticateToken(_ context.Context, token string) (identity.Result, error) {
 	a.calls.Add(1)
 	switch token {
 	case callerToken:
-		return identity.Result{Identity: a.identity}, nil
+		return identity.Result{Identity: a.identity, Audiences: a.audiences}, nil
 	case saToken:
 		return identity.Result{Passthrough: true, Identity: identity.Identity{User: "system:serviceaccount:ns:deployer"}}, nil
 	}
@@ -603,5 +604,36 @@ func TestAdmitNarrowsWhoMayUseTheConnection(t *testing.T) {
 	before := calls.Load()
 	if resp, _, _ := h.raw(t, get("/api/v1/pods", "Authorization: Bearer nope")); resp.StatusCode != http.StatusUnauthorized || calls.Load() != before {
 		t.Fatalf("bad token: %d, Admit called %d times; want 401 and Admit not called", resp.StatusCode, calls.Load()-before)
+	}
+}
+
+func TestCheckAudiencesRefusesTokensOfOtherHops(t *testing.T) {
+	var asked [][]string
+	h := newHarness(t, func(c *impersonate.Config) {
+		c.CheckAudiences = func(auds []string) error {
+			asked = append(asked, auds)
+			if len(auds) == 1 && auds[0] == "tether:relay" {
+				return errors.New("this token is for the relay's audience tether:relay")
+			}
+			return nil
+		}
+	})
+	h.authn.audiences = []string{"tether:relay"}
+	resp, _, _ := h.raw(t, get("/api/v1/pods", "Authorization: Bearer "+callerToken))
+	st := readStatus(t, resp)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(st.Message, "for the relay's audience") {
+		t.Fatalf("a token for the relay's audience: %d %q, want 403", resp.StatusCode, st.Message)
+	}
+	if n := len(h.up.received()); n != 0 {
+		t.Fatalf("the refused request reached the API server (%d requests)", n)
+	}
+	h.authn.audiences = []string{"tether:cluster:prod"}
+	if resp, _, _ := h.raw(t, get("/api/v1/pods", "Authorization: Bearer "+callerToken)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a token for this cluster: %d, want 200", resp.StatusCode)
+	}
+	// A service-account token passed through is the API server's to check.
+	before := len(asked)
+	if resp, _, _ := h.raw(t, get("/api/v1/pods", "Authorization: Bearer "+saToken)); resp.StatusCode != http.StatusOK || len(asked) != before {
+		t.Fatalf("service-account token: %d, CheckAudiences asked %d times; want 200, not asked", resp.StatusCode, len(asked)-before)
 	}
 }

@@ -29,6 +29,8 @@ type Client struct {
 	retryAt  time.Time // no refresh attempt before (after one failed)
 	lastErr  error     // why the login expired, returned until retryAt
 	provider *Provider // discovered once per Client
+	// exchanged are the tokens TokenFor got, by audience, in memory only.
+	exchanged map[string]*exchangedToken
 }
 
 // New validates cfg and returns a Client. It does no I/O.

@@ -23,6 +23,7 @@ type Provider struct {
 	RevocationEndpoint          string   `json:"revocation_endpoint"`
 	EndSessionEndpoint          string   `json:"end_session_endpoint"`
 	CodeChallengeMethods        []string `json:"code_challenge_methods_supported"`
+	GrantTypes                  []string `json:"grant_types_supported"`
 }
 
 // discover reads issuer/.well-known/openid-configuration and checks that

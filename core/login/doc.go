@@ -12,6 +12,16 @@
 //     redirect (RFC 8252): a listener on 127.0.0.1:0 receives the code, and
 //     a callback whose state does not match is refused.
 //
+// # A token per hop
+//
+// TokenFor exchanges the login's ID token at the provider (OAuth 2.0 Token
+// Exchange, RFC 8693) for an ID token for one audience: tether-proxy asks
+// for the relay's audience and for each cluster's, so that the relay and
+// each agent see only a token for themselves, and the login's own ID token
+// (which the provider would exchange for any audience) never leaves the
+// caller's machine. Exchanged tokens are checked as the login's are, must
+// name the login's subject, and are kept in memory only.
+//
 // Everything else comes from the issuer's discovery document. The ID token
 // is the credential: at login and at every refresh its signature (against
 // the issuer's JWKS, asymmetric algorithms only), issuer, audience (the

@@ -53,6 +53,10 @@ type fakeOP struct {
 	// verificationURI, when set, replace the device flow's.
 	discovery                 func(map[string]any)
 	userCode, verificationURI string
+	// exchanges counts token exchanges; exchangeAud, when set, replaces
+	// the audience of exchanged tokens; exchangeSub their subject.
+	exchanges                int
+	exchangeAud, exchangeSub string
 }
 
 func newFakeOP(t *testing.T) *fakeOP {
@@ -129,6 +133,52 @@ func oauthError(w http.ResponseWriter, code string) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": code})
 }
 
+// sign signs claims as the provider (op.mu held).
+func (op *fakeOP) sign(claims map[string]any) string {
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: op.key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
+	if err != nil {
+		op.t.Error(err)
+		return ""
+	}
+	tok, err := jwt.Signed(signer).Claims(claims).Serialize()
+	if err != nil {
+		op.t.Error(err)
+	}
+	return tok
+}
+
+// exchange answers a token exchange (RFC 8693) of a login's ID token for
+// an ID token for the requested audience (op.mu held).
+func (op *fakeOP) exchange(w http.ResponseWriter, r *http.Request) {
+	if id, secret, ok := r.BasicAuth(); !ok || id != "tether" || secret != "" {
+		oauthError(w, "invalid_client")
+		return
+	}
+	var c map[string]any
+	parts := strings.Split(r.FormValue("subject_token"), ".")
+	if len(parts) != 3 || r.FormValue("subject_token_type") != "urn:ietf:params:oauth:token-type:id_token" ||
+		r.FormValue("requested_token_type") != "urn:ietf:params:oauth:token-type:id_token" {
+		oauthError(w, "invalid_request")
+		return
+	}
+	b, _ := base64.RawURLEncoding.DecodeString(parts[1])
+	_ = json.Unmarshal(b, &c)
+	aud, sub := r.FormValue("audience"), c["sub"]
+	if op.exchangeAud != "" {
+		aud = op.exchangeAud
+	}
+	if op.exchangeSub != "" {
+		sub = op.exchangeSub
+	}
+	op.exchanges++
+	now := op.clock.now()
+	tok := op.sign(map[string]any{"iss": op.srv.URL, "sub": sub, "aud": []string{aud, "tether"}, "azp": "tether",
+		"iat": now.Unix(), "exp": now.Add(op.ttl).Unix(), "groups": []string{"team-a"}})
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"access_token": tok, "issued_token_type": "urn:ietf:params:oauth:token-type:id_token",
+		"token_type": "N_A", "expires_in": int(op.ttl.Seconds())})
+}
+
 // issue answers a token response for subject (op.mu held).
 func (op *fakeOP) issue(w http.ResponseWriter, subject string) {
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: op.key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
@@ -153,6 +203,12 @@ func (op *fakeOP) issue(w http.ResponseWriter, subject string) {
 }
 
 func (op *fakeOP) token(w http.ResponseWriter, r *http.Request) {
+	if r.FormValue("grant_type") == "urn:ietf:params:oauth:grant-type:token-exchange" {
+		op.mu.Lock()
+		defer op.mu.Unlock()
+		op.exchange(w, r)
+		return
+	}
 	if r.FormValue("client_id") != "tether" {
 		oauthError(w, "invalid_client")
 		return

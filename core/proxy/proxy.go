@@ -65,11 +65,14 @@ type Config struct {
 	// Token returns the caller's token; it is called for every new
 	// connection, so a refreshed token is picked up. Required.
 	Token func() (string, error)
-	// ClusterToken, when set, returns a service-account token of the
-	// cluster (service-account-token mode): requests carry it to the agent,
-	// which passes it to the API server as it is and impersonates no one,
-	// while Token still opens the tunnels at the relay. Nil means requests
-	// carry Token.
+	// ClusterToken, when set, returns the token requests carry to the
+	// agent, inside the end-to-end TLS, while Token opens the tunnels at
+	// the relay only: a token for the cluster's audience
+	// (relayapi.ClusterAudience), so that neither hop sees a token the
+	// other accepts; or a service-account token of the cluster
+	// (service-account-token mode), which the agent passes to the API
+	// server as it is, impersonating no one. Nil means requests carry
+	// Token, which both hops then see.
 	ClusterToken func() (string, error)
 	// Listen is the local address, which must be a loopback address.
 	// Zero means DefaultListen.
@@ -417,7 +420,7 @@ func (p *Proxy) guard(next http.Handler) http.Handler {
 		if p.cfg.ClusterToken != nil {
 			if t.agent, err = p.cfg.ClusterToken(); err != nil || t.agent == "" {
 				p.log.Error("proxy: no cluster token", "error", err)
-				kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, fmt.Sprintf("tether-proxy: cannot read the cluster's service-account token: %v", err))
+				kstatus.Write(w, http.StatusUnauthorized, kstatus.ReasonUnauthorized, fmt.Sprintf("tether-proxy: cannot read the token for the cluster's agent: %v", err))
 				return
 			}
 		}

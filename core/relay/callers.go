@@ -64,8 +64,8 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 }
 
 // authenticate checks the request's bearer token: one, verified by the
-// relay's authenticator, and not for the admin audience (an agent would see
-// it). id names the cluster for logs ("" when the request is for none).
+// relay's authenticator, not for the admin audience (an agent would see
+// it), and not for any cluster's audience (an agent saw it). id names the cluster for logs ("" when the request is for none).
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, id string, count func(result string)) (who identity.Result, token string, ok bool) {
 	token, found := bearer(r)
 	if !found {
@@ -87,6 +87,16 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, id string,
 		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf(
 			"tether relay: this token is for the admin audience %s, and the cluster's agent would see it: reach clusters with a token for the callers' audience, and keep admin tokens for the admin API",
 			s.cfg.AdminAudience))
+		return who, "", false
+	}
+	if shared, err := relayapi.CheckRelayAudiences(res.Audiences, s.cfg.RelayAudience); err != nil {
+		count(ResultForbidden)
+		if shared {
+			s.cfg.Metrics.sharedAudience()
+		}
+		s.log.Warn("relay: caller refused: a token for a cluster's audience", "cluster", id, "user", res.Identity.User, "client", r.RemoteAddr,
+			"audiences", res.Audiences, "shared", shared)
+		kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, "tether relay: "+err.Error())
 		return who, "", false
 	}
 	return res, token, true

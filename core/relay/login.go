@@ -5,10 +5,13 @@ import (
 	"net/http"
 
 	"github.com/tether-k8s/tether/core/kstatus"
+	"github.com/tether-k8s/tether/core/relayapi"
 )
 
 // login publishes where callers log in (GET /v1/login), unauthenticated:
-// the settings are no secret.
+// the settings are no secret. They name the relay's audience and the
+// clusters' audience prefix, so the login asks its issuer for a token per
+// hop.
 func (s *Server) login(w http.ResponseWriter, _ *http.Request) {
 	if s.cfg.Login.Issuer == "" {
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound,
@@ -17,5 +20,7 @@ func (s *Server) login(w http.ResponseWriter, _ *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	_ = json.NewEncoder(w).Encode(s.cfg.Login)
+	l := s.cfg.Login
+	l.Audience, l.ClusterAudiencePrefix = s.cfg.RelayAudience, relayapi.ClusterAudiencePrefix
+	_ = json.NewEncoder(w).Encode(l)
 }

@@ -40,8 +40,11 @@ func TestLoginSettings(t *testing.T) {
 		return resp, string(b)
 	}
 
-	want := relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}
-	resp, body := serve(want)
+	set := relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether"}
+	resp, body := serve(set)
+	// The relay adds its audience and the clusters' prefix, for the login
+	// to ask for a token per hop.
+	want := relayapi.LoginSettings{Issuer: "https://op.example.com", ClientID: "tether", Audience: "tether:relay", ClusterAudiencePrefix: "tether:cluster:"}
 	var got relayapi.LoginSettings
 	if resp.StatusCode != http.StatusOK || json.Unmarshal([]byte(body), &got) != nil || got != want {
 		t.Fatalf("GET /v1/login: %s %s", resp.Status, body)

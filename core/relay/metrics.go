@@ -54,6 +54,7 @@ var openResults = []string{ResultOpened, ResultNotConnected, ResultTooMany, Resu
 // hold sessions.
 type Metrics struct {
 	tunnels  *prometheus.CounterVec
+	shared   prometheus.Counter
 	opens    *prometheus.HistogramVec
 	lasted   prometheus.Histogram
 	requests *prometheus.CounterVec
@@ -88,6 +89,9 @@ func NewMetrics(reg prometheus.Registerer, router *Router, view RegistryView) (*
 			Help: "How long streams to agents stayed open, from their open to their close (a tunnel's splice; a cluster endpoint connection)."}),
 		tunnels: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "tunnels_total", Help: "Callers' tunnel requests, by result."}, []string{"result"}),
+		shared: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: "shared_audience_tokens_total",
+			Help: "Callers' tokens refused because they were for the relay's audience and a cluster's at once (an issuer configured to share audiences)."}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "cluster_requests_total", Help: "Requests to the clusters' HTTPS endpoint (no tether-proxy), by result."}, []string{"result"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
@@ -106,7 +110,7 @@ func NewMetrics(reg prometheus.Registerer, router *Router, view RegistryView) (*
 	for _, r := range openResults {
 		m.opens.WithLabelValues(r)
 	}
-	cs := []prometheus.Collector{m.tunnels, m.opens, m.lasted, m.requests, m.bytes, m.joins, m.renewals, m.sessions, m.clusters, perCluster}
+	cs := []prometheus.Collector{m.tunnels, m.shared, m.opens, m.lasted, m.requests, m.bytes, m.joins, m.renewals, m.sessions, m.clusters, perCluster}
 	if view != nil {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
 			Name: "store_available", Help: "1 while the registry's store answers; 0 while it does not (joins, renewals and admin changes are refused, routing goes on from memory)."},
@@ -157,6 +161,14 @@ func (m *Metrics) streamClosed(opened time.Time) {
 func (m *Metrics) tunnel(result string) {
 	if m != nil {
 		m.tunnels.WithLabelValues(result).Inc()
+	}
+}
+
+// sharedAudience counts a token refused for the relay's and a cluster's
+// audience at once.
+func (m *Metrics) sharedAudience() {
+	if m != nil {
+		m.shared.Inc()
 	}
 }
 

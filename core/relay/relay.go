@@ -75,6 +75,13 @@ type Options struct {
 	// ClusterEndpoint, if not nil, serves each cluster's HTTPS endpoint for
 	// kubeconfigs with no local process (see ServerConfig).
 	ClusterEndpoint *ClusterEndpointConfig
+	// RelayAudience is the relay's own audience (tether-relay
+	// --login-audience; see ServerConfig.RelayAudience), published in
+	// Login. When set, Validate refuses an Authentication that accepts it
+	// from no issuer (from Login's issuer, when that is set): callers could
+	// get no token the relay accepts on its own hop. Zero means
+	// relayapi.DefaultRelayAudience, unchecked.
+	RelayAudience string
 	// Login is published at GET /v1/login. Its issuer must be one of
 	// Authentication's, with the client ID among its audiences.
 	Login relayapi.LoginSettings
@@ -159,6 +166,9 @@ func (o *Options) Validate() error {
 		if err := checkLogin(o.Login, o.Authentication); err != nil {
 			return err
 		}
+		if err := checkRelayAudience(o.RelayAudience, o.AdminAudience, o.Login.Issuer, o.Authentication); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -182,6 +192,42 @@ func checkLogin(l relayapi.LoginSettings, ac *apiserverapi.AuthenticationConfigu
 			l.ClientID, l.Issuer, j.Issuer.Audiences)
 	}
 	return fmt.Errorf("relay: login issuer %s is not an issuer of the authentication configuration: tokens from that login would be refused", l.Issuer)
+}
+
+// checkRelayAudience refuses a relay audience that is a cluster's or the
+// admin API's, or that the authentication configuration accepts from no
+// issuer (from loginIssuer's, when set).
+func checkRelayAudience(aud, admin, loginIssuer string, ac *apiserverapi.AuthenticationConfiguration) error {
+	if aud == "" {
+		return nil
+	}
+	if admin == "" {
+		admin = DefaultAdminAudience
+	}
+	switch {
+	case strings.HasPrefix(aud, relayapi.ClusterAudiencePrefix):
+		return fmt.Errorf("relay: the relay's audience %q is a cluster's (%s...), which agents accept: give the relay an audience of its own, such as %s",
+			aud, relayapi.ClusterAudiencePrefix, relayapi.DefaultRelayAudience)
+	case aud == admin:
+		return fmt.Errorf("relay: the relay's audience %q is the admin API's: give them different audiences", aud)
+	}
+	var seen []string
+	for _, j := range ac.JWT {
+		if loginIssuer != "" && j.Issuer.URL != loginIssuer {
+			continue
+		}
+		if slices.Contains(j.Issuer.Audiences, aud) {
+			return nil
+		}
+		seen = append(seen, j.Issuer.Audiences...)
+	}
+	where := "any issuer"
+	if loginIssuer != "" {
+		where = "the login issuer " + loginIssuer
+	}
+	return fmt.Errorf("relay: the relay's audience %s (--login-audience) is not among the audiences the authentication configuration accepts from %s (%v): "+
+		"callers could get no token for the relay hop; add %s to that issuer's audiences (with audienceMatchPolicy: MatchAny beside the others; docs/operations.md, \"Upgrading to audiences per hop\")",
+		aud, where, seen, aud)
 }
 
 // withDefaults returns o with its zero fields set to their defaults.
@@ -397,7 +443,7 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 	}
 	r.srv, err = NewServer(ServerConfig{Registry: r.reg, Router: r.router, Authenticator: authenticator, RelayID: opts.RelayID,
 		Logger: opts.Logger, Audit: opts.Audit, Metrics: metrics, Login: opts.Login, AgentCertificate: &serving,
-		AdminGroups: opts.AdminGroups, AdminAudience: opts.AdminAudience, ClusterEndpoint: opts.ClusterEndpoint, WrapAgentConn: opts.WrapAgentConn, OnAgentSession: opts.OnAgentSession,
+		AdminGroups: opts.AdminGroups, AdminAudience: opts.AdminAudience, RelayAudience: opts.RelayAudience, ClusterEndpoint: opts.ClusterEndpoint, WrapAgentConn: opts.WrapAgentConn, OnAgentSession: opts.OnAgentSession,
 		JoinLimit: opts.JoinLimit, OtherReplicas: r.otherReplicas()})
 	if err != nil {
 		closeListeners()

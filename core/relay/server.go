@@ -54,6 +54,12 @@ type ServerConfig struct {
 	// token that an agent saw (every agent sees its callers' tokens) cannot
 	// be replayed at the admin API. Zero means DefaultAdminAudience.
 	AdminAudience string
+	// RelayAudience is the relay's own audience, for the tokens callers
+	// present on the relay hop; the relay refuses every token for a
+	// cluster's audience (relayapi.ClusterAudiencePrefix), which that
+	// cluster's agent saw, and counts those for both (see
+	// relayapi.CheckRelayAudiences). Zero means relayapi.DefaultRelayAudience.
+	RelayAudience string
 	// ClusterEndpoint, if not nil, serves each cluster's HTTPS endpoint,
 	// /v1/clusters/{id}/k8s/..., where kubectl talks to the relay without
 	// a local tether-proxy: the relay terminates the caller's TLS and sees
@@ -103,6 +109,9 @@ func (c *ServerConfig) Validate() error {
 func (c ServerConfig) withDefaults() ServerConfig {
 	if c.AdminAudience == "" {
 		c.AdminAudience = DefaultAdminAudience
+	}
+	if c.RelayAudience == "" {
+		c.RelayAudience = relayapi.DefaultRelayAudience
 	}
 	if c.RelayID == "" {
 		c.RelayID = "relay"

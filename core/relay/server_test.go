@@ -55,6 +55,12 @@ const (
 	refreshedToken = "caller-token-refreshed-0123456789"
 	// bobToken is bob's, in group dev like alice.
 	bobToken = "bob-token-0123456789"
+	// clusterAudToken is alice's for cluster prod's audience: prod's agent
+	// saw it, so the relay must refuse it, or that agent could open
+	// tunnels as alice to every other cluster she may reach.
+	clusterAudToken = "cluster-aud-token-0123456789"
+	// sharedAudToken is alice's for the relay's audience and prod's at once.
+	sharedAudToken = "shared-aud-token-0123456789"
 )
 
 // expiredJWT is a JWT whose exp (2026-01-01) has passed; tokenAuthn refuses
@@ -79,6 +85,10 @@ func (tokenAuthn) AuthenticateToken(_ context.Context, tok string) (identity.Res
 		return identity.Result{Identity: identity.Identity{User: "root", Groups: []string{"ops", "relay-admins"}}, Audiences: []string{"tether"}}, nil
 	case audToken:
 		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether:strict"}}, nil
+	case clusterAudToken:
+		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether:cluster:prod"}}, nil
+	case sharedAudToken:
+		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{"tether:relay", "tether:cluster:prod"}}, nil
 	case outsiderToken:
 		return identity.Result{Identity: identity.Identity{User: "mallory", Groups: []string{"contractors"}}}, nil
 	}
@@ -256,6 +266,9 @@ func TestTunnelRefusals(t *testing.T) {
 		{"a granted caller with a token for another cluster's audience", "strict", goodToken, 403, "token is for audience [tether], not [tether:strict]"},
 		{"a token for the audience of the cluster: admitted", "strict", audToken, 503, "not connected"},
 		{"a token for the admin audience (an agent would see it)", "prod", aliceAdminAudToken, 403, "is for the admin audience tether-admin"},
+		{"attack: a token for a cluster's audience (that cluster's agent saw it)", "prod", clusterAudToken, 403, "tether:cluster:prod, a cluster's audience"},
+		{"attack: the same token, for another cluster", "strict", clusterAudToken, 403, "a cluster's audience"},
+		{"attack: a token for the relay's and a cluster's audience at once", "prod", sharedAudToken, 403, "also for tether:cluster:prod"},
 		{"not connected", "prod", goodToken, 503, "not connected"},
 	}
 	for _, tc := range tests {
@@ -272,12 +285,15 @@ func TestTunnelRefusals(t *testing.T) {
 # HELP tether_relay_tunnels_total Callers' tunnel requests, by result.
 # TYPE tether_relay_tunnels_total counter
 tether_relay_tunnels_total{result="bad_request"} 2
-tether_relay_tunnels_total{result="forbidden"} 4
+tether_relay_tunnels_total{result="forbidden"} 7
 tether_relay_tunnels_total{result="not_connected"} 2
 tether_relay_tunnels_total{result="unauthorized"} 3
 tether_relay_tunnels_total{result="unknown_cluster"} 1
+# HELP tether_relay_shared_audience_tokens_total Callers' tokens refused because they were for the relay's audience and a cluster's at once (an issuer configured to share audiences).
+# TYPE tether_relay_shared_audience_tokens_total counter
+tether_relay_shared_audience_tokens_total 1
 `
-		if err := testutil.GatherAndCompare(h.prom, strings.NewReader(want), "tether_relay_tunnels_total"); err != nil {
+		if err := testutil.GatherAndCompare(h.prom, strings.NewReader(want), "tether_relay_tunnels_total", "tether_relay_shared_audience_tokens_total"); err != nil {
 			t.Fatal(err)
 		}
 	})

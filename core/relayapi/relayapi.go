@@ -75,6 +75,24 @@ type LoginSettings struct {
 	Issuer string `json:"issuer"`
 	// ClientID is the public client (no secret) callers log in as.
 	ClientID string `json:"clientID"`
+	// Audience is the relay's own audience: the login's tokens for the
+	// relay hop must be for it (an OAuth 2.0 token exchange, RFC 8693, of
+	// the login's ID token at Issuer). Empty: the relay predates audiences
+	// per hop, and the ID token is presented everywhere.
+	Audience string `json:"audience,omitempty"`
+	// ClusterAudiencePrefix starts each cluster's audience (the prefix,
+	// then the cluster's name): the login's tokens for a cluster's agent
+	// are for it. Empty with Audience.
+	ClusterAudiencePrefix string `json:"clusterAudiencePrefix,omitempty"`
+}
+
+// ClusterAudience returns cluster's audience as l publishes it, or "" when
+// l publishes none.
+func (l LoginSettings) ClusterAudience(cluster string) string {
+	if l.ClusterAudiencePrefix == "" {
+		return ""
+	}
+	return l.ClusterAudiencePrefix + cluster
 }
 
 // Validate checks l: both fields or neither, and an https issuer.

@@ -50,6 +50,12 @@ var callers = authnFunc(func(t string) (identity.Result, error) {
 		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}}, nil
 	case bobToken:
 		return identity.Result{Identity: identity.Identity{User: "bob", Groups: []string{"dev"}}}, nil
+	case relayAudToken:
+		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{relayapi.DefaultRelayAudience}}, nil
+	case prodAudToken:
+		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{relayapi.ClusterAudience("prod")}}, nil
+	case stagingAudToken:
+		return identity.Result{Identity: identity.Identity{User: "alice", Groups: []string{"dev"}}, Audiences: []string{relayapi.ClusterAudience("staging")}}, nil
 	}
 	return identity.Result{}, errors.New("unknown token")
 })
@@ -68,9 +74,12 @@ type path struct {
 	// agentRan receives what the agent's Run returned.
 	agentRan chan error
 	// token is the caller's token the proxy presents; tests may change it.
-	token    atomic.Value
-	relayURL string
-	relayCA  *x509.CertPool
+	token atomic.Value
+	// clusterToken, when not empty, is the token the proxy presents to the
+	// agent (token then opens the tunnels at the relay only).
+	clusterToken atomic.Value
+	relayURL     string
+	relayCA      *x509.CertPool
 }
 
 // pathOption adjusts the relay's registry or the agent before they start:
@@ -188,9 +197,16 @@ func startPath(t *testing.T, cluster string, opts ...pathOption) *path {
 
 	// The proxy for the requested cluster.
 	p.token.Store(callerToken)
+	p.clusterToken.Store("")
 	p.relayURL, p.relayCA = apiURL, relayCA
 	p.proxy, err = proxy.New(ctx, proxy.Config{RelayURL: apiURL, RelayCA: relayCA, Cluster: cluster,
-		Token: func() (string, error) { return p.token.Load().(string), nil }, Listen: "127.0.0.1:0"})
+		Token: func() (string, error) { return p.token.Load().(string), nil },
+		ClusterToken: func() (string, error) {
+			if ct := p.clusterToken.Load().(string); ct != "" {
+				return ct, nil
+			}
+			return p.token.Load().(string), nil
+		}, Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
