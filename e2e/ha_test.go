@@ -154,17 +154,24 @@ func entryReplica(ctx context.Context, ns string) int {
 	GinkgoHelper()
 	before := opened(ctx)
 	mustHAKubectl(ctx, nil, "get", "configmaps", "-n", ns, "-o", "name")
-	after := opened(ctx)
-	entry := -1
-	for i := range haReplicas {
-		if after[i] > before[i] {
-			if entry >= 0 {
-				return -1
+	// tether-proxy may open the tunnel that replaces the one kubectl used
+	// a moment later: look for up to 3 s.
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		after := opened(ctx)
+		entry, grew := -1, 0
+		for i := range haReplicas {
+			if after[i] > before[i] {
+				entry, grew = i, grew+1
 			}
-			entry = i
 		}
+		if grew == 1 {
+			return entry
+		}
+		if grew > 1 || time.Now().After(deadline) {
+			return -1
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	return entry
 }
 
 // shortLoad runs `kubectl get` through the HA relay in a loop until stop
@@ -406,8 +413,9 @@ var _ = Describe("the relay, highly available: three replicas on etcd behind HAP
 
 	It("runs kubectl get, apply, watch, logs -f, exec, port-forward and cp with the caller on one replica and the agent's sessions on the others", func(ctx SpecContext) {
 		// The agent's two sessions are on two replicas; the third holds
-		// none. Move the proxy's connection there: each restart of the
-		// proxy lands on the balancer's next replica.
+		// none. Put every caller's tunnel there: the balancer's API backend
+		// sends new connections only to it (the agent backend is left as
+		// is), and a restarted proxy has no pooled tunnel elsewhere.
 		sessions := agentSessions(ctx)
 		GinkgoWriter.Printf("agent sessions per replica: %v\n", sessions)
 		free := -1
@@ -417,14 +425,17 @@ var _ = Describe("the relay, highly available: three replicas on etcd behind HAP
 			}
 		}
 		Expect(free).NotTo(Equal(-1), "a replica without an agent session: %v", sessions)
-		entry := entryReplica(ctx, ns)
-		for tries := 0; entry != free && tries < 9; tries++ {
-			Expect(hs.StopProxy()).To(Succeed())
-			Expect(hs.RestartProxy(ctx)).To(Succeed())
-			entry = entryReplica(ctx, ns)
+		for i := range haReplicas {
+			if i != free {
+				Expect(hs.SetLBServerState(stack.LBBackendAPI, i, "maint")).To(Succeed())
+				DeferCleanup(func() { Expect(hs.SetLBServerState(stack.LBBackendAPI, i, "ready")).To(Succeed()) })
+			}
 		}
-		Expect(entry).To(Equal(free), "the proxy's connection on the replica without agent sessions (sessions %v)", sessions)
-		report("caller's entry replica / agent sessions per replica", fmt.Sprintf("relay%d / %v", entry, sessions))
+		Expect(hs.StopProxy()).To(Succeed())
+		Expect(hs.RestartProxy(ctx)).To(Succeed())
+		Expect(entryReplica(ctx, ns)).To(Equal(free), "the caller's tunnels open on the replica without agent sessions (sessions %v)", sessions)
+		report("caller's entry replica / agent sessions per replica", fmt.Sprintf("relay%d / %v", free, sessions))
+		openedBefore := opened(ctx)
 
 		before := make([]float64, haReplicas)
 		for i := range haReplicas {
@@ -469,18 +480,30 @@ var _ = Describe("the relay, highly available: three replicas on etcd behind HAP
 
 		// The entry replica holds no session: every one of these streams
 		// went on to another replica, which spliced it.
+		// A tunnel's bytes are counted when it closes: the port-forward's
+		// closed when haPortForward10MB stopped it.
 		Expect(agentSessions(ctx)[free]).To(Equal(0))
 		after := make([]float64, haReplicas)
-		var owners float64
+		owners := func() float64 {
+			var n float64
+			for i := range haReplicas {
+				after[i] = replicaMetric(ctx, i, "tether_relay_tunnel_bytes_total", nil)
+				if i != free {
+					n += after[i] - before[i]
+				}
+			}
+			return n
+		}
+		Eventually(owners).WithTimeout(20*time.Second).Should(BeNumerically(">", 10<<20), "the owners spliced the forwarded streams (10 MB port-forward included)")
+		report("bytes spliced per replica during the flows", fmt.Sprintf("%v (entry relay%d)", diff(after, before), free))
+		Expect(after[free]-before[free]).To(BeNumerically(">", 10<<20), "the entry replica spliced the caller's side")
+		openedAfter := opened(ctx)
 		for i := range haReplicas {
-			after[i] = replicaMetric(ctx, i, "tether_relay_tunnel_bytes_total", nil)
 			if i != free {
-				owners += after[i] - before[i]
+				Expect(openedAfter[i]).To(Equal(openedBefore[i]), "no caller's tunnel opened at relay%d", i)
 			}
 		}
-		report("bytes spliced per replica during the flows", fmt.Sprintf("%v (entry relay%d)", diff(after, before), free))
-		Expect(owners).To(BeNumerically(">", 10<<20), "the owners spliced the forwarded streams (10 MB port-forward included)")
-		Expect(after[free]-before[free]).To(BeNumerically(">", 10<<20), "the entry replica spliced the caller's side")
+		report("callers' tunnels opened at the entry replica during the flows", openedAfter[free]-openedBefore[free])
 		fwd := forwardedLines() - forwardedBefore
 		report("forwarded tunnels logged by the owning replicas", fwd)
 		Expect(fwd).To(BeNumerically(">=", 7), "a forwarded tunnel for each flow at the owners")
@@ -827,4 +850,5 @@ func haPortForward10MB(ctx context.Context, ns, pod string) {
 	Expect(got).To(HaveLen(size))
 	Expect(sha256.Sum256(got)).To(Equal(want), "sha256 of what came through the port-forward")
 	report("HA port-forward 10 MB", time.Since(start).Round(time.Millisecond))
+	Expect(pf.Stop()).To(Succeed())
 }
