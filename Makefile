@@ -17,20 +17,18 @@ E2E_TIMEOUT  ?= 20m
 export TETHER_FIXTURES_BIN := $(FIXTURES_BIN)
 export GOFLAGS := -buildvcs=false
 
-# Debian packages the tests need: ip (iproute2), nft (nftables) and
-# haproxy (the load balancer of the HA stack).
-APT_PACKAGES := iproute2 nftables haproxy
+# Debian packages the tests need: ip (iproute2) and nft (nftables).
+APT_PACKAGES := iproute2 nftables
 
 .PHONY: help
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
-deps: ## install the Debian packages the tests need (iproute2, nftables, haproxy), if missing
+deps: ## install the Debian packages the tests need (iproute2, nftables), if missing
 	@missing=""; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
-	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install:$$missing (or install them yourself)" >&2; exit 1; fi; \
 	  echo "deps: installing$$missing"; \
