@@ -506,7 +506,10 @@ var _ = Describe("the relay, highly available: three replicas on etcd behind HAP
 		report("callers' tunnels opened at the entry replica during the flows", openedAfter[free]-openedBefore[free])
 		fwd := forwardedLines() - forwardedBefore
 		report("forwarded tunnels logged by the owning replicas", fwd)
-		Expect(fwd).To(BeNumerically(">=", 7), "a forwarded tunnel for each flow at the owners")
+		// tether-proxy reuses idle tunnels across kubectl runs: count
+		// tunnels, not flows. Every one opened at the entry went on to an owner.
+		Expect(fwd).To(BeNumerically(">", 0))
+		Expect(float64(fwd)).To(BeNumerically(">=", openedAfter[free]-openedBefore[free]), "a forwarded tunnel at an owner for each tunnel opened at the entry")
 	}, SpecTimeout(5*time.Minute))
 
 	It("rolls all three replicas one after another under load with no failed short request, and a watch that resumes without losing an event", func(ctx SpecContext) {
