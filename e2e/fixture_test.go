@@ -112,9 +112,10 @@ func ttyShell(cmd *exec.Cmd, exitLine string) <-chan struct{} {
 }
 
 // portForward10MB serves 10 MB of random bytes behind every pod port, runs
-// kubectl port-forward to pod in host h with kubeconfig (and extra flags),
-// fetches the bytes through it and checks their SHA-256.
-func portForward10MB(ctx context.Context, h *netns.Host, kubeconfig, ns, pod string, extra ...string) {
+// kubectl port-forward to pod of cluster c in host h with kubeconfig (and
+// extra flags), fetches the bytes through it and checks their SHA-256. It
+// returns the port-forward, still running, and how long the 10 MB took.
+func portForward10MB(ctx context.Context, c *cluster.Cluster, h *netns.Host, kubeconfig, ns, pod string, extra ...string) (*cluster.PortForward, time.Duration) {
 	GinkgoHelper()
 	const size = 10 << 20
 	blob := make([]byte, size)
@@ -122,13 +123,13 @@ func portForward10MB(ctx context.Context, h *netns.Host, kubeconfig, ns, pod str
 	_, _ = rand.Read(seed[:])
 	_, _ = mrand.NewChaCha8(seed).Read(blob)
 	want := sha256.Sum256(blob)
-	stop, err := lc.ServePodBackend(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	stop, err := c.ServePodBackend(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(size))
 		_, _ = w.Write(blob)
 	}))
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(stop)
-	pf, err := lc.StartPortForward(ctx, h, kubeconfig, ns, "pod/"+pod, 8080, extra...)
+	pf, err := c.StartPortForward(ctx, h, kubeconfig, ns, "pod/"+pod, 8080, extra...)
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(pf.Stop)
 	start := time.Now()
@@ -138,6 +139,7 @@ func portForward10MB(ctx context.Context, h *netns.Host, kubeconfig, ns, pod str
 	Expect(got).To(HaveLen(size))
 	Expect(sha256.Sum256(got)).To(Equal(want), "sha256 of what came through the port-forward")
 	GinkgoWriter.Printf("port-forward from %s moved 10 MB in %s (%.1f MB/s)\n", h.Name, took.Round(time.Millisecond), 10/math.Max(took.Seconds(), 1e-9))
+	return pf, took
 }
 
 const deploymentYAML = `apiVersion: apps/v1
@@ -236,7 +238,7 @@ var _ = Describe("the local cluster fixture", func() {
 		})
 
 		It("port-forwards 10 MB intact", func(ctx SpecContext) {
-			portForward10MB(ctx, lc.Host(cluster.HostCluster), lc.Kubeconfig(), ns, pod)
+			portForward10MB(ctx, lc, lc.Host(cluster.HostCluster), lc.Kubeconfig(), ns, pod)
 		})
 	})
 

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -571,10 +570,25 @@ var _ = Describe("the relay, highly available: three replicas on etcd behind HAP
 		ends := append([]string(nil), w.ends...)
 		w.mu.Unlock()
 		report("rolling restart: watch ends (each resumed from its last resourceVersion)", len(ends))
+		// kubectl get -w ends as at a server's watch timeout. A raw
+		// watch cut when a drain's timeout ends its tunnel sees the
+		// connection close mid-body (the relay is blind: it cannot end
+		// the HTTP response, only the agent could), and resumes from its
+		// last resourceVersion like any client-go reflector: what matters
+		// is that no event was lost, checked above.
+		unclean := 0
 		for _, e := range ends {
 			GinkgoWriter.Printf("watch: %s\n", e)
-			Expect(e).To(ContainSubstring("exit code 0"), "a watch cut by a drain ends cleanly, as at a server's watch timeout")
+			if strings.HasPrefix(e, "kubectl get -w") {
+				Expect(e).To(ContainSubstring("exit code 0"), "kubectl get -w cut by a drain ends cleanly")
+				continue
+			}
+			if !strings.Contains(e, "exit code 0") {
+				Expect(e).To(ContainSubstring("unexpected EOF"), "a raw watch ends cleanly or with the connection's close, nothing else")
+				unclean++
+			}
 		}
+		report("rolling restart: raw watches cut mid-body by a drain's end", unclean)
 		Expect(total).To(BeNumerically(">", 20))
 		Expect(failed).To(Equal(0), "failed short requests during the rolling restart: %v", failures)
 	}, SpecTimeout(6*time.Minute))
@@ -826,32 +840,11 @@ func joinAt(ctx context.Context, i int, token string) (int, string) {
 	return resp.StatusCode, strings.TrimSpace(string(raw))
 }
 
-// haPortForward10MB serves 10 MB of random bytes behind every pod port of
-// the HA cluster, port-forwards to pod through the HA relay from the laptop,
-// and checks the SHA-256 of what arrives.
+// haPortForward10MB is portForward10MB through the HA relay from the
+// laptop; it stops the port-forward, so the replicas count its bytes.
 func haPortForward10MB(ctx context.Context, ns, pod string) {
 	GinkgoHelper()
-	const size = 10 << 20
-	blob := make([]byte, size)
-	var seed [32]byte
-	_, _ = rand.Read(seed[:])
-	_, _ = mrand.NewChaCha8(seed).Read(blob)
-	want := sha256.Sum256(blob)
-	stop, err := hc.ServePodBackend(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Length", strconv.Itoa(size))
-		_, _ = w.Write(blob)
-	}))
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(stop)
-	lap := hc.Host(cluster.HostLaptop)
-	pf, err := hc.StartPortForward(ctx, lap, hs.Kubeconfig(), ns, "pod/"+pod, 8080, "--context", hs.Context())
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(pf.Stop)
-	start := time.Now()
-	got, err := pf.Get(ctx, lap, "/blob")
-	Expect(err).NotTo(HaveOccurred())
-	Expect(got).To(HaveLen(size))
-	Expect(sha256.Sum256(got)).To(Equal(want), "sha256 of what came through the port-forward")
-	report("HA port-forward 10 MB", time.Since(start).Round(time.Millisecond))
+	pf, took := portForward10MB(ctx, hc, hc.Host(cluster.HostLaptop), hs.Kubeconfig(), ns, pod, "--context", hs.Context())
+	report("HA port-forward 10 MB", took.Round(time.Millisecond))
 	Expect(pf.Stop()).To(Succeed())
 }

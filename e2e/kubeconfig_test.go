@@ -148,7 +148,7 @@ var _ = Describe("kubectl through the relay's cluster endpoint, with no local pr
 	})
 
 	It("port-forwards 10 MB intact", func(ctx SpecContext) {
-		portForward10MB(ctx, lap(), kubeconfig, ns, pod, "--context", ctxName)
+		portForward10MB(ctx, lc, lap(), kubeconfig, ns, pod, "--context", ctxName)
 	})
 
 	It("follows logs (logs -f)", func(ctx SpecContext) {

@@ -165,7 +165,7 @@ var _ = Describe("kubectl through tether, from the laptop", Ordered, func() {
 	})
 
 	It("port-forwards 10 MB intact", func(ctx SpecContext) {
-		portForward10MB(ctx, lc.Host(cluster.HostLaptop), ts.Kubeconfig(), ns, pod, "--context", ts.Context())
+		portForward10MB(ctx, lc, lc.Host(cluster.HostLaptop), ts.Kubeconfig(), ns, pod, "--context", ts.Context())
 	})
 
 	It("copies a file out of a pod (kubectl cp)", func(ctx SpecContext) {
