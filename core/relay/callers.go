@@ -65,7 +65,8 @@ func (s *Server) caller(w http.ResponseWriter, r *http.Request, count func(resul
 
 // authenticate checks the request's bearer token: one, verified by the
 // relay's authenticator, not for the admin audience (an agent would see
-// it), and not for any cluster's audience (an agent saw it). id names the cluster for logs ("" when the request is for none).
+// it), and not for any cluster's audience (an agent saw it). id names the
+// cluster for logs ("" when the request is for none).
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, id string, count func(result string)) (who identity.Result, token string, ok bool) {
 	token, found := bearer(r)
 	if !found {
