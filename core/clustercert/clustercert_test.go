@@ -219,7 +219,13 @@ func FuzzVerifyAgent(f *testing.F) {
 		if err := clustercert.VerifyAgent(relayCA.pool, cluster, []*x509.Certificate{leaf}); err != nil {
 			return
 		}
-		if byOther || serverAuth || cluster != cn || uri != clustercert.URIPrefix+cluster || clusterid.Validate(cluster) != nil {
+		// The URI as the certificate holds it: x509 parses URI SANs with
+		// url.Parse, which lowercases the scheme (RFC 3986 section 3.1: a
+		// scheme is case-insensitive), so "tethEr://cluster/prod" is the
+		// same URI as tether://cluster/prod. Anything else must match
+		// exactly.
+		if byOther || serverAuth || cluster != cn || len(leaf.URIs) != 1 || leaf.URIs[0].String() != clustercert.URIPrefix+cluster ||
+			!strings.EqualFold(uri, clustercert.URIPrefix+cluster) || clusterid.Validate(cluster) != nil {
 			t.Fatalf("accepted for cluster %q: cn %q, uri %q, by another CA %v, server auth %v", cluster, cn, uri, byOther, serverAuth)
 		}
 	})
