@@ -177,22 +177,36 @@ func (r *Run) W7R(ctx context.Context) (*Section, *W7RResult) {
 	return sec, res
 }
 
+// haUnderLoad starts the HA path and workers steady short requests through
+// it, past their warm-up (each worker's tunnel open, not measured). stop
+// closes the path (the caller stops the load first); a failure to close is
+// the workload's, named.
+func (r *Run) haUnderLoad(ctx context.Context, workload string, workers int) (_ *contender.HA, _ *steadyLoad, stop func(), err error) {
+	h, inst, err := contender.StartHAPath(ctx, r.Env)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	stop = func() {
+		if err := errors.Join(inst.Close(), h.Close()); err != nil {
+			r.Failf("%s: stop: %v", workload, err)
+		}
+	}
+	if err := r.warmDial(ctx, inst.Dial, 30*time.Second); err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	l := startSteady(ctx, inst.Dial, workers)
+	time.Sleep(r.Sizes.W2Warmup)
+	return h, l, stop, nil
+}
+
 func (r *Run) w7r(ctx context.Context) (*W7RResult, error) {
 	s := r.Sizes
-	h, inst, err := contender.StartHAPath(ctx, r.Env)
+	h, l, stop, err := r.haUnderLoad(ctx, "W7R", s.W7RWorkers)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err := errors.Join(inst.Close(), h.Close()); err != nil {
-			r.Failf("W7R: stop: %v", err)
-		}
-	}()
-	if err := r.warmDial(ctx, inst.Dial, 30*time.Second); err != nil {
-		return nil, err
-	}
-	l := startSteady(ctx, inst.Dial, s.W7RWorkers)
-	time.Sleep(s.W2Warmup) // each worker's tunnel opened, not measured
+	defer stop()
 	began := time.Now()
 	time.Sleep(s.W7RBefore)
 	_, on := h.Spread()
@@ -279,20 +293,11 @@ func (r *Run) W9(ctx context.Context) (*Section, *W9Result) {
 
 func (r *Run) w9(ctx context.Context) (*W9Result, error) {
 	s := r.Sizes
-	h, inst, err := contender.StartHAPath(ctx, r.Env)
+	h, l, stop, err := r.haUnderLoad(ctx, "W9", s.W9Workers)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err := errors.Join(inst.Close(), h.Close()); err != nil {
-			r.Failf("W9: stop: %v", err)
-		}
-	}()
-	if err := r.warmDial(ctx, inst.Dial, 30*time.Second); err != nil {
-		return nil, err
-	}
-	l := startSteady(ctx, inst.Dial, s.W9Workers)
-	time.Sleep(s.W2Warmup) // each worker's tunnel opened, not measured
+	defer stop()
 	began := time.Now()
 	time.Sleep(s.W9Before)
 	restart := time.Now()

@@ -228,18 +228,8 @@ func (w *World) StartRelay(ctx context.Context) error {
 		RelayID:        "relay-sim",
 		Logger:         w.log,
 		OnAgentSession: plantedMisroute,
-		Listen: func(_, addr string) (net.Listener, error) {
-			_, port, err := net.SplitHostPort(addr)
-			if err != nil {
-				return nil, err
-			}
-			n, err := strconv.Atoi(port)
-			if err != nil {
-				return nil, err
-			}
-			return host.Listen(n)
-		},
-		DialContext: host.DialContext,
+		Listen:         listenOn(host),
+		DialContext:    host.DialContext,
 	})
 	if err != nil {
 		return err
@@ -545,4 +535,20 @@ func (m *memStore) clear() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.cert, m.key = nil, nil
+}
+
+// listenOn is a relay's Options.Listen on host: it listens on the port of
+// the address the relay asks for.
+func listenOn(host *netsim.Host) func(network, addr string) (net.Listener, error) {
+	return func(_, addr string) (net.Listener, error) {
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		n, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, err
+		}
+		return host.Listen(n)
+	}
 }

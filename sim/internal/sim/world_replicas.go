@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -139,18 +138,8 @@ func (w *World) StartReplica(ctx context.Context, i int) error {
 		Logger:         w.log.With("relay", id),
 		Audit:          slog.New(&hopHandler{log: &w.hops, replica: id}),
 		OnAgentSession: plantedMisroute,
-		Listen: func(_, addr string) (net.Listener, error) {
-			_, port, err := net.SplitHostPort(addr)
-			if err != nil {
-				return nil, err
-			}
-			n, err := strconv.Atoi(port)
-			if err != nil {
-				return nil, err
-			}
-			return host.Listen(n)
-		},
-		DialContext: host.DialContext,
+		Listen:         listenOn(host),
+		DialContext:    host.DialContext,
 	})
 	if err != nil {
 		return fmt.Errorf("sim: replica %s: %w", id, err)
