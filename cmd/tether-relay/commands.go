@@ -328,8 +328,8 @@ type serveOptions struct {
 	maxStreamsPerCluster              int
 	maxStreamsPerCaller               int
 	maxSessionsPerCluster             int
-	joinRate                          float64
-	joinBurst                         int
+	joinRate, joinRateTotal           float64
+	joinBurst, joinBurstTotal         int
 	maxSessionsPerCredential          int
 	peerListen, peerAdvertise         string
 	logs                              cli.LogFlags
@@ -366,6 +366,8 @@ func newServeCommand(data *string, socketPath func() string, store *storeOptions
 	fs.IntVar(&o.maxStreamsPerCaller, "max-streams-per-caller", relay.DefaultMaxStreamsPerCaller, "the most streams one caller (one authenticated user name, whatever its tokens) holds open at once, to all clusters together; each idle tunnel tether-proxy keeps holds one")
 	fs.Float64Var(&o.joinRate, "join-rate", registry.DefaultJoinsPerClient, "joins per second one address may make at /v1/join (unauthenticated); more are answered 429 with Retry-After, which agents wait out")
 	fs.IntVar(&o.joinBurst, "join-burst", registry.DefaultJoinBurstPerClient, "joins one address may make at once before --join-rate applies (raise both when many agents join from behind one NAT address)")
+	fs.Float64Var(&o.joinRateTotal, "join-rate-total", registry.DefaultJoinsTotal, "joins per second this relay (each replica) takes from all addresses together; more are answered 429 with Retry-After. A join costs a store write and a certificate signature: raise it (with --join-burst-total) to enrol thousands of agents at once")
+	fs.IntVar(&o.joinBurstTotal, "join-burst-total", registry.DefaultJoinBurstTotal, "joins this relay takes at once from all addresses together before --join-rate-total applies")
 	fs.IntVar(&o.maxSessionsPerCluster, "max-sessions-per-cluster", relay.DefaultMaxSessionsPerCluster, "the most agent sessions one cluster holds at once; an agent over it is refused (TooManySessions) and told why")
 	fs.IntVar(&o.maxSessionsPerCredential, "max-sessions-per-credential", relay.DefaultMaxSessionsPerCredential, "the most agent sessions one agent credential holds at once (an agent keeps 2; agent replicas sharing one credential Secret share the cap)")
 	fs.StringVar(&o.peerListen, "peer-listen", fmt.Sprintf("0.0.0.0:%d", relay.DefaultPeerPort), "with --store etcd: address of the replica-to-replica endpoint (mutual TLS with peer certificates from the relay's CA), where the other replicas forward the streams of callers who landed on them to the agents whose sessions this one holds; empty: a single relay on etcd that forwards nothing")
@@ -450,8 +452,9 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 	if err := (&authn.Config{Authentication: ac}).Validate(); err != nil {
 		return relay.Options{}, fmt.Errorf("--authentication-config %s: %w", o.authnConfig, err)
 	}
-	if o.joinRate < 0 || o.joinBurst < 0 {
-		return relay.Options{}, fmt.Errorf("--join-rate %g, --join-burst %d: must not be negative", o.joinRate, o.joinBurst)
+	if o.joinRate < 0 || o.joinBurst < 0 || o.joinRateTotal < 0 || o.joinBurstTotal < 0 {
+		return relay.Options{}, fmt.Errorf("--join-rate %g, --join-burst %d, --join-rate-total %g, --join-burst-total %d: must not be negative",
+			o.joinRate, o.joinBurst, o.joinRateTotal, o.joinBurstTotal)
 	}
 	rcfg, err := o.routerConfig()
 	if err != nil {
@@ -474,8 +477,9 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 		Registry: reg, Authentication: ac, Hostnames: o.hostnames,
 		APIAddr: o.listen, AgentAddr: o.agentListen, HealthAddr: o.healthListen, AdminSocket: adminSocket,
 		RelayID: o.relayID, AdminGroups: o.adminGroups, AdminAudience: o.adminAudience, RelayAudience: o.loginAudience, Router: rcfg,
-		Login:      relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID},
-		JoinLimit:  registry.JoinLimitConfig{PerClient: o.joinRate, PerClientBurst: o.joinBurst},
+		Login: relayapi.LoginSettings{Issuer: o.loginIssuer, ClientID: o.loginClientID},
+		JoinLimit: registry.JoinLimitConfig{PerClient: o.joinRate, PerClientBurst: o.joinBurst,
+			Total: o.joinRateTotal, TotalBurst: o.joinBurstTotal},
 		Prometheus: cli.NewMetricsRegistry("tether-relay"),
 		Peer:       peer,
 	}

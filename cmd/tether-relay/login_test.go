@@ -4,9 +4,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/tether-k8s/tether/core/registry"
 	"github.com/tether-k8s/tether/core/relay"
 	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
@@ -95,5 +97,35 @@ jwt:
 	}
 	if _, serr := os.Stat(filepath.Dir(data)); !errors.Is(serr, os.ErrNotExist) {
 		t.Fatalf("checking the flags created %s (%v): nothing may be created before the configuration is good", filepath.Dir(data), serr)
+	}
+}
+
+// TestJoinLimitFlags: --join-rate-total and --join-burst-total reach the
+// relay's join limiter, default to the registry's totals, and a negative
+// one is refused before anything is opened.
+func TestJoinLimitFlags(t *testing.T) {
+	c := newServeCommand(new(string), func() string { return "" }, &storeOptions{})
+	if f := c.Flags().Lookup("join-rate-total"); f == nil || f.DefValue != strconv.FormatFloat(registry.DefaultJoinsTotal, 'g', -1, 64) {
+		t.Fatalf("--join-rate-total: %+v, want a flag defaulting to %g", f, registry.DefaultJoinsTotal)
+	}
+	dir := t.TempDir()
+	authnFile := filepath.Join(dir, "authn.yaml")
+	if err := os.WriteFile(authnFile, []byte("apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: https://op.example.com\n    audiences: [tether:relay]\n  claimMappings:\n    username: {claim: sub, prefix: \"op:\"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := serveOptions{hostnames: []string{"relay.test"}, authnConfig: authnFile, listen: "127.0.0.1:0", agentListen: "127.0.0.1:0",
+		loginAudience: "tether:relay", streamWindow: tunnel.DefaultStreamWindow, streamMemory: relay.DefaultStreamMemory,
+		maxStreamsPerCluster: 1, maxStreamsPerCaller: 1, maxSessionsPerCluster: 1, maxSessionsPerCredential: 1,
+		joinRate: 1, joinBurst: 5, joinRateTotal: 1000, joinBurstTotal: 2000}
+	opts, err := o.options(filepath.Join(dir, "relay.db"), "", &storeOptions{store: "bbolt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (registry.JoinLimitConfig{PerClient: 1, PerClientBurst: 5, Total: 1000, TotalBurst: 2000}); opts.JoinLimit != want {
+		t.Fatalf("JoinLimit %+v, want %+v", opts.JoinLimit, want)
+	}
+	o.joinRateTotal = -1
+	if _, err := o.options(filepath.Join(dir, "relay.db"), "", &storeOptions{store: "bbolt"}); err == nil || !strings.Contains(err.Error(), "--join-rate-total -1") {
+		t.Fatalf("a negative --join-rate-total: %v", err)
 	}
 }

@@ -173,11 +173,12 @@ func tetherRelayRole(ctx context.Context, raw json.RawMessage, c *node.Child) er
 		Audit:         slog.New(countHandler{&tunnels}),
 		Router: relay.RouterConfig{StreamWindow: args.YamuxWindow, StreamMemory: args.StreamMemory,
 			MaxStreamsPerCluster: args.MaxStreamsPerCluster, MaxStreamsPerCaller: math.MaxInt32},
-		// W6 joins its whole swarm from one address, which the join rate
-		// limit (1/s per address) would stretch to minutes (agents wait out
-		// its 429s): what
-		// tether-relay serve --join-rate 1000 --join-burst 1000 runs.
-		JoinLimit: registry.JoinLimitConfig{PerClient: 1000, PerClientBurst: 1000},
+		// W6 joins its whole swarm from one address, and W6R 10,000 agents
+		// at once, which the join rate limits (1/s per address, 20/s in all)
+		// would stretch to minutes (agents wait out its 429s, then give up):
+		// what tether-relay serve --join-rate 1000 --join-burst 1000
+		// --join-rate-total 1000 --join-burst-total 1000 runs.
+		JoinLimit: registry.JoinLimitConfig{PerClient: 1000, PerClientBurst: 1000, Total: 1000, TotalBurst: 1000},
 	}
 	if args.Coalesce {
 		opts.WrapAgentConn = func(tc *tls.Conn) net.Conn { return coalesceTLS{&coalesceConn{Conn: tc}, tc} }
