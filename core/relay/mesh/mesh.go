@@ -38,6 +38,10 @@ const (
 	DefaultDialTimeout = 3 * time.Second
 	// DefaultOpenTimeout bounds the owner's answer to a Request.
 	DefaultOpenTimeout = 15 * time.Second
+	// maxRoutesPerTxn is how many route writes go in one etcd transaction:
+	// half etcd's default --max-txn-ops (128), so that a cluster run with a
+	// lower one still takes them.
+	maxRoutesPerTxn = 64
 )
 
 // Replica is a relay replica as it publishes itself.
@@ -351,28 +355,48 @@ func (m *Mesh) flush(lease clientv3.LeaseID, published map[string]int) error {
 		errs = append(errs, m.putSelf(ctx, lease))
 		cancel()
 	}
+	// The routes that changed, written maxRoutesPerTxn to a transaction:
+	// a replica that takes a new lease (or thousands of agents joining)
+	// republishes thousands of routes, and one round trip each would leave
+	// them missing from the other replicas' tables for seconds.
+	type change struct {
+		cluster string
+		n       int
+	}
+	var changes []change
 	for c := range dirty {
 		n := m.cfg.Local(c)
 		if old, ok := published[c]; ok && old == n || !ok && n == 0 {
 			continue
 		}
+		changes = append(changes, change{c, n})
+	}
+	for len(changes) > 0 {
+		batch := changes[:min(len(changes), maxRoutesPerTxn)]
+		changes = changes[len(batch):]
+		ops := make([]clientv3.Op, len(batch))
+		for i, ch := range batch {
+			if ch.n > 0 {
+				ops[i] = clientv3.OpPut(m.routeKey(ch.cluster, m.cfg.Self.ID), strconv.Itoa(ch.n), clientv3.WithLease(lease))
+			} else {
+				ops[i] = clientv3.OpDelete(m.routeKey(ch.cluster, m.cfg.Self.ID))
+			}
+		}
 		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.LeaseTTL)
-		var err error
-		if n > 0 {
-			_, err = m.cfg.Client.Put(ctx, m.routeKey(c, m.cfg.Self.ID), strconv.Itoa(n), clientv3.WithLease(lease))
-		} else {
-			_, err = m.cfg.Client.Delete(ctx, m.routeKey(c, m.cfg.Self.ID))
-		}
+		_, err := m.cfg.Client.Txn(ctx).Then(ops...).Commit()
 		cancel()
-		if err != nil {
-			requeue(c)
-			errs = append(errs, fmt.Errorf("mesh: route of cluster %s: %w", c, err))
-			continue
+		for _, ch := range batch {
+			switch {
+			case err != nil:
+				requeue(ch.cluster)
+			case ch.n > 0:
+				published[ch.cluster] = ch.n
+			default:
+				delete(published, ch.cluster)
+			}
 		}
-		if n > 0 {
-			published[c] = n
-		} else {
-			delete(published, c)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("mesh: routes of %d clusters (%s first): %w", len(batch), batch[0].cluster, err))
 		}
 	}
 	return errors.Join(errs...)
