@@ -215,6 +215,19 @@ var _ = Describe("identity: tokens, CI jobs and access", Ordered, func() {
 		out, err = ciStep(ctx, job.Env, nil, "create", "configmap", "release", "-n", ciNS)
 		Expect(err).NotTo(HaveOccurred(), "%s", out)
 		Expect(kubectl(ctx, nil, "get", "configmap", "release", "-n", ciNS, "-o", "name")).To(ContainSubstring("configmap/release"))
+		// A token per hop, by default: the relay's audience and the
+		// cluster's, each accepted only by its own hop (the recipe lists
+		// tether:relay at the relay and tether:cluster:NAME at the agent).
+		Expect(job.Audiences()).To(ConsistOf(stack.RelayAudience, ts.ClusterAudience()))
+		Expect(out).NotTo(ContainSubstring("WARNING"))
+		// The relay's token sent to the agent is refused there, and the
+		// cluster's sent to the relay is refused there.
+		out, err = ciStep(ctx, job.Env, []string{"--cluster-token-audience", stack.RelayAudience}, "get", "configmaps", "-n", ciNS)
+		Expect(err).To(HaveOccurred(), "%s", out)
+		Expect(out).To(ContainSubstring("tether agent: the bearer token was refused"))
+		out, err = ciStep(ctx, job.Env, []string{"--token-audience", ts.ClusterAudience()}, "get", "configmaps", "-n", ciNS)
+		Expect(err).To(HaveOccurred(), "%s", out)
+		Expect(out).To(ContainSubstring("tether relay: the bearer token was refused"))
 		// The API server's audit log carries the job's claims.
 		Eventually(func() map[string][]string { return auditExtra(user) }).WithTimeout(10 * time.Second).Should(And(
 			HaveKeyWithValue("tether.io/ci-run-url", []string{"https://github.com/" + repo + "/actions/runs/4242"}),
@@ -252,20 +265,35 @@ var _ = Describe("identity: tokens, CI jobs and access", Ordered, func() {
 		kubectl(ctx, nil, "create", "namespace", ciNS)
 		DeferCleanup(func(ctx SpecContext) { kubectl(ctx, nil, "delete", "namespace", ciNS, "--wait=false") })
 		kubectl(ctx, nil, "create", "rolebinding", "deployer", "-n", ciNS, "--clusterrole=edit", "--user="+user)
+		jobEnvFor := func(environment, relayAud, clusterAud string) []string {
+			GinkgoHelper()
+			relayTok, err := ts.GitLabJobToken(project, environment, relayAud)
+			Expect(err).NotTo(HaveOccurred())
+			clusterTok, err := ts.GitLabJobToken(project, environment, clusterAud)
+			Expect(err).NotTo(HaveOccurred())
+			// What a job with docs/identity.md's two id_tokens entries has.
+			return []string{"GITLAB_CI=true", "CI=true", "TETHER_RELAY_TOKEN=" + relayTok, "TETHER_CLUSTER_TOKEN=" + clusterTok}
+		}
 		jobEnv := func(environment string) []string {
 			GinkgoHelper()
-			tok, err := ts.GitLabJobToken(project, environment, stack.Audience)
-			Expect(err).NotTo(HaveOccurred())
-			// What a job with `id_tokens: {TETHER_ID_TOKEN: {aud: tether}}` has.
-			return []string{"GITLAB_CI=true", "CI=true", "TETHER_ID_TOKEN=" + tok}
+			return jobEnvFor(environment, stack.RelayAudience, ts.ClusterAudience())
 		}
-		flags := []string{"--token-from", "env:TETHER_ID_TOKEN"}
+		flags := []string{"--token-from", "env:TETHER_RELAY_TOKEN", "--cluster-token-from", "env:TETHER_CLUSTER_TOKEN"}
 
 		rule := `user.username == "` + user + `" && user.extra["tether.io/ci-environment"] == ["production"]`
 		grant(ctx, "grant", rule)
 		DeferCleanup(func(ctx SpecContext) { grant(ctx, "revoke", rule) })
 		out, err := ciStep(ctx, jobEnv("production"), flags, "create", "configmap", "release", "-n", ciNS)
 		Expect(err).NotTo(HaveOccurred(), "%s", out)
+		Expect(out).NotTo(ContainSubstring("WARNING"))
+		// Each hop refuses the other's token: entries swapped, both hops
+		// get the wrong one.
+		out, err = ciStep(ctx, jobEnvFor("production", stack.RelayAudience, stack.RelayAudience), flags, "get", "configmaps", "-n", ciNS)
+		Expect(err).To(HaveOccurred(), "%s", out)
+		Expect(out).To(ContainSubstring("tether agent: the bearer token was refused"))
+		out, err = ciStep(ctx, jobEnvFor("production", ts.ClusterAudience(), ts.ClusterAudience()), flags, "get", "configmaps", "-n", ciNS)
+		Expect(err).To(HaveOccurred(), "%s", out)
+		Expect(out).To(ContainSubstring("tether relay: the bearer token was refused"))
 		Expect(kubectl(ctx, nil, "get", "configmap", "release", "-n", ciNS, "-o", "name")).To(ContainSubstring("configmap/release"))
 		_, gitlab := ts.CIIssuers()
 		Eventually(func() map[string][]string { return auditExtra(user) }).WithTimeout(10 * time.Second).Should(
@@ -280,9 +308,9 @@ var _ = Describe("identity: tokens, CI jobs and access", Ordered, func() {
 		// A job of a project outside the organisation is refused by the
 		// recipe's claim validation rule, at the relay.
 		tok, err := gitlab.Mint(time.Now(), map[string]any{"sub": "project_path:evil/app:ref_type:branch:ref:main", "project_path": "evil/app",
-			"namespace_path": "evil", "ref": "main", "pipeline_id": "1", "environment": "production"}, stack.Audience, time.Minute)
+			"namespace_path": "evil", "ref": "main", "pipeline_id": "1", "environment": "production"}, stack.RelayAudience, time.Minute)
 		Expect(err).NotTo(HaveOccurred())
-		out, err = ciStep(ctx, []string{"TETHER_ID_TOKEN=" + tok}, flags, "get", "configmaps", "-n", ciNS)
+		out, err = ciStep(ctx, []string{"TETHER_RELAY_TOKEN=" + tok, "TETHER_CLUSTER_TOKEN=" + tok}, flags, "get", "configmaps", "-n", ciNS)
 		Expect(err).To(HaveOccurred())
 		Expect(out).To(ContainSubstring("only projects of the org group may use this cluster"))
 	})

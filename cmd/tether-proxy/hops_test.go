@@ -2,10 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tether-k8s/tether/core/tokensource"
 )
 
 // TestHopSources: a token per hop when the flags give two, and the same
@@ -29,8 +34,23 @@ func TestHopSources(t *testing.T) {
 		{"two tokens", tokenFlags{File: relayFile, ClusterFile: clusterFile}, "relay-tok", "cluster-tok", ""},
 		{"a cluster token from the environment", tokenFlags{File: relayFile, ClusterFrom: "env:PROD_TOKEN"}, "relay-tok", "env-tok", ""},
 		{"one token: shared, with a warning", tokenFlags{File: relayFile}, "relay-tok", "relay-tok", "tether:cluster:prod"},
+		{"shared on purpose, with a warning", tokenFlags{File: relayFile, ClusterFrom: "shared"}, "relay-tok", "relay-tok", "--cluster-token-from shared"},
+		// A GitHub Actions job asks its token endpoint for one token per
+		// hop, by default.
+		{"a GitHub Actions job: a token per audience", tokenFlags{From: "github-actions", Audience: "tether:relay"},
+			"for tether:relay", "for tether:cluster:prod", ""},
+		{"a GitHub Actions job, the agent's audience named", tokenFlags{From: "github-actions", Audience: "tether:relay", ClusterAudience: "prod-agent"},
+			"for tether:relay", "for prod-agent", ""},
+		{"a GitHub Actions job, shared on purpose", tokenFlags{From: "github-actions", Audience: "tether", ClusterFrom: "shared"},
+			"for tether", "for tether", "--cluster-token-from shared"},
 	}
 	t.Setenv("PROD_TOKEN", "env-tok")
+	actions := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]string{"value": "for " + r.URL.Query().Get("audience")})
+	}))
+	defer actions.Close()
+	t.Setenv(tokensource.GitHubRequestURLEnv, actions.URL)
+	t.Setenv(tokensource.GitHubRequestTokenEnv, "request-token")
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var warned []string

@@ -27,8 +27,10 @@ type tokenFlags struct {
 	// the cluster's audience, or a Kubernetes service-account token of the
 	// cluster.
 	ClusterFile string
-	// ClusterFrom is "", "github-actions" or "env:NAME", as From, for the
-	// agent's token.
+	// ClusterFrom is "", "github-actions", "env:NAME" or "shared": as From,
+	// for the agent's token; "shared" sends the caller's token to the agent
+	// too (with the shared-token warning), where it would otherwise be
+	// asked for per hop.
 	ClusterFrom string
 	// ClusterAudience is the audience --cluster-token-from github-actions
 	// asks for; empty means tether:cluster:CLUSTER.
@@ -40,22 +42,26 @@ func (t *tokenFlags) Add(fs *pflag.FlagSet) {
 	fs.StringVar(&t.File, "token-file", "", "file holding the caller's token, re-read when it changes (default: $TETHER_TOKEN, else the login tether-proxy login cached)")
 	fs.StringVar(&t.Command, "token-command", "", "command that prints the caller's token, run when the token is needed (cached 1 minute)")
 	fs.StringVar(&t.From, "token-from", "", "github-actions: the job's OIDC token (needs permissions id-token: write; the default inside such a job when no other token is given); env:NAME: the variable NAME (e.g. a GitLab CI id_tokens entry)")
-	fs.StringVar(&t.Audience, "token-audience", "tether", "with --token-from github-actions: the audience to request, as the relay's and agent's authentication configuration expect")
+	fs.StringVar(&t.Audience, "token-audience", relayapi.DefaultRelayAudience, "with --token-from github-actions: the audience to request for the relay, as the relay's authentication configuration expects (the agent's token is requested for tether:cluster:CLUSTER unless --cluster-token-from says otherwise)")
 	fs.StringVar(&t.ClusterFile, "cluster-token-file", "", "file holding the token for the cluster's agent (re-read when it changes): one for the cluster's audience, tether:cluster:NAME, while your token (for the relay's audience) opens the tunnel at the relay only; or a service-account token of the cluster, which the agent passes to the API server as it is")
-	fs.StringVar(&t.ClusterFrom, "cluster-token-from", "", "as --token-from, for the token for the cluster's agent: github-actions (the job's OIDC token for --cluster-token-audience) or env:NAME (a GitLab CI id_tokens entry for the cluster's audience)")
+	fs.StringVar(&t.ClusterFrom, "cluster-token-from", "", "as --token-from, for the token for the cluster's agent: github-actions (the job's OIDC token for --cluster-token-audience; the default with --token-from github-actions), env:NAME (a GitLab CI id_tokens entry for the cluster's audience), or shared (send the relay's token to the agent too, for an agent whose configuration accepts only a shared audience; warns)")
 	fs.StringVar(&t.ClusterAudience, "cluster-token-audience", "", "with --cluster-token-from github-actions: the audience to request (default: tether:cluster:CLUSTER)")
 }
 
 // ClusterSource returns the source of the token for cluster's agent
 // (--cluster-token-file or --cluster-token-from), or nil when neither is
-// given.
+// given, or --cluster-token-from is shared. Call it after source, which
+// settles From: a GitHub Actions job that asks for the relay's token asks
+// for the cluster's too, since it can have one per audience.
 func (t *tokenFlags) ClusterSource(cluster string) (tokensource.Source, error) {
 	switch {
 	case t.ClusterFile != "" && t.ClusterFrom != "":
 		return nil, errors.New("--cluster-token-file and --cluster-token-from exclude each other")
 	case t.ClusterFile != "":
 		return tokensource.File("--cluster-token-file", t.ClusterFile), nil
-	case t.ClusterFrom == "github-actions":
+	case t.ClusterFrom == "shared":
+		return nil, nil
+	case t.ClusterFrom == "github-actions", t.ClusterFrom == "" && t.From == "github-actions":
 		aud := t.ClusterAudience
 		if aud == "" {
 			aud = relayapi.ClusterAudience(cluster)
@@ -64,7 +70,7 @@ func (t *tokenFlags) ClusterSource(cluster string) (tokensource.Source, error) {
 	case strings.HasPrefix(t.ClusterFrom, "env:"):
 		return tokensource.Env("--cluster-token-from "+t.ClusterFrom, strings.TrimPrefix(t.ClusterFrom, "env:")), nil
 	case t.ClusterFrom != "":
-		return nil, fmt.Errorf("--cluster-token-from %q: want github-actions or env:NAME", t.ClusterFrom)
+		return nil, fmt.Errorf("--cluster-token-from %q: want github-actions, env:NAME or shared", t.ClusterFrom)
 	}
 	return nil, nil
 }
@@ -81,16 +87,20 @@ const SharedTokenWarning = "tether-proxy: WARNING: the same token goes to the re
 // only one token is to be had, both hops get it, and warn is told why,
 // once.
 func (t *tokenFlags) hopSources(ctx context.Context, relayURL, relayCA, cluster string, warn func(string)) (relay, agent tokensource.Source, err error) {
-	agent, err = t.ClusterSource(cluster)
+	lc, relay, err := t.source()
 	if err != nil {
 		return nil, nil, err
 	}
-	lc, relay, err := t.source()
+	agent, err = t.ClusterSource(cluster)
 	if err != nil {
 		return nil, nil, err
 	}
 	if agent != nil {
 		return relay, agent, nil
+	}
+	if t.ClusterFrom == "shared" {
+		warn(SharedTokenWarning + "--cluster-token-from shared says so; drop it once the agent's authentication configuration accepts " + relayapi.ClusterAudience(cluster))
+		return relay, relay, nil
 	}
 	if lc == nil {
 		warn(SharedTokenWarning + "give the agent a token for its cluster's audience, " + relayapi.ClusterAudience(cluster) +
