@@ -300,15 +300,14 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, Path, http.StatusSeeOther)
 }
 
-// sameOrigin refuses a request a browser says came from another site.
-// Browsers send Origin on every POST and Sec-Fetch-Site on requests they
-// make; a request with neither is no browser's cross-site request.
+// sameOrigin refuses a request a browser says came from another site:
+// Sec-Fetch-Site, which current browsers send, decides; without it, an
+// Origin other than the console's. (Under Referrer-Policy no-referrer a
+// browser sends "Origin: null" for the console's own forms.)
 func sameOrigin(r *http.Request, origin string) bool {
-	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
-		return false
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" {
+		return site == "same-origin" || site == "none"
 	}
-	if o := r.Header.Get("Origin"); o != "" && o != origin {
-		return false
-	}
-	return true
+	o := r.Header.Get("Origin")
+	return o == "" || o == "null" || o == origin
 }
