@@ -25,11 +25,12 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
-deps: ## install the Debian packages the tests need (iproute2, nftables, haproxy), if missing
+deps: ## install the Debian packages the tests need (iproute2, nftables, haproxy, chromium for the console's browser test), if missing
 	@missing=""; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install:$$missing (or install them yourself)" >&2; exit 1; fi; \
 	  echo "deps: installing$$missing"; \

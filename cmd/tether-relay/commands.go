@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -324,6 +325,8 @@ type serveOptions struct {
 	loginAudience                     string
 	clusterEndpoint                   bool
 	loginIssuer, loginClientID        string
+	console                           bool
+	consoleClientID, consoleRedirect  string
 	streamWindow, streamMemory        cli.Bytes
 	maxStreamsPerCluster              int
 	maxStreamsPerCaller               int
@@ -359,6 +362,9 @@ func newServeCommand(data *string, socketPath func() string, store *storeOptions
 	fs.StringVar(&o.loginIssuer, "login-issuer", "", "the OpenID provider callers log in at, published at GET /v1/login so that tether-proxy login --relay URL needs nothing else; one of the issuers of --authentication-config")
 	fs.StringVar(&o.loginAudience, "login-audience", relayapi.DefaultRelayAudience, "the relay's own audience: tokens for it open tunnels here, and agents refuse them (tether-agent --relay-audience); tokens for any cluster's audience (tether:cluster:NAME) are refused here, since that cluster's agent saw them. Published at GET /v1/login, so that tether-proxy login asks the issuer for a token per hop. --authentication-config must accept it (from --login-issuer, when set), or the relay does not start")
 	fs.StringVar(&o.loginClientID, "login-client-id", "", "the public client (no secret) callers log in as, one of that issuer's audiences; required with --login-issuer")
+	fs.BoolVar(&o.console, "console", false, "serve the web console at https://RELAY/ui: people sign in at --login-issuer (authorization code flow with PKCE) and see the clusters they may reach, their state and the commands to connect; members of --admin-group also see the grants and recent tunnels. Read-only. Needs --login-issuer")
+	fs.StringVar(&o.consoleClientID, "console-client-id", "", "the OpenID client the console signs in as (public, no secret; its ID tokens must name it in aud, and --authentication-config accept it from --login-issuer). Default: --login-client-id")
+	fs.StringVar(&o.consoleRedirect, "console-redirect-url", "", "the console's callback as browsers reach it, https://HOST[:PORT]/ui/callback, registered at the issuer for the console's client. Default: https://FIRST-HOSTNAME:LISTEN-PORT/ui/callback")
 	o.streamWindow, o.streamMemory = tunnel.DefaultStreamWindow, relay.DefaultStreamMemory
 	fs.Var(&o.streamWindow, "stream-window", "yamux stream window of agent sessions: the most an agent sends on a stream before the relay reads it; bigger is faster over long round trips (window / RTT), and costs up to this much memory per slow caller's stream (min 256Ki)")
 	fs.Var(&o.streamMemory, "stream-memory", "the most all streams may make the relay buffer: it opens at most --stream-memory / --stream-window streams in all")
@@ -486,6 +492,15 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 	if o.clusterEndpoint {
 		opts.ClusterEndpoint = &relay.ClusterEndpointConfig{}
 	}
+	if o.console {
+		redirect, err := o.consoleRedirectURL()
+		if err != nil {
+			return relay.Options{}, err
+		}
+		opts.Console = &relay.ConsoleConfig{ClientID: o.consoleClientID, RedirectURL: redirect}
+	} else if o.consoleClientID != "" || o.consoleRedirect != "" {
+		return relay.Options{}, errors.New("--console-client-id and --console-redirect-url need --console")
+	}
 	if o.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
 		if err != nil {
@@ -499,9 +514,25 @@ func (o *serveOptions) options(data, adminSocket string, store *storeOptions) (r
 	return opts, nil
 }
 
+// consoleRedirectURL is --console-redirect-url, or the relay's first
+// --hostname at --listen's port.
+func (o *serveOptions) consoleRedirectURL() (string, error) {
+	if o.consoleRedirect != "" {
+		return o.consoleRedirect, nil
+	}
+	_, port, err := net.SplitHostPort(o.listen)
+	if err != nil {
+		return "", fmt.Errorf("--listen %s: %w", o.listen, err)
+	}
+	return "https://" + net.JoinHostPort(o.hostnames[0], port) + "/ui/callback", nil
+}
+
 // loginFlagError names the flags when the login settings are what
 // Validate refused.
 func loginFlagError(err error, o *serveOptions) error {
+	if o.console && strings.Contains(err.Error(), "console") {
+		return fmt.Errorf("--console (--console-client-id %q, --console-redirect-url %q): %w", o.consoleClientID, o.consoleRedirect, err)
+	}
 	if o.loginIssuer != "" && strings.Contains(err.Error(), "login") {
 		return fmt.Errorf("--login-issuer %s, --login-client-id %s: %w", o.loginIssuer, o.loginClientID, err)
 	}

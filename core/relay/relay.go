@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -22,6 +23,7 @@ import (
 	"github.com/tether-k8s/tether/core/authn"
 	"github.com/tether-k8s/tether/core/identity"
 	"github.com/tether-k8s/tether/core/registry"
+	"github.com/tether-k8s/tether/core/relay/console"
 	"github.com/tether-k8s/tether/core/relay/mesh"
 	"github.com/tether-k8s/tether/core/relayapi"
 	"github.com/tether-k8s/tether/core/tunnel"
@@ -85,6 +87,12 @@ type Options struct {
 	// Login is published at GET /v1/login. Its issuer must be one of
 	// Authentication's, with the client ID among its audiences.
 	Login relayapi.LoginSettings
+	// Console, if not nil, serves the web console at /ui on the API (see
+	// ConsoleConfig). It signs in at Login's issuer, which must be set;
+	// its client ID must be among that issuer's audiences in
+	// Authentication, and be neither a cluster's audience nor the admin
+	// API's. Nil: no console.
+	Console *ConsoleConfig
 	// Peer, when set, makes this relay one replica of several on the
 	// registry's etcd (see PeerOptions). Nil: a relay alone, even on etcd.
 	Peer *PeerOptions
@@ -170,7 +178,52 @@ func (o *Options) Validate() error {
 			return err
 		}
 	}
+	if o.Console != nil {
+		if err := checkConsole(*o.Console, o.Login, o.AdminAudience, o.Authentication); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// checkConsole refuses a console that could sign no one in: without a
+// login issuer, for a client ID the authentication configuration does not
+// accept from it, or for another hop's audience.
+func checkConsole(c ConsoleConfig, l relayapi.LoginSettings, admin string, ac *apiserverapi.AuthenticationConfiguration) error {
+	if l.Issuer == "" {
+		return errors.New("relay: the console (--console) signs in at the login issuer: set --login-issuer and --login-client-id")
+	}
+	id := cmp.Or(c.ClientID, l.ClientID)
+	switch {
+	case strings.HasPrefix(id, relayapi.ClusterAudiencePrefix):
+		return fmt.Errorf("relay: the console's client ID %q is a cluster's audience (%s...), which agents accept: give the console a client of its own or the login's", id, relayapi.ClusterAudiencePrefix)
+	case id == cmp.Or(admin, DefaultAdminAudience):
+		return fmt.Errorf("relay: the console's client ID %q is the admin API's audience: give them different names", id)
+	}
+	if err := (&console.Config{Issuer: l.Issuer, ClientID: id, RedirectURL: c.RedirectURL, Authenticator: noAuthenticator{}, Source: consoleSource{}}).Validate(); err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	if ac == nil {
+		return nil
+	}
+	for _, j := range ac.JWT {
+		if j.Issuer.URL == l.Issuer {
+			if slices.Contains(j.Issuer.Audiences, id) {
+				return nil
+			}
+			return fmt.Errorf("relay: the console's client ID %q is not among the audiences of issuer %s in the authentication configuration (%v): its ID tokens would be refused",
+				id, l.Issuer, j.Issuer.Audiences)
+		}
+	}
+	return nil
+}
+
+// noAuthenticator stands in for the authenticator when a console's
+// settings are only validated.
+type noAuthenticator struct{}
+
+func (noAuthenticator) AuthenticateToken(context.Context, string) (identity.Result, error) {
+	return identity.Result{}, errors.New("relay: not an authenticator")
 }
 
 // checkLogin refuses login settings the authentication configuration would
@@ -441,7 +494,15 @@ func Start(ctx context.Context, opts Options) (_ *Relay, err error) {
 		closeListeners()
 		return nil, err
 	}
-	r.srv, err = NewServer(ServerConfig{Registry: r.reg, Router: r.router, Authenticator: authenticator, RelayID: opts.RelayID,
+	if opts.Console != nil && opts.Console.HTTPClient == nil {
+		cc := *opts.Console
+		if cc.HTTPClient, err = consoleHTTPClient(opts.Authentication, opts.Login.Issuer, opts.DialContext); err != nil {
+			closeListeners()
+			return nil, err
+		}
+		opts.Console = &cc
+	}
+	r.srv, err = NewServer(ServerConfig{Console: opts.Console, Registry: r.reg, Router: r.router, Authenticator: authenticator, RelayID: opts.RelayID,
 		Logger: opts.Logger, Audit: opts.Audit, Metrics: metrics, Login: opts.Login, AgentCertificate: &serving,
 		AdminGroups: opts.AdminGroups, AdminAudience: opts.AdminAudience, RelayAudience: opts.RelayAudience, ClusterEndpoint: opts.ClusterEndpoint, WrapAgentConn: opts.WrapAgentConn, OnAgentSession: opts.OnAgentSession,
 		JoinLimit: opts.JoinLimit, OtherReplicas: r.otherReplicas()})

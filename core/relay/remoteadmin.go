@@ -38,7 +38,7 @@ func (s *Server) remoteAdmin() http.Handler {
 			return
 		}
 		user := res.Identity.User
-		if !slices.ContainsFunc(res.Identity.Groups, func(g string) bool { return slices.Contains(s.cfg.AdminGroups, g) }) {
+		if !s.isAdmin(res.Identity.Groups) {
 			kstatus.Write(w, http.StatusForbidden, kstatus.ReasonForbidden, fmt.Sprintf(
 				"tether relay: %s is not in an admin group of this relay (%s); an administrator can run the command on the relay's host instead",
 				user, strings.Join(s.cfg.AdminGroups, ", ")))

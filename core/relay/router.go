@@ -672,6 +672,17 @@ func (r *Router) Agents(clusterID string) []string {
 	return out
 }
 
+// LastSeen returns when clusterID's last session on this relay ended:
+// zero if none has.
+func (r *Router) LastSeen(clusterID string) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.clusters[clusterID]; c != nil {
+		return c.lastSeen
+	}
+	return time.Time{}
+}
+
 // Open opens a stream for o to one of o.Cluster's sessions, taking them in
 // turn and skipping any that fails. A refusal by the agent is returned as
 // it is (a *tunnel.RefusedError), never retried elsewhere.

@@ -81,6 +81,10 @@ type ServerConfig struct {
 	// whose Hello asks to avoid this replica (it holds the agent's other
 	// session) is refused with ReasonElsewhere while it is not 0.
 	OtherReplicas func() int
+	// Console, if not nil, serves the web console at /ui (see
+	// ConsoleConfig); it signs in at Login's issuer, which must be set.
+	// Nil: /ui answers 404.
+	Console *ConsoleConfig
 	// OnAgentSession, when not nil, is called with each agent session the
 	// relay authorized, before the router routes it (for tests that wait
 	// for sessions). It must not change the session: the simulator's
@@ -101,6 +105,9 @@ func (c *ServerConfig) Validate() error {
 		if err := c.ClusterEndpoint.Validate(); err != nil {
 			return err
 		}
+	}
+	if c.Console != nil && c.Login.Issuer == "" {
+		return errors.New("relay: ServerConfig.Console needs Login's issuer: the console signs in there")
 	}
 	return nil
 }
@@ -145,6 +152,8 @@ type Server struct {
 	endpoint  *clusterEndpoint // nil when ServerConfig.ClusterEndpoint is
 	admin     *AdminService
 	joins     *registry.JoinLimiter // before a join reaches the registry
+	console   http.Handler          // nil when ServerConfig.Console is
+	auditRing *auditRing            // the console's recent tunnels; nil without it
 }
 
 // NewServer validates cfg and returns a Server.
@@ -160,6 +169,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, tunnels: map[net.Conn]struct{}{}, joins: joins}
 	if cfg.ClusterEndpoint != nil {
 		s.endpoint = newClusterEndpoint(s, *cfg.ClusterEndpoint)
+	}
+	if cfg.Console != nil {
+		s.auditRing = newAuditRing(consoleAuditLines)
+		s.audit = slog.New(auditTee{ring: s.auditRing, inner: cfg.Audit.Handler()})
+		if s.console, err = s.newConsole(); err != nil {
+			return nil, fmt.Errorf("relay: ServerConfig.Console: %w", err)
+		}
 	}
 	s.admin = &AdminService{Registry: cfg.Registry, Router: cfg.Router, Logger: s.log, Audit: s.audit}
 	return s, nil
@@ -217,6 +233,7 @@ func slogLogger(log *slog.Logger) *stdlog.Logger {
 //	*    /v1/clusters/{id}/k8s/...     kubectl's requests to the cluster, forwarded to its agent (with ClusterEndpoint)
 //	GET  /v1/agents/connect            an agent's session over WebSocket (with AgentCertificate)
 //	GET  /v1/login                     where callers log in (relayapi.LoginSettings), unauthenticated
+//	GET  /ui/...                       the web console (with Console; package console)
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+relayapi.AgentWebSocketPath, s.agentWebSocket)
@@ -234,6 +251,14 @@ func (s *Server) Handler() http.Handler {
 		})
 	}
 	mux.HandleFunc("GET "+relayapi.LoginPath, s.login)
+	if s.console != nil {
+		mux.Handle("/ui/", s.console)
+		mux.Handle("/ui", s.console)
+	} else {
+		mux.HandleFunc("/ui/", func(w http.ResponseWriter, _ *http.Request) {
+			kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: this relay's web console is off (start it with tether-relay serve --console)")
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		kstatus.Write(w, http.StatusNotFound, kstatus.ReasonNotFound, "tether relay: no such relay endpoint: "+r.Method+" "+r.URL.Path)
 	})
