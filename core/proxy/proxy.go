@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -319,10 +320,11 @@ func (p *Proxy) Serve(ctx context.Context) error {
 				pr.Out.Header.Set("Authorization", "Bearer "+t.agent)
 			}
 		},
-		Transport:     &perToken{p: p},
-		FlushInterval: p.cfg.FlushInterval,
-		BufferPool:    copybuf.Pool,
-		ErrorHandler:  p.forwardError,
+		Transport:      &perToken{p: p},
+		FlushInterval:  p.cfg.FlushInterval,
+		BufferPool:     copybuf.Pool,
+		ErrorHandler:   p.forwardError,
+		ModifyResponse: p.noteAgentRefusal,
 		// A stream cut mid-body (a relay restart, kubectl going away)
 		// is routine: the caller sees the cut; log it quietly, as slog.
 		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
@@ -519,6 +521,36 @@ func (p *Proxy) verifyAgent(cs tls.ConnectionState) error {
 }
 
 // forwardError answers kubectl when the cluster could not be reached.
+// agentRefusalPrefix starts the message of every refusal the agent itself
+// writes (core/impersonate), as opposed to the API server's.
+const agentRefusalPrefix = "tether agent: "
+
+// noteAgentRefusal logs, as a warning, the message of a 401 or 403 the
+// cluster's agent wrote: kubectl's discovery turns a 401 into "the server
+// has asked for the client to provide credentials" and drops the message,
+// which says which hop refused and why. The response is passed on
+// unchanged; the message never holds the token (the agent's refusals quote
+// none).
+func (p *Proxy) noteAgentRefusal(resp *http.Response) error {
+	if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
+		return nil
+	}
+	const limit = 64 << 10
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return err
+	}
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(body), resp.Body), resp.Body}
+	if st, ok := kstatus.Decode(body); ok && strings.HasPrefix(st.Message, agentRefusalPrefix) {
+		p.log.Warn("proxy: the cluster's agent refused the request", "verb", resp.Request.Method, "path", resp.Request.URL.Path,
+			"status", resp.StatusCode, "message", st.Message)
+	}
+	return nil
+}
+
 func (p *Proxy) forwardError(w http.ResponseWriter, r *http.Request, err error) {
 	p.log.Warn("proxy: request failed", "verb", r.Method, "path", r.URL.Path, "error", err)
 	var te *relayapi.TunnelError
