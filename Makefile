@@ -49,6 +49,14 @@ fixtures: ## build kube-apiserver, kubectl, etcd, kwok..., and the fixture OpenI
 	bash fixtures/tools/build.sh $(FIXTURES_BIN)
 	bash fixtures/tools/build-op.sh $(FIXTURES_BIN)
 
+.PHONY: kind-node
+kind-node: ## the kind node image tether-kind-node:v1.35.4, built offline from debootstrap and Go modules (root and a Docker engine; cold ~40 min on 2 busy CPUs, cached seconds; fixtures/kind/build.sh)
+	FIXTURES_BIN=$(FIXTURES_BIN) bash fixtures/kind/build.sh node
+
+.PHONY: kind-cluster
+kind-cluster: ## kind-node, then a kind cluster from it with kind's Go library: node Ready, a local image's pod Running, then deleted (KIND_KEEP=1 keeps it)
+	FIXTURES_BIN=$(FIXTURES_BIN) bash fixtures/kind/build.sh cluster
+
 STATICCHECK := $(TOOLS_BIN)/staticcheck-$(STATICCHECK_VERSION)
 $(STATICCHECK):
 	GOBIN=$(TOOLS_BIN)/tmp go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
@@ -62,6 +70,8 @@ lint: $(STATICCHECK) ## gofmt, go vet and staticcheck, on every module; tether-p
 	$(STATICCHECK) ./...
 	cd fixtures/tools/kubernetes && go vet ./etcd && $(STATICCHECK) ./etcd
 	cd fixtures/op && go vet ./... && $(STATICCHECK) ./...
+	cd fixtures/kind && go vet ./... && $(STATICCHECK) ./...
+	cd fixtures/tools/coredns && go vet ./... && $(STATICCHECK) ./...
 	@# tether-proxy runs on laptops: it, and its tests, compile for Windows and macOS
 	GOOS=windows GOARCH=amd64 go vet ./cmd/tether-proxy/...
 	GOOS=darwin GOARCH=arm64 go vet ./cmd/tether-proxy/...
