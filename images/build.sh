@@ -61,9 +61,11 @@ begin=$(date +%s%N)
 mkdir -p "$IMAGES_DIR/bin"
 # Static, for any Linux (CGO_ENABLED=0), with make build's version stamp;
 # -s -w leaves out the symbol table and DWARF (a third of the size).
-CGO_ENABLED=0 GOOS=linux go build -trimpath -buildvcs=false \
-  -ldflags "-s -w -X github.com/tether-k8s/tether/core/version.Version=$VERSION" \
-  -o "$IMAGES_DIR/bin/" "${pkgs[@]}"
+for i in "$@"; do
+  CGO_ENABLED=0 GOOS=linux go build -trimpath -buildvcs=false \
+    -ldflags "-s -w -X github.com/tether-k8s/tether/core/version.Version=$VERSION" \
+    -o "$IMAGES_DIR/bin/${binary[$i]}" "${pkg[$i]}"
+done
 echo "images: built ${#pkgs[@]} static binaries (CGO_ENABLED=0, $(go env GOARCH), version $VERSION) in $(elapsed "$begin")"
 
 for i in "$@"; do
