@@ -378,11 +378,17 @@ func TestImageJoin(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), `"gitVersion"`) {
 		t.Fatalf("kubectl get --raw /version through tether: %v\n%s\n--- relay ---\n%s\n--- agent ---\n%s", err, out, st.Tail("relay", 20), st.Tail("agent", 20))
 	}
-	out, err = st.Kubectl(ctx, "get", "namespaces", "-o", "name").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "namespace/tether-system") {
-		t.Fatalf("kubectl get namespaces through tether: %v\n%s", err, out)
+	// The demo user may read nodes, as oidc:demo-user: the agent's
+	// container impersonated the caller its token names.
+	out, err = st.Kubectl(ctx, "get", "nodes", "-o", "name").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "node/") {
+		t.Fatalf("kubectl get nodes through tether: %v\n%s", err, out)
 	}
-	t.Logf("kubectl get --raw /version and get namespaces through the containers in %s; whole test %s",
+	out, err = st.Kubectl(ctx, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").CombinedOutput()
+	if err != nil || string(out) != "oidc:demo-user" {
+		t.Fatalf("kubectl auth whoami through tether = %q, %v; want oidc:demo-user", out, err)
+	}
+	t.Logf("kubectl get --raw /version, get nodes and auth whoami through the containers in %s; whole test %s",
 		time.Since(request).Round(time.Millisecond), time.Since(begin).Round(time.Millisecond))
 }
 
