@@ -78,7 +78,7 @@ lint: $(STATICCHECK) ## gofmt, go vet and staticcheck, on every module; tether-p
 
 .PHONY: unit
 unit: deps fixtures ## unit tests: everything but the packages that start clusters (the network fixture's need root; the registry's etcd tests, the fixture etcd)
-	go test -race -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e -e /sim/internal/sim)  # those run in e2e and sim-quick
+	go test -race -count=1 $$(go list ./... | grep -v -e /fixtures/cluster -e /e2e -e /sim/internal/sim -e '/tether/images$$')  # those run in e2e, sim-quick and images-test
 	cd fixtures/op && go test -race -count=1 ./...
 
 .PHONY: e2e
@@ -86,11 +86,6 @@ e2e: deps fixtures build ## the e2e suite on E2E_PROVIDER: local (default; real 
 	go test -count=1 -v -timeout $(E2E_TIMEOUT) ./fixtures/cluster/...
 	E2E_PROVIDER=$(E2E_PROVIDER) go test -count=1 -v -timeout $(E2E_TIMEOUT) ./e2e/... -args -ginkgo.v -ginkgo.no-color
 
-# A count, not a duration: Go 1.26's fuzz coordinator can fail a duration
-# -fuzztime with a spurious "context deadline exceeded" on a loaded machine
-# (go.dev/issue/75804, fixed in Go 1.27). 100000 runs take 5-10 s here.
-IMAGE_REPO ?= ghcr.io/tether-k8s
-IMAGE_TAG  ?= $(VERSION)
 .PHONY: charts
 charts: $(STATICCHECK) ## Helm charts: vet, staticcheck, lint/render/schema tests with Helm's Go SDK (no cluster, no Docker)
 	cd charts/test && go vet ./... && $(STATICCHECK) ./... && go test -count=1 ./...
@@ -101,17 +96,26 @@ CHART_VERSION ?= $(if $(filter v%,$(VERSION)),$(patsubst v%,%,$(VERSION)),0.0.0-
 charts-package: ## package both charts at CHART_VERSION (from the git tag) as a chart repository, archives and index.yaml, in dist/charts; CHARTS_URL sets index.yaml's URLs
 	cd charts/test && go run ./cmd/helmpackage -charts .. -out ../../dist/charts -version $(CHART_VERSION) $(if $(CHARTS_URL),-url $(CHARTS_URL))
 
+# The images, built FROM scratch from static binaries built here: nothing is
+# pulled (images/build.sh). IMAGE_TAG defaults to the charts' appVersion as
+# `make charts-package` sets it, so that the packaged charts' default image
+# references name what `make images` tags.
+IMAGE_REPO ?= ghcr.io/tether-k8s
+IMAGE_TAG  ?= $(CHART_VERSION)
+IMAGES_DIR ?= $(CURDIR)/dist/images
+IMAGES_ENV = IMAGES_DIR=$(IMAGES_DIR) IMAGE_REPO=$(IMAGE_REPO) IMAGE_TAG=$(IMAGE_TAG) VERSION=$(VERSION) \
+	REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown)
 .PHONY: images
-images: ## build the tether-relay, tether-agent and tether-proxy images (images/Dockerfile; needs a Docker engine)
+images: ## build the tether-relay, tether-agent and tether-proxy images FROM scratch (IMAGE_REPO, IMAGE_TAG; needs a Docker engine, no registry)
+	$(IMAGES_ENV) bash images/build.sh relay agent proxy
+
+.PHONY: images-test
+images-test: deps fixtures build ## build the images and the e2e workload image, then run them as containers: --help, and a real join and kubectl request (skips with one line without a Docker engine)
 	@if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then \
-	  echo "images: needs a Docker engine (docker info failed or docker is not installed); no image was built" >&2; \
-	  exit 2; \
-	fi
-	@for b in relay agent proxy; do \
-	  echo "docker build --target $$b -t $(IMAGE_REPO)/tether-$$b:$(IMAGE_TAG)"; \
-	  DOCKER_BUILDKIT=1 docker build -f images/Dockerfile --target $$b --build-arg VERSION=$(VERSION) \
-	    -t $(IMAGE_REPO)/tether-$$b:$(IMAGE_TAG) . ; \
-	done
+	  echo "images-test: skipped: no Docker engine (docker info failed or docker is not installed)"; exit 0; \
+	fi; \
+	$(IMAGES_ENV) bash images/build.sh relay agent proxy workload; \
+	TETHER_IMAGE_REPO=$(IMAGE_REPO) TETHER_IMAGE_TAG=$(IMAGE_TAG) go test -count=1 -v -timeout 10m ./images/...
 
 .PHONY: bench-check
 bench-check: $(STATICCHECK) ## the benchmark harness's own tests (bench/, direct and tether only, ~30 s)
@@ -135,6 +139,9 @@ SIM_FLAGS ?= -duration 60s
 sim: ## run the simulator's suite with a fresh seed and longer runs (SIM_FLAGS, default -duration 60s)
 	go run ./sim $(SIM_FLAGS)
 
+# A count, not a duration: Go 1.26's fuzz coordinator can fail a duration
+# -fuzztime with a spurious "context deadline exceeded" on a loaded machine
+# (go.dev/issue/75804, fixed in Go 1.27). 100000 runs take 5-10 s here.
 FUZZTIME ?= 100000x
 .PHONY: fuzz
 fuzz: ## run every fuzz target briefly (FUZZTIME each, default 100000 runs, or a target's own //tether:fuzztime line)
@@ -150,12 +157,12 @@ fuzz: ## run every fuzz target briefly (FUZZTIME each, default 100000 runs, or a
 	done
 
 .PHONY: test
-test: lint unit fuzz sim-quick charts bench-check e2e bench-quick ## everything CI runs: lint, unit tests, fuzz targets briefly, the simulator's seeds, chart tests, e2e, every benchmark workload briefly
+test: lint unit fuzz sim-quick charts bench-check e2e images-test bench-quick ## everything CI runs: lint, unit tests, fuzz targets briefly, the simulator's seeds, chart tests, e2e, the images as containers (with Docker), every benchmark workload briefly
 
 .PHONY: demo
 demo: deps fixtures build ## the whole path: cluster behind a firewall, relay, agent, proxy, kubectl through tether (KEEP=1 to stay up)
 	go run ./fixtures/demo
 
 .PHONY: clean
-clean: ## remove built binaries and caches (.cache, bin)
-	rm -rf $(CACHE) bin
+clean: ## remove built binaries and caches (.cache, bin, dist/images)
+	rm -rf $(CACHE) bin $(IMAGES_DIR)

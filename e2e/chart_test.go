@@ -424,8 +424,8 @@ func (p *podProcess) get(ctx context.Context, path string) (string, error) {
 	return string(body), nil
 }
 
-// distrolessPath is PATH in tether's images (gcr.io/distroless/static).
-const distrolessPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+// imagePath is PATH in tether's images (images/*.Dockerfile).
+const imagePath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // startAsPod runs dep's only container as a kubelet would run its pod, in
 // the cluster host, as stack process procName, and waits until its
@@ -481,7 +481,7 @@ func startAsPod(ctx context.Context, dep *appsv1.Deployment, ns, procName string
 		"KUBERNETES_SERVICE_HOST": apiAddr.Addr().String(),
 		"KUBERNETES_SERVICE_PORT": strconv.Itoa(int(apiAddr.Port())),
 	}
-	env := []string{distrolessPath, "HOSTNAME=" + podName,
+	env := []string{imagePath, "HOSTNAME=" + podName,
 		"KUBERNETES_SERVICE_HOST=" + vars["KUBERNETES_SERVICE_HOST"], "KUBERNETES_SERVICE_PORT=" + vars["KUBERNETES_SERVICE_PORT"]}
 	for _, e := range c.Env {
 		v := expandK8s(e.Value, vars)

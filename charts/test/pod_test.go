@@ -47,7 +47,7 @@ func checkHardened(t *testing.T, d *appsv1.Deployment) {
 	case runAsNonRoot == nil || !*runAsNonRoot:
 		t.Errorf("runAsNonRoot is not true")
 	case runAsUser == nil || *runAsUser != 65532:
-		t.Errorf("runAsUser = %v, want 65532 (the distroless nonroot user)", deref(runAsUser))
+		t.Errorf("runAsUser = %v, want 65532 (the nonroot user of tether's images)", deref(runAsUser))
 	}
 	if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		t.Errorf("seccompProfile = %+v, want RuntimeDefault", seccomp)
