@@ -40,9 +40,9 @@ deps: ## install the Debian packages the tests need (iproute2, nftables, haproxy
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 .PHONY: build
-build: ## build tether-relay, tether-agent and tether-proxy into bin/
+build: ## build tether-relay, tether-agent and tether-proxy into bin/ (static, CGO_ENABLED=0, as the images and releases ship them)
 	go build ./...
-	go build -trimpath -ldflags "-X github.com/tether-k8s/tether/core/version.Version=$(VERSION)" -o bin/ ./cmd/tether-relay ./cmd/tether-agent ./cmd/tether-proxy
+	CGO_ENABLED=0 go build -trimpath -ldflags "-X github.com/tether-k8s/tether/core/version.Version=$(VERSION)" -o bin/ ./cmd/tether-relay ./cmd/tether-agent ./cmd/tether-proxy
 
 .PHONY: fixtures
 fixtures: ## build kube-apiserver, kubectl, etcd, kwok..., and the fixture OpenID provider into .cache/bin (cold ~20 min, cached seconds)
