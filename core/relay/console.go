@@ -58,12 +58,8 @@ func (s *Server) newConsole() (*console.Console, error) {
 			if slices.Contains(aud, s.cfg.AdminAudience) {
 				return fmt.Errorf("it is for the admin audience %s", s.cfg.AdminAudience)
 			}
-			for _, a := range aud {
-				if strings.HasPrefix(a, relayapi.ClusterAudiencePrefix) {
-					return fmt.Errorf("it is for %s, a cluster's audience, which that cluster's agent sees", a)
-				}
-			}
-			return nil
+			_, err := relayapi.CheckRelayAudiences(aud, s.cfg.RelayAudience)
+			return err
 		},
 		Logger: s.audit,
 	})
